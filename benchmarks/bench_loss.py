@@ -1,0 +1,103 @@
+"""Cost of the hybrid loss relative to supervised-only training (CPU).
+
+One training step = BasicUNet forward, softplus, loss, backward, for a batch of sagittal slices.
+Prints a table of median times (after warm-up) for the supervised L1 loss and the hybrid loss,
+their ratio (goal <= 1.05), and the forward+backward time of each loss alone.
+
+    PYTHONPATH=. python benchmarks/bench_loss.py [--batch 8] [--height 256] [--width 176] [--repeats 5] [--warmup 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import BasicUNet
+
+from pipeline.losses import HybridLoss
+from pipeline.physics import MAP_UNIT_MS, synthesize
+
+UNET_FEATURES = (32, 32, 64, 128, 256, 32)
+
+
+def median_ms(step: Callable[[], None], warmup: int, repeats: int) -> float:
+    """Median wall time of ``step`` in ms after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def make_batch(batch: int, height: int, width: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Network input and hybrid-loss target: plausible maps (units of 3 s) and images synthesised from them."""
+    generator = torch.Generator().manual_seed(0)
+    low = torch.tensor([0.25, 0.02, 0.6]).view(1, 3, 1, 1)
+    high = torch.tensor([1.4, 0.7, 1.0]).view(1, 3, 1, 1)
+    label = low + (high - low) * torch.rand(batch, 3, height, width, generator=generator)
+    t1_ms, t2_ms, m0 = label[:, 0:1] * MAP_UNIT_MS, label[:, 1:2] * MAP_UNIT_MS, label[:, 2:3]
+    image = torch.cat([synthesize(c, t1_ms, t2_ms, m0) for c in ("mprage", "tse", "flair")], dim=1)
+    image = image / image.amax(dim=(-2, -1), keepdim=True)
+    mask = torch.ones(batch, 1, height, width)
+    return image, {"label": label, "image": image, "mask": mask}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=176)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lambda-self", type=float, default=0.1)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    network = BasicUNet(spatial_dims=2, in_channels=3, out_channels=3, features=UNET_FEATURES)
+    image, target = make_batch(args.batch, args.height, args.width)
+    losses = {
+        "supervised L1": HybridLoss(lambda_self=0.0),
+        f"hybrid (lambda={args.lambda_self}, mprage+tse)": HybridLoss(lambda_self=args.lambda_self),
+    }
+
+    def training_step(loss_function: HybridLoss) -> Callable[[], None]:
+        def step() -> None:
+            network.zero_grad(set_to_none=True)
+            loss_function(F.softplus(network(image)), target).backward()
+
+        return step
+
+    def loss_only_step(loss_function: HybridLoss) -> Callable[[], None]:
+        pred = target["label"].detach().clone().requires_grad_()
+
+        def step() -> None:
+            pred.grad = None
+            loss_function(pred, target).backward()
+
+        return step
+
+    step_ms = {name: median_ms(training_step(loss), args.warmup, args.repeats) for name, loss in losses.items()}
+    loss_ms = {name: median_ms(loss_only_step(loss), args.warmup, 5 * args.repeats) for name, loss in losses.items()}
+
+    baseline = next(iter(step_ms.values()))
+    print(
+        f"batch {args.batch}x3x{args.height}x{args.width}, BasicUNet features {UNET_FEATURES}, "
+        f"torch threads {torch.get_num_threads()}, median of {args.repeats} after {args.warmup} warm-up"
+    )
+    print(f"| {'loss':<34} | {'UNet fwd+bwd step (ms)':>22} | {'ratio':>6} | {'loss alone fwd+bwd (ms)':>23} |")
+    print(f"|{'-' * 36}|{'-' * 24}|{'-' * 8}|{'-' * 25}|")
+    for name in losses:
+        print(f"| {name:<34} | {step_ms[name]:>22.1f} | {step_ms[name] / baseline:>6.3f} | {loss_ms[name]:>23.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""What the bundle configs need around MONAI's Ignite engines and MONAI lacks.
+
+* :class:`PrepareMapBatch` -- the ``prepare_batch`` of the trainer and the evaluators. MONAI's
+  ``SupervisedTrainer`` calls ``loss_function(pred, targets)`` only, but the hybrid loss also needs
+  the acquired weighted images (the network input) and the brain mask: the trainer's batch therefore
+  hands a dict ``{"label", "image", "mask"}`` to :class:`pipeline.losses.HybridLoss` as its target.
+* :func:`map_channel_output` -- Ignite ``output_transform`` selecting one map (T1 or T2), because
+  MONAI's SSIM/PSNR metrics average over channels.
+* :class:`MapsToMsd` -- network units (T1, T2 in units of 3 s) back to ms.
+* :class:`SaveMapsd` -- writes ``<output_dir>/<subject>/{t1,t2,m0}_map.nii.gz`` atomically in the
+  geometry of the subject's T1w, never overwriting silently.
+* :func:`latest_checkpoint` -- the newest full training state, for resuming.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from collections.abc import Hashable, Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.handlers import from_engine
+from monai.transforms import MapTransform
+
+from pipeline.physics import MAP_UNIT_MS
+
+MAP_NAMES = ("t1_map", "t2_map", "m0_map")
+"""Output file stems, in the network's channel order (T1, T2, M0)."""
+
+
+class PrepareMapBatch:
+    """``prepare_batch`` for MONAI engines working on slice batches of :mod:`pipeline.data`.
+
+    Args:
+        label_key: batch key of the target maps (B, 3, H, W): ``"label"`` (the low-resolution labels)
+            for training, ``"reference"`` to validate against 1 mm reference maps when a subject has them.
+        with_acquired: if True the target is ``{"label": (B,3,H,W), "image": (B,3,H,W), "mask":
+            (B,1,H,W)}`` (what :class:`pipeline.losses.HybridLoss` takes); otherwise the bare label tensor
+            (what metric handlers take).
+    """
+
+    def __init__(self, label_key: str = "label", with_acquired: bool = True) -> None:
+        self.label_key = label_key
+        self.with_acquired = with_acquired
+
+    def __call__(self, batchdata: Mapping, device=None, non_blocking: bool = False, **kwargs):
+        def to_device(key: str) -> torch.Tensor:
+            return batchdata[key].to(device=device, non_blocking=non_blocking, **kwargs)
+
+        image, label = to_device("image"), to_device(self.label_key)
+        if not self.with_acquired:
+            return image, label
+        target = {"label": label, "image": image}
+        if "mask" in batchdata:
+            target["mask"] = to_device("mask")
+        return image, target
+
+
+def map_channel_output(channel: int, keys: Sequence[str] = ("pred", "label")):
+    """Ignite ``output_transform`` giving ``([pred[c:c+1]...], [label[c:c+1]...])`` of decollated items.
+
+    Args:
+        channel: 0 for T1, 1 for T2, 2 for M0.
+        keys: engine-output keys to read (prediction first).
+    """
+    read = from_engine(list(keys))
+
+    def select(output):
+        return tuple([item[channel : channel + 1] for item in items] for items in read(output))
+
+    return select
+
+
+class MapsToMsd(MapTransform):
+    """Convert predicted maps (3, ...) from network units to physical units.
+
+    T1 and T2 (channels 0 and 1) are multiplied by ``map_unit_ms`` (the network works in units of
+    3 s, as in the paper); M0 (channel 2) stays in its normalised arbitrary units.
+    """
+
+    def __init__(self, keys: KeysCollection, map_unit_ms: float = MAP_UNIT_MS, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.map_unit_ms = map_unit_ms
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            scale = torch.tensor([self.map_unit_ms, self.map_unit_ms, 1.0], dtype=d[key].dtype, device=d[key].device)
+            d[key] = d[key] * scale.reshape(-1, *([1] * (d[key].ndim - 1)))
+        return d
+
+
+class SaveMapsd(MapTransform):
+    """Write a subject's predicted maps (3, X, Y, Z) as float32 NIfTI in the geometry of its T1w.
+
+    Files: ``<output_dir>/<subject>/t1_map.nii.gz``, ``t2_map.nii.gz`` (ms) and ``m0_map.nii.gz``
+    (a.u.). The maps must already be on the T1w's voxel grid (MONAI ``Invertd`` undoes orientation
+    and spacing); the affine is read from the T1w file itself so it is exactly the input's. Voxels
+    outside ``mask_key`` are set to 0. Each file is written to a temporary name in the same folder and
+    renamed, so an interrupted run never leaves a truncated map. Existing maps raise
+    ``FileExistsError`` unless ``overwrite`` is True.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        reference_key: str = "t1w",
+        subject_key: str = "subject",
+        mask_key: str | None = "mask",
+        overwrite: bool = False,
+    ) -> None:
+        super().__init__(keys)
+        self.output_dir = pathlib.Path(output_dir)
+        self.reference_key, self.subject_key, self.mask_key = reference_key, subject_key, mask_key
+        self.overwrite = overwrite
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        reference_file = str(d[self.reference_key].meta["filename_or_obj"])
+        reference = nib.load(reference_file)
+        subject_dir = self.output_dir / str(d[self.subject_key])
+        targets = [subject_dir / f"{name}.nii.gz" for name in MAP_NAMES]
+        existing = [str(t) for t in targets if t.exists()]
+        if existing and not self.overwrite:
+            raise FileExistsError(f"refusing to overwrite existing maps {existing}; pass --overwrite true to replace them.")
+        for key in self.key_iterator(d):
+            maps = np.asarray(d[key].detach().cpu(), dtype=np.float32)
+            if maps.shape[1:] != reference.shape[:3]:
+                raise ValueError(
+                    f"predicted maps have spatial shape {maps.shape[1:]} but the T1w {reference_file} has "
+                    f"{reference.shape[:3]}: the inverse transforms did not restore the input grid."
+                )
+            if self.mask_key is not None and self.mask_key in d:
+                maps = maps * (np.asarray(d[self.mask_key].detach().cpu())[:1] > 0)
+            subject_dir.mkdir(parents=True, exist_ok=True)
+            for channel, target in zip(maps, targets):
+                image = nib.Nifti1Image(channel, reference.affine)
+                image.header.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
+                image.header.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
+                _atomic_save(image, target)
+        return d
+
+
+def _atomic_save(image: nib.Nifti1Image, target: pathlib.Path) -> None:
+    """Save to a temporary file in ``target``'s folder, then rename it onto ``target``."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".nii.gz", dir=target.parent)
+    os.close(handle)
+    try:
+        nib.save(image, temporary)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str:
+    """Path of the newest full training state ``<prefix>*.pt`` in ``ckpt_dir`` (for resuming).
+
+    Raises:
+        FileNotFoundError: when there is none, naming the folder.
+    """
+    candidates = sorted(pathlib.Path(ckpt_dir).glob(f"{prefix}*.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f"no training state '{prefix}*.pt' to resume from in {ckpt_dir}.")
+    return str(candidates[-1])

@@ -1,0 +1,272 @@
+"""The hybrid supervised + physics-informed self-supervised loss of the paper.
+
+``L = L1(pred, label) + lambda * sum_c SI-L1(S(synth_c), S(acquired_c))`` where ``S`` is the Sobel
+edge magnitude (the edge loss of Yu et al. 2019, TMI 38:1750), ``synth_c`` the weighted image of
+contrast ``c`` synthesised from the predicted maps by :mod:`pipeline.physics`, and SI-L1 the
+scaling-invariant L1 of Wang et al. 2020 (ISMRM p. 867): the synthetic edges are scaled by the
+least-squares factor ``a`` before the L1, so the unknown receiver gain / M0 scaling of the physics
+model does not matter.
+
+Units: ``pred`` and ``label`` are (T1, T2, M0) with T1 and T2 in units of ``MAP_UNIT_MS`` (3 s),
+``image`` holds the acquired weighted images (MPRAGE, TSE, FLAIR) in their normalised intensity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import separable_filtering
+from torch.nn.modules.loss import _Loss
+
+from pipeline.physics import MAP_UNIT_MS, resolve_protocol, synthesize
+
+__all__ = ["sobel_edges", "ScaleInvariantL1Loss", "HybridLoss"]
+
+_SOBEL_DIFFERENCE = (-0.5, 0.0, 0.5)
+_SOBEL_SMOOTHING = (0.25, 0.5, 0.25)
+
+
+def sobel_edges(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-channel 2D Sobel gradient magnitude ``sqrt(gx^2 + gy^2 + eps)``.
+
+    Uses MONAI's normalised 3x3 Sobel kernels (difference ``[-1, 0, 1] / 2``, smoothing
+    ``[1, 2, 1] / 4``) and its default reflect padding. ``monai.transforms.SobelGradients`` holds the
+    same kernels but is an un-batched array transform (it adds its own batch axis and converts the
+    input), so the batched, differentiable primitive it wraps, ``separable_filtering``, is called directly.
+
+    Args:
+        x: images, shape (B, C, H, W).
+        eps: added under the square root so the magnitude and its gradient are finite where the
+            image is flat; the magnitude is never below ``sqrt(eps)``.
+
+    Returns:
+        edge magnitudes, shape (B, C, H, W), same dtype and device as ``x``.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"sobel_edges expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}.")
+    difference = torch.tensor(_SOBEL_DIFFERENCE, dtype=x.dtype, device=x.device)
+    smoothing = torch.tensor(_SOBEL_SMOOTHING, dtype=x.dtype, device=x.device)
+    grad_h = separable_filtering(x, [difference, smoothing], mode="reflect")
+    grad_w = separable_filtering(x, [smoothing, difference], mode="reflect")
+    return torch.sqrt(grad_h.square() + grad_w.square() + eps)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values`` (B, C, H, W) over the voxels where ``mask`` (B, 1, H, W) is nonzero (all if None)."""
+    if mask is None:
+        return values.mean()
+    weights = mask.to(values.dtype).expand_as(values)
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def _per_image_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over H, W (inside ``mask`` if given) of (B, C, H, W) values, shape (B, C, 1, 1)."""
+    if mask is None:
+        return values.mean(dim=(-2, -1), keepdim=True)
+    weights = mask.to(values.dtype)
+    return (values * weights).sum(dim=(-2, -1), keepdim=True) / weights.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+
+
+def _check_mask(mask: torch.Tensor | None, reference: torch.Tensor) -> None:
+    if mask is None:
+        return
+    expected = (reference.shape[0], 1, *reference.shape[2:])
+    if tuple(mask.shape) != expected:
+        raise ValueError(f"mask must have shape (B, 1, H, W) = {expected}, got {tuple(mask.shape)}.")
+
+
+class ScaleInvariantL1Loss(_Loss):
+    """L1 loss after scaling the input by its least-squares factor (Wang et al. 2020, ISMRM p. 867).
+
+    Per image ``b`` and channel ``c``: ``a = <p, t> / (<p, p> + eps)`` (sums over the masked pixels;
+    the closed-form minimiser of ``||a p - t||_2^2``), then ``loss = mean |a p - t|`` over all images,
+    channels and masked pixels. The loss does not change when ``p`` is multiplied by a positive factor.
+
+    Args:
+        detach_scale: if True ``a`` is treated as a constant in the backward pass.
+        eps: regulariser of the denominator of ``a`` (``p == 0`` gives ``a = 0``, no NaN).
+    """
+
+    def __init__(self, detach_scale: bool = False, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.detach_scale = detach_scale
+        self.eps = eps
+
+    def least_squares_scale(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None):
+        """The factor ``a``, shape (B, C, 1, 1), optionally detached."""
+        if mask is not None:
+            input, target = input * mask, target * mask
+        scale = (input * target).sum(dim=(-2, -1), keepdim=True) / (
+            input.square().sum(dim=(-2, -1), keepdim=True) + self.eps
+        )
+        return scale.detach() if self.detach_scale else scale
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            input: the image to scale, shape (B, C, H, W).
+            target: shape (B, C, H, W).
+            mask: optional (B, 1, H, W); nonzero voxels take part in ``a`` and in the mean.
+
+        Returns:
+            scalar loss.
+        """
+        if input.shape != target.shape or input.ndim != 4:
+            raise ValueError(
+                f"input and target must both be (B, C, H, W); got {tuple(input.shape)} and {tuple(target.shape)}."
+            )
+        _check_mask(mask, input)
+        scale = self.least_squares_scale(input, target, mask)
+        return _masked_mean((scale * input - target).abs(), mask)
+
+
+class HybridLoss(_Loss):
+    """``L1(pred, label) + lambda_self * sum_c SI-L1(S(synth_c), S(acquired_c) / mean S(acquired_c))``.
+
+    The self-supervised term synthesises each contrast in ``contrasts`` from the predicted maps with
+    :func:`pipeline.physics.synthesize` (T1/T2 converted to ms by ``map_unit_ms``), takes Sobel edge
+    magnitudes of the synthetic and the acquired image (channel ``input_channels[c]`` of
+    ``target["image"]``) and compares them with :class:`ScaleInvariantL1Loss`. The acquired edge map
+    is divided by its mean (per image and contrast, over the mask if given) so the term is
+    dimensionless: it is unchanged when an acquired image is scaled by any positive factor (as it is
+    when the synthetic image is scaled), and ``lambda_self`` does not depend on the intensity
+    normalisation of the inputs. The paper uses MPRAGE and TSE only (FLAIR is hard to model).
+
+    MONAI's ``SupervisedTrainer`` calls ``loss_function(pred, targets)``; the acquired images are the
+    network input, so ``pipeline.engine.PrepareMapBatch`` hands over ``targets`` as a dict
+    ``{"label", "image", "mask"}``.
+
+    Args:
+        lambda_self: weight of the self-supervised term; 0 gives exactly ``torch.nn.L1Loss()``.
+        contrasts: contrasts of the self-supervised term, keys of ``pipeline.physics.SIGNAL_MODELS``.
+        protocols: optional ``{contrast: protocol dataclass or dict of its fields}``; missing
+            contrasts use the paper's protocols.
+        input_channels: ``{contrast: channel of target["image"]}``.
+        map_unit_ms: ms per network map unit for T1 and T2.
+        detach_scale: passed to :class:`ScaleInvariantL1Loss`.
+        mask_supervised: if True the L1 term is averaged inside ``target["mask"]`` only; the
+            self-supervised term always uses the mask when one is given.
+        edge_eps: ``eps`` of :func:`sobel_edges`.
+
+    After each call, ``last_components`` holds the detached ``total``, ``supervised``,
+    ``self_supervised`` (unweighted sum over contrasts) and ``self_<contrast>`` terms for logging.
+    """
+
+    def __init__(
+        self,
+        lambda_self: float = 0.1,
+        contrasts: Sequence[str] = ("mprage", "tse"),
+        protocols: Mapping[str, Any] | None = None,
+        input_channels: Mapping[str, int] | None = None,
+        map_unit_ms: float = MAP_UNIT_MS,
+        detach_scale: bool = False,
+        mask_supervised: bool = False,
+        edge_eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        if lambda_self < 0:
+            raise ValueError(f"lambda_self must be >= 0, got {lambda_self}.")
+        protocols = dict(protocols or {})
+        input_channels = dict(input_channels or {"mprage": 0, "tse": 1, "flair": 2})
+        self.contrasts = tuple(contrasts)
+        unused = sorted(set(protocols) - set(self.contrasts))
+        if unused:
+            raise ValueError(f"protocols given for {unused}, which are not in contrasts {list(self.contrasts)}.")
+        missing = [c for c in self.contrasts if c not in input_channels]
+        if missing:
+            raise ValueError(f"input_channels {input_channels} has no channel for contrast(s) {missing}.")
+        self.protocols = {c: resolve_protocol(c, protocols.get(c)) for c in self.contrasts}
+        self.input_channels = {c: int(input_channels[c]) for c in self.contrasts}
+        self.lambda_self = float(lambda_self)
+        self.map_unit_ms = float(map_unit_ms)
+        self.mask_supervised = mask_supervised
+        self.edge_eps = edge_eps
+        self.scale_invariant_l1 = ScaleInvariantL1Loss(detach_scale=detach_scale)
+        self.last_components: dict[str, torch.Tensor] = {}
+
+    def _unpack(self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]):
+        if pred.ndim != 4 or pred.shape[1] != 3:
+            raise ValueError(f"pred must be (B, 3, H, W) maps (T1, T2, M0), got shape {tuple(pred.shape)}.")
+        if isinstance(target, torch.Tensor):
+            if self.lambda_self != 0:
+                raise ValueError(
+                    f"HybridLoss with lambda_self={self.lambda_self} needs the acquired weighted images: pass "
+                    "target={'label': maps, 'image': acquired images[, 'mask': brain mask]} "
+                    "(pipeline.engine.PrepareMapBatch(with_acquired=True)), got a bare tensor."
+                )
+            target = {"label": target}
+        required = ("label",) if self.lambda_self == 0 else ("label", "image")
+        missing = [key for key in required if key not in target]
+        if missing:
+            raise ValueError(f"target dict lacks key(s) {missing}; got keys {sorted(target)}.")
+        label, image, mask = target["label"], target.get("image"), target.get("mask")
+        if label.shape != pred.shape:
+            raise ValueError(f"label shape {tuple(label.shape)} differs from pred shape {tuple(pred.shape)}.")
+        if self.lambda_self != 0:
+            n_channels = max(self.input_channels.values()) + 1
+            if image.ndim != 4 or image.shape[0] != pred.shape[0] or image.shape[2:] != pred.shape[2:] or image.shape[1] < n_channels:
+                raise ValueError(
+                    f"image must be (B, C >= {n_channels}, H, W) matching pred {tuple(pred.shape)} in B, H, W "
+                    f"(channels {self.input_channels}); got {tuple(image.shape)}."
+                )
+        _check_mask(mask, pred)
+        return label, image, mask
+
+    def self_supervised_terms(
+        self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Unweighted ``SI-L1`` edge term of each contrast, ``{contrast: scalar}``.
+
+        Args:
+            pred: (B, 3, H, W) positive maps in network units.
+            image: (B, C, H, W) acquired weighted images.
+            mask: optional (B, 1, H, W).
+        """
+        t1_ms = pred[:, 0:1] * self.map_unit_ms
+        t2_ms = pred[:, 1:2] * self.map_unit_ms
+        m0 = pred[:, 2:3]
+        synthetic = torch.cat([synthesize(c, t1_ms, t2_ms, m0, self.protocols[c]) for c in self.contrasts], dim=1)
+        acquired = image[:, [self.input_channels[c] for c in self.contrasts]]
+        synthetic_edges = sobel_edges(synthetic, self.edge_eps)
+        acquired_edges = sobel_edges(acquired, self.edge_eps)
+        # edges are >= sqrt(eps) everywhere, so the clamp only acts on an empty mask
+        acquired_edges = acquired_edges / _per_image_mean(acquired_edges, mask).clamp_min(self.edge_eps**0.5)
+        return {
+            c: self.scale_invariant_l1(synthetic_edges[:, i : i + 1], acquired_edges[:, i : i + 1], mask)
+            for i, c in enumerate(self.contrasts)
+        }
+
+    def components(
+        self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """All terms (with autograd graph): ``total``, ``supervised``, ``self_supervised``, ``self_<contrast>``.
+
+        Args:
+            pred: (B, 3, H, W) positive maps (T1/3 s, T2/3 s, M0).
+            target: (B, 3, H, W) label maps (only with ``lambda_self == 0``) or a dict
+                ``{"label": (B, 3, H, W), "image": (B, C, H, W)[, "mask": (B, 1, H, W)]}``.
+        """
+        label, image, mask = self._unpack(pred, target)
+        if self.mask_supervised and mask is not None:
+            supervised = _masked_mean((pred - label).abs(), mask)
+        else:
+            supervised = F.l1_loss(pred, label)
+        terms = {"total": supervised, "supervised": supervised}
+        if self.lambda_self == 0:
+            return terms
+        per_contrast = self.self_supervised_terms(pred, image, mask)
+        self_supervised = torch.stack(list(per_contrast.values())).sum()
+        terms.update({f"self_{c}": value for c, value in per_contrast.items()})
+        terms["self_supervised"] = self_supervised
+        terms["total"] = supervised + self.lambda_self * self_supervised
+        return terms
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Total loss (scalar); see :meth:`components` for the arguments."""
+        terms = self.components(pred, target)
+        self.last_components = {name: value.detach() for name, value in terms.items()}
+        return terms["total"]
+

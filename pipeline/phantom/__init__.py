@@ -1,0 +1,21 @@
+"""The digital brain phantom: a simulated 3 T study built from nilearn's MNI152 2009 templates.
+
+Real data cannot ship, so the phantom is the embedded default study and its ground truth. Modules, one
+concept each:
+
+* :mod:`~pipeline.phantom.anatomy` -- template → tissue fractions (WM, cortical / deep GM, CSF) and brain mask.
+* :mod:`~pipeline.phantom.tissues` -- 3 T tissue property table (T1, T2, PD, variability, sources).
+* :mod:`~pipeline.phantom.grid` -- axis-aligned RAS voxel grids.
+* :mod:`~pipeline.phantom.fields` -- smooth random fields (deformation, receive bias, texture).
+* :mod:`~pipeline.phantom.contrasts` -- the MPRAGE / TSE / FLAIR acquisitions on :mod:`pipeline.physics`.
+* :mod:`~pipeline.phantom.simulate` -- one subject: deformation, lesions, maps, weighted images, noise.
+* :mod:`~pipeline.phantom.labels` -- low-resolution (thick-slab) label maps.
+* :mod:`~pipeline.phantom.study` -- NIfTI files and the decathlon manifest (:func:`generate_study`).
+* :mod:`~pipeline.phantom.figure` -- PNG of one sagittal slice set.
+
+Command line: ``python -m pipeline.phantom --out DIR`` (see ``--help``).
+"""
+
+from pipeline.phantom.study import DEFAULT_SNR, generate_study, study_manifest
+
+__all__ = ["DEFAULT_SNR", "generate_study", "study_manifest"]

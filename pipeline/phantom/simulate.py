@@ -1,0 +1,301 @@
+"""One phantom subject: deformed anatomy, quantitative maps and noisy weighted images at 1 mm.
+
+Everything random about a subject is drawn once from ``numpy.random.default_rng((seed, subject_index))``
+(:class:`SubjectParameters`); the volumes are then a deterministic function of those parameters and of
+the output grid. Random fields are tied to world coordinates (:mod:`pipeline.phantom.fields`) and the
+image noise of each sagittal plane has its own seed, so simulating a few sagittal planes gives the
+same values as cutting them out of the whole head (up to float rounding).
+
+Steps (all per voxel of the output grid):
+
+1. **deformation**: a smooth random displacement (a few mm) maps each voxel to a template position,
+   where the tissue fractions of :func:`~pipeline.phantom.anatomy.load_template_anatomy` are sampled
+   (linear interpolation); the brain mask is where the sampled fractions sum to >= 0.5.
+2. **lesions** (optional): small ellipsoids (2-8 mm) in deep white matter, placed in template space and
+   deformed with the anatomy, replace their share of the white-matter fraction.
+3. **tissue values**: per compartment, nominal 3 T values x per-subject factor x smooth texture.
+4. **maps**: partial volumes mixed in relaxation *rates*, ``1/T1 = sum_k f_k / T1_k`` (same for T2), and
+   ``M0 = sum_k f_k PD_k``; 0 outside the brain mask.
+5. **weighted images**: each compartment's signal from :mod:`pipeline.phantom.contrasts`, mixed in the
+   signal domain ``|sum_k f_k s_k|``, times a smooth receive-bias field, plus Rician noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from pipeline.phantom.anatomy import TemplateAnatomy
+from pipeline.phantom.contrasts import CONTRASTS, WHITE_MATTER_INTENSITY, signed_signal
+from pipeline.phantom.fields import FIELD_DOMAIN_MM, SmoothRandomField
+from pipeline.phantom.grid import VoxelGrid
+from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
+
+DEFORMATION_STD_MM = 2.0
+"""Standard deviation of each displacement component (maximum displacements reach ~5 mm)."""
+DEFORMATION_SPACING_MM = 32.0
+"""Knot spacing of the displacement field (its correlation length)."""
+BIAS_LOG_STD = 0.08
+"""Standard deviation of the log receive-bias field (intensity varies by ~±15 % over the brain)."""
+BIAS_SPACING_MM = 64.0
+"""Knot spacing of the receive-bias field."""
+TEXTURE_SPACING_MM = 8.0
+"""Knot spacing of the intra-tissue texture fields."""
+LESION_COUNT_RANGE = (6, 12)
+"""Inclusive range of the number of white-matter lesions per subject."""
+LESION_DIAMETER_RANGE_MM = (2.0, 8.0)
+"""Range of lesion diameters (uniform)."""
+LESION_ELONGATION = 0.2
+"""Relative spread of a lesion's three semi-axes around its radius."""
+PARAMETERS = ("t1_ms", "t2_ms", "pd")
+"""Tissue parameters, in the order of the last axis of per-compartment value arrays."""
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """A white-matter lesion: an axis-aligned ellipsoid in template space.
+
+    Attributes:
+        centre_mm: (3,) RAS template-space centre.
+        semi_axes_mm: (3,) semi-axes.
+    """
+
+    centre_mm: np.ndarray
+    semi_axes_mm: np.ndarray
+
+    def fraction(self, position_mm: np.ndarray) -> np.ndarray:
+        """Lesion fraction (0..1) at template positions ``position_mm`` (3, N): 1 inside, linear 1 mm edge."""
+        offset = (position_mm - self.centre_mm[:, None]) / self.semi_axes_mm[:, None]
+        normalised_radius = np.sqrt(np.sum(offset**2, axis=0))
+        return np.clip(0.5 + (1.0 - normalised_radius) * self.semi_axes_mm.mean(), 0.0, 1.0)
+
+
+def draw_lesions(rng: np.random.Generator, anatomy: TemplateAnatomy) -> list[Lesion]:
+    """Lesions in template space whose centres lie at least ``radius + 1`` mm deep inside pure white matter."""
+    lesions = []
+    for _ in range(rng.integers(LESION_COUNT_RANGE[0], LESION_COUNT_RANGE[1] + 1)):
+        radius = rng.uniform(*LESION_DIAMETER_RANGE_MM) / 2.0
+        semi_axes = radius * (1.0 + LESION_ELONGATION * rng.uniform(-1.0, 1.0, 3))
+        sites = np.argwhere(anatomy.white_matter_depth_mm >= semi_axes.max() + 1.0)
+        site = sites[rng.integers(len(sites))]
+        centre = anatomy.grid.affine[:3, :3] @ site + anatomy.grid.affine[:3, 3]
+        lesions.append(Lesion(centre.astype(np.float32), semi_axes.astype(np.float32)))
+    return lesions
+
+
+@dataclass(frozen=True)
+class SubjectParameters:
+    """Everything random about one subject.
+
+    Attributes:
+        seed, subject_index: the study seed and the subject's 0-based index (they also seed the noise).
+        tissue_factors: (K, 3) per-subject factors on the nominal T1, T2, PD of :data:`COMPARTMENTS`.
+        deformation: 3 fields (x, y, z displacement, unit variance).
+        bias: 1 field (log receive bias, unit variance).
+        texture: 3K fields (compartment-major, then T1, T2, PD; unit variance).
+        lesions: white-matter lesions (empty without lesions).
+    """
+
+    seed: int
+    subject_index: int
+    tissue_factors: np.ndarray
+    deformation: SmoothRandomField
+    bias: SmoothRandomField
+    texture: SmoothRandomField
+    lesions: list[Lesion]
+
+    @classmethod
+    def draw(cls, seed: int, subject_index: int, anatomy: TemplateAnatomy, lesions: bool = True) -> SubjectParameters:
+        """Draw a subject from ``numpy.random.default_rng((seed, subject_index))``."""
+        rng = np.random.default_rng((seed, subject_index))
+        subject_cv = np.array([[TISSUES_3T[name].subject_cv] for name in COMPARTMENTS])
+        return cls(
+            seed=seed,
+            subject_index=subject_index,
+            tissue_factors=np.exp(subject_cv * rng.standard_normal((len(COMPARTMENTS), len(PARAMETERS)))),
+            deformation=SmoothRandomField.draw(rng, DEFORMATION_SPACING_MM, 3),
+            bias=SmoothRandomField.draw(rng, BIAS_SPACING_MM, 1),
+            texture=SmoothRandomField.draw(rng, TEXTURE_SPACING_MM, len(COMPARTMENTS) * len(PARAMETERS)),
+            lesions=draw_lesions(rng, anatomy) if lesions else [],
+        )
+
+    def tissue_values(self) -> np.ndarray:
+        """(K, 3) the subject's T1 (ms), T2 (ms), PD of each compartment before texture."""
+        nominal = np.array([[getattr(TISSUES_3T[name], p) for p in PARAMETERS] for name in COMPARTMENTS])
+        return nominal * self.tissue_factors
+
+
+@dataclass(frozen=True)
+class SubjectVolumes:
+    """The 1 mm volumes of one subject on its grid (X, Y, Z).
+
+    Attributes:
+        grid: the voxel grid of every volume.
+        mask: bool brain mask.
+        fractions: (K, X, Y, Z) float32 compartment fractions (:data:`COMPARTMENTS`), sum 1 in the mask.
+        t1_ms, t2_ms: float32 relaxation-time maps in ms (0 outside the mask).
+        m0: float32 proton-density map (fraction of water; 0 outside the mask).
+        weighted: contrast name (:data:`CONTRASTS`) → float32 noisy magnitude image (nominal WM = 1000).
+        noise_sigma: standard deviation of the Gaussian noise in each real/imaginary channel.
+        lesion_centres_mm: (L, 3) RAS centroid of each lesion visible on the grid (subject space).
+    """
+
+    grid: VoxelGrid
+    mask: np.ndarray
+    fractions: np.ndarray
+    t1_ms: np.ndarray
+    t2_ms: np.ndarray
+    m0: np.ndarray
+    weighted: dict[str, np.ndarray]
+    noise_sigma: float
+    lesion_centres_mm: np.ndarray
+
+
+def template_positions(grid: VoxelGrid, parameters: SubjectParameters) -> np.ndarray:
+    """(3, X, Y, Z) float32 template-space positions (mm) of the voxel centres: world + displacement."""
+    positions = DEFORMATION_STD_MM * parameters.deformation(grid)
+    for d in range(3):
+        positions[d] += grid.coordinate_mm(d).astype(np.float32)
+    return positions
+
+
+def deformed_fractions(anatomy: TemplateAnatomy, positions_mm: np.ndarray) -> np.ndarray:
+    """(4, X, Y, Z) float32 anatomical fractions sampled at template ``positions_mm`` (linear, 0 outside)."""
+    indices = np.stack([anatomy.grid.world_to_index(d, positions_mm[d]) for d in range(3)])
+    return np.stack([ndimage.map_coordinates(f, indices, order=1, cval=0.0) for f in anatomy.fractions])
+
+
+def compartment_values(parameters: SubjectParameters, grid: VoxelGrid, mask: np.ndarray) -> np.ndarray:
+    """(K, 3, N) float32 T1 (ms), T2 (ms), PD of every compartment at the N mask voxels, with texture.
+
+    Texture is log-normal: ``value = subject value * exp(cv * field)`` with the compartment's
+    :attr:`~pipeline.phantom.tissues.TissueProperties.texture_cv`.
+    """
+    n_parameters = len(PARAMETERS)
+    texture = parameters.texture(grid)[:, mask].reshape(len(COMPARTMENTS), n_parameters, -1)
+    cv = np.array([TISSUES_3T[name].texture_cv for name in COMPARTMENTS], dtype=np.float32)
+    values = parameters.tissue_values().astype(np.float32)
+    return values[:, :, None] * np.exp(cv[:, None, None] * texture)
+
+
+def lesion_fraction(
+    lesions: list[Lesion], positions_mm: np.ndarray, grid: VoxelGrid, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lesion fraction (union of all lesions) at the N mask voxels and the centroids of the visible lesions.
+
+    Args:
+        lesions: the subject's lesions (template space).
+        positions_mm: (3, N) template positions of the mask voxels.
+        grid, mask: the output grid and its brain mask (N voxels).
+
+    Returns:
+        (N,) float32 fraction in [0, 1] and (L, 3) RAS centroids (subject space) of the lesions on the grid.
+    """
+    fraction = np.zeros(positions_mm.shape[1], dtype=np.float32)
+    mask_indices = np.nonzero(mask)
+    centres = []
+    for lesion in lesions:
+        reach = lesion.semi_axes_mm[:, None] + 1.0
+        near = np.flatnonzero(np.all(np.abs(positions_mm - lesion.centre_mm[:, None]) <= reach, axis=0))
+        share = lesion.fraction(positions_mm[:, near])
+        if share.sum() > 0:
+            fraction[near] = np.maximum(fraction[near], share)
+            centroid_index = np.stack([index[near] for index in mask_indices]) @ share / share.sum()
+            centres.append(grid.affine[:3, :3] @ centroid_index + grid.affine[:3, 3])
+    return fraction, np.reshape(centres, (-1, 3))
+
+
+def rician_noise(image: np.ndarray, grid: VoxelGrid, parameters: SubjectParameters, stream: int, sigma: float):
+    """Magnitude of ``image`` plus complex Gaussian noise of standard deviation ``sigma`` per channel.
+
+    Each sagittal plane draws its noise from ``default_rng((seed, subject_index, stream, plane))`` with
+    ``plane`` the plane's world x in mm from the field domain's edge, so a crop sees the same noise.
+    """
+    noisy = np.empty_like(image)
+    for i, x_mm in enumerate(grid.axes_mm()[0]):
+        plane = int(round(x_mm - FIELD_DOMAIN_MM[0][0]))
+        rng = np.random.default_rng((parameters.seed, parameters.subject_index, stream, plane))
+        real, imaginary = sigma * rng.standard_normal((2, *image.shape[1:]), dtype=np.float32)
+        noisy[i] = np.hypot(image[i] + real, imaginary)
+    return noisy
+
+
+def mix_relaxation_rates(fractions: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantitative maps of partial-volume voxels.
+
+    Args:
+        fractions: (K, N) compartment fractions (sum 1 per voxel).
+        values: (K, 3, N) compartment T1 (ms), T2 (ms), PD.
+
+    Returns:
+        (N,) T1 = 1 / sum_k(f_k / T1_k), T2 likewise (ms), and M0 = sum_k f_k PD_k.
+    """
+    t1_ms, t2_ms = (1.0 / np.sum(fractions / values[:, column], axis=0) for column in (0, 1))
+    return t1_ms, t2_ms, np.sum(fractions * values[:, 2], axis=0)
+
+
+def mix_signals(contrast: str, fractions: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(N,) magnitude ``|sum_k f_k s_k|`` of the signed compartment signals of ``contrast``.
+
+    Args and shapes as :func:`mix_relaxation_rates`; each compartment is simulated only where present.
+    """
+    signal = np.zeros(fractions.shape[1], dtype=np.float32)
+    for fraction, (t1_ms, t2_ms, pd) in zip(fractions, values):
+        present = fraction > 0
+        signal[present] += fraction[present] * signed_signal(contrast, t1_ms[present], t2_ms[present], pd[present])
+    return np.abs(signal)
+
+
+def _fill(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """float32 volume of ``mask``'s shape holding ``values`` at the mask voxels and 0 elsewhere."""
+    volume = np.zeros(mask.shape, dtype=np.float32)
+    volume[mask] = values
+    return volume
+
+
+def simulate_subject(
+    anatomy: TemplateAnatomy, grid: VoxelGrid, parameters: SubjectParameters, snr: float
+) -> SubjectVolumes:
+    """Simulate one subject on ``grid``.
+
+    Args:
+        anatomy: the template anatomy.
+        grid: output 1 mm grid (any axis-aligned grid inside :data:`~pipeline.phantom.fields.FIELD_DOMAIN_MM`).
+        parameters: the subject's random parameters.
+        snr: nominal pure-WM intensity (1000, before receive bias) over the noise standard deviation,
+            the same in every contrast.
+
+    Returns:
+        the subject's :class:`SubjectVolumes`.
+    """
+    positions = template_positions(grid, parameters)
+    anatomical = deformed_fractions(anatomy, positions)
+    total = anatomical.sum(0)
+    mask = total >= 0.5
+    inside = np.zeros((len(COMPARTMENTS), int(mask.sum())), dtype=np.float32)
+    inside[: len(anatomical)] = anatomical[:, mask] / total[mask]
+    lesion, lesion_centres = lesion_fraction(parameters.lesions, positions[:, mask], grid, mask)
+    inside[COMPARTMENTS.index("lesion")] = lesion * inside[0]
+    inside[0] -= lesion * inside[0]
+
+    values = compartment_values(parameters, grid, mask)
+    t1_ms, t2_ms, m0 = mix_relaxation_rates(inside, values)
+    bias = np.exp(BIAS_LOG_STD * parameters.bias(grid)[0][mask])
+    sigma = WHITE_MATTER_INTENSITY / snr
+    weighted = {
+        contrast: rician_noise(_fill(bias * mix_signals(contrast, inside, values), mask), grid, parameters, stream, sigma)
+        for stream, contrast in enumerate(CONTRASTS, start=1)
+    }
+    return SubjectVolumes(
+        grid=grid,
+        mask=mask,
+        fractions=np.stack([_fill(f, mask) for f in inside]),
+        t1_ms=_fill(t1_ms, mask),
+        t2_ms=_fill(t2_ms, mask),
+        m0=_fill(m0, mask),
+        weighted=weighted,
+        noise_sigma=sigma,
+        lesion_centres_mm=lesion_centres,
+    )

@@ -1,0 +1,295 @@
+"""A phantom study on disk: NIfTI volumes per subject plus the decathlon-style manifest ``dataset.json``.
+
+Layout of ``out_dir`` (paths in the manifest are relative to it)::
+
+    dataset.json                     manifest (format: docs/architecture.md)
+    sub-01/t1w.nii.gz                T1w MPRAGE, 1 mm, int16 (nominal pure white matter = 1000)
+    sub-01/t2w.nii.gz                T2w TSE, idem
+    sub-01/flair.nii.gz              T2w FLAIR, idem
+    sub-01/mask.nii.gz               brain mask, uint8
+    sub-01/t1_map_lowres.nii.gz      label maps, 3.5 mm slabs, float32: T1 (ms)
+    sub-01/t2_map_lowres.nii.gz                                         T2 (ms)
+    sub-01/m0_map_lowres.nii.gz                                         M0 (PD, fraction of water)
+    sub-01/phantom.json              ground-truth record: subject tissue values, lesions, protocols, noise
+    sub-04/t1_map.nii.gz ...         1 mm reference maps (validation and testing subjects only)
+
+Subjects ``sub-01 .. sub-N``: the last is the testing subject, the one before the validation subject
+(N >= 3), the rest are training subjects. Files are written atomically and byte-reproducibly (gzip
+without timestamp), the manifest last.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pathlib
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.phantom.anatomy import TemplateAnatomy, load_template_anatomy
+from pipeline.phantom.contrasts import WHITE_MATTER_INTENSITY, protocols
+from pipeline.phantom.grid import VoxelGrid
+from pipeline.phantom.labels import acquire_low_resolution_maps, slab_affine
+from pipeline.phantom.simulate import PARAMETERS, SubjectParameters, SubjectVolumes, simulate_subject
+from pipeline.phantom.tissues import COMPARTMENTS
+
+DEFAULT_SNR = 30.0
+"""Default SNR: nominal pure-white-matter intensity over the noise standard deviation, in every contrast."""
+GRID_MARGIN_MM = 6
+"""Margin of the study grid around the template brain's bounding box (room for the deformation)."""
+HEMISPHERE_PLANES_CENTRE_MM = 25.0
+"""World x (RAS, right hemisphere) at the centre of the planes kept by ``sagittal_slices``."""
+GZIP_LEVEL = 1
+"""Fast gzip level for the NIfTI files."""
+MANIFEST_NAME = "dataset.json"
+WEIGHTED_FILES = {"t1w": "mprage", "t2w": "tse", "flair": "flair"}
+"""Manifest key (file stem) → contrast of each weighted image."""
+MAP_STEMS = {"t1": "t1_ms", "t2": "t2_ms", "m0": "m0"}
+"""Map file stem prefix → :class:`~pipeline.phantom.simulate.SubjectVolumes` attribute."""
+
+
+def study_grid(
+    anatomy: TemplateAnatomy, sagittal_slices: int | None = None, slab_thickness_mm: float = 3.5, slab_axis: int = 2
+) -> VoxelGrid:
+    """The 1 mm grid every subject of a study is simulated on.
+
+    The template brain's bounding box plus :data:`GRID_MARGIN_MM`, extended along ``slab_axis`` to a whole
+    number of slabs; with ``sagittal_slices`` only that many X planes centred at
+    :data:`HEMISPHERE_PLANES_CENTRE_MM` (same Y, Z extent).
+    """
+    start = np.full(3, -GRID_MARGIN_MM)
+    shape = np.array(anatomy.grid.shape) + 2 * GRID_MARGIN_MM
+    n_slabs = np.ceil(shape[slab_axis] / slab_thickness_mm)
+    shape[slab_axis] = int(np.ceil(n_slabs * slab_thickness_mm - 1e-9))
+    if sagittal_slices is not None:
+        centre = int(round(anatomy.grid.world_to_index(0, HEMISPHERE_PLANES_CENTRE_MM)))
+        start[0], shape[0] = centre - sagittal_slices // 2, sagittal_slices
+    return anatomy.grid.subgrid(tuple(start), tuple(shape))
+
+
+def subject_names(n_subjects: int) -> list[str]:
+    """``sub-01`` .. ``sub-N`` (zero-padded to at least two digits)."""
+    width = max(2, len(str(n_subjects)))
+    return [f"sub-{index:0{width}d}" for index in range(1, n_subjects + 1)]
+
+
+def split_of(index: int, n_subjects: int) -> str:
+    """Datalist of subject ``index`` (0-based): the last is testing, the one before validation if N >= 3."""
+    if index == n_subjects - 1:
+        return "testing"
+    if index == n_subjects - 2 and n_subjects >= 3:
+        return "validation"
+    return "training"
+
+
+def _generator_parameters(
+    n_subjects: int, seed: int, snr: float, sagittal_slices: int | None, slab_thickness_mm: float, slab_axis: int,
+    lesions: bool,
+) -> dict:
+    """Validated, JSON-normalised keyword arguments of :func:`generate_study`."""
+    if int(n_subjects) < 1:
+        raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
+    if not float(snr) > 0:
+        raise ValueError(f"snr must be > 0, got {snr}")
+    if sagittal_slices is not None and int(sagittal_slices) < 1:
+        raise ValueError(f"sagittal_slices must be None or >= 1, got {sagittal_slices}")
+    if not float(slab_thickness_mm) >= 1.0:
+        raise ValueError(f"slab_thickness_mm must be >= 1 (the 1 mm voxel), got {slab_thickness_mm}")
+    if int(slab_axis) not in (0, 1, 2):
+        raise ValueError(f"slab_axis must be 0, 1 or 2, got {slab_axis}")
+    return {
+        "n_subjects": int(n_subjects),
+        "seed": int(seed),
+        "snr": float(snr),
+        "sagittal_slices": None if sagittal_slices is None else int(sagittal_slices),
+        "slab_thickness_mm": float(slab_thickness_mm),
+        "slab_axis": int(slab_axis),
+        "lesions": bool(lesions),
+    }
+
+
+def study_manifest(
+    n_subjects: int = 5,
+    seed: int = 0,
+    snr: float = DEFAULT_SNR,
+    *,
+    sagittal_slices: int | None = None,
+    slab_thickness_mm: float = 3.5,
+    slab_axis: int = 2,
+    lesions: bool = True,
+) -> dict:
+    """The manifest :func:`generate_study` writes for these parameters (no data are generated).
+
+    Its ``generator`` record is ``{"module": "pipeline.phantom", **generate_study keyword arguments}``.
+    """
+    generator = _generator_parameters(n_subjects, seed, snr, sagittal_slices, slab_thickness_mm, slab_axis, lesions)
+    manifest = {
+        "name": "qmap-hybrid digital brain phantom",
+        "description": (
+            "Simulated 3T brain study from nilearn's MNI152 2009 templates: T1w MPRAGE, T2w TSE and T2w FLAIR at "
+            f"1 mm, T1/T2/M0 label maps in {generator['slab_thickness_mm']:g} mm slabs, 1 mm reference maps for "
+            "validation and testing subjects. Regenerate with pipeline.phantom.generate_study(**generator)."
+        ),
+        "map_units": {"t1_map": "ms", "t2_map": "ms", "m0_map": "a.u."},
+        "generator": {"module": "pipeline.phantom", **generator},
+        "training": [],
+        "validation": [],
+        "testing": [],
+    }
+    for index, subject in enumerate(subject_names(generator["n_subjects"])):
+        split = split_of(index, generator["n_subjects"])
+        entry = {"subject": subject}
+        entry.update({key: f"{subject}/{key}.nii.gz" for key in WEIGHTED_FILES})
+        entry.update({f"{stem}_map": f"{subject}/{stem}_map_lowres.nii.gz" for stem in MAP_STEMS})
+        entry["mask"] = f"{subject}/mask.nii.gz"
+        if split != "training":
+            entry.update({f"{stem}_ref": f"{subject}/{stem}_map.nii.gz" for stem in MAP_STEMS})
+        manifest[split].append(entry)
+    return manifest
+
+
+def _write_atomically(path: pathlib.Path, content: bytes) -> None:
+    """Write ``content`` to ``path`` through a temporary file in the same folder (no partial files)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(content)
+    os.replace(temporary, path)
+
+
+def write_nifti(path: pathlib.Path, data: np.ndarray, affine: np.ndarray) -> None:
+    """Write ``data`` (dtype kept) as gzipped NIfTI-1 with a scanner-space q/sform, byte-reproducibly."""
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    _write_atomically(path, gzip.compress(image.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
+
+
+def write_subject(
+    subject_dir: pathlib.Path,
+    volumes: SubjectVolumes,
+    parameters: SubjectParameters,
+    record: dict,
+    *,
+    reference_maps: bool,
+    slab_thickness_mm: float,
+    slab_axis: int,
+) -> None:
+    """Write one subject's files (see the module docstring) into ``subject_dir``.
+
+    Args:
+        subject_dir: the subject's folder (created).
+        volumes, parameters: the simulated subject and its random parameters.
+        record: extra entries of ``phantom.json`` (subject name, split).
+        reference_maps: also write the 1 mm maps (validation / testing subjects).
+        slab_thickness_mm, slab_axis: label slabs.
+    """
+    subject_dir.mkdir(parents=True, exist_ok=True)
+    affine = volumes.grid.affine
+    for stem, contrast in WEIGHTED_FILES.items():
+        write_nifti(subject_dir / f"{stem}.nii.gz", np.rint(volumes.weighted[contrast]).astype(np.int16), affine)
+    write_nifti(subject_dir / "mask.nii.gz", volumes.mask.astype(np.uint8), affine)
+    thickness_voxels = slab_thickness_mm / volumes.grid.spacing_mm[slab_axis]
+    maps = [getattr(volumes, attribute) for attribute in MAP_STEMS.values()]
+    labels = acquire_low_resolution_maps(*maps, axis=slab_axis, thickness_voxels=thickness_voxels)
+    label_affine = slab_affine(affine, slab_axis, thickness_voxels)
+    for stem, label, full in zip(MAP_STEMS, labels, maps):
+        write_nifti(subject_dir / f"{stem}_map_lowres.nii.gz", label, label_affine)
+        if reference_maps:
+            write_nifti(subject_dir / f"{stem}_map.nii.gz", full, affine)
+
+    tissue_values = parameters.tissue_values()
+    record = {
+        **record,
+        "seed": parameters.seed,
+        "subject_index": parameters.subject_index,
+        "tissues": {
+            name: dict(zip(PARAMETERS, map(float, values))) for name, values in zip(COMPARTMENTS, tissue_values)
+        },
+        "lesion_centres_mm": volumes.lesion_centres_mm.round(2).tolist(),
+        "protocols": {contrast: protocol.to_dict() for contrast, protocol in protocols().items()},
+        "weighted_image_units": f"nominal pure white matter = {WHITE_MATTER_INTENSITY:g} before receive bias",
+        "noise_sigma": volumes.noise_sigma,
+    }
+    _write_atomically(subject_dir / "phantom.json", (json.dumps(record, indent=2) + "\n").encode())
+
+
+def _remove_study(out_dir: pathlib.Path, manifest: dict) -> None:
+    """Delete the files ``manifest`` lists (and the subjects' ``phantom.json``), then empty subject folders."""
+    entries = [entry for split in ("training", "validation", "testing") for entry in manifest.get(split, [])]
+    for entry in entries:
+        paths = [out_dir / value for key, value in entry.items() if key != "subject"]
+        paths.append(out_dir / entry["subject"] / "phantom.json")
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if (out_dir / entry["subject"]).is_dir() and not any((out_dir / entry["subject"]).iterdir()):
+            (out_dir / entry["subject"]).rmdir()
+    (out_dir / MANIFEST_NAME).unlink()
+
+
+def generate_study(
+    out_dir: str | os.PathLike,
+    n_subjects: int = 5,
+    seed: int = 0,
+    snr: float = DEFAULT_SNR,
+    *,
+    sagittal_slices: int | None = None,
+    slab_thickness_mm: float = 3.5,
+    slab_axis: int = 2,
+    lesions: bool = True,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Generate a phantom study (deterministic: same arguments → byte-identical files).
+
+    Args:
+        out_dir: dataset folder (created).
+        n_subjects: number of subjects (split: see :func:`split_of`).
+        seed: study seed; subject ``i`` draws from ``numpy.random.default_rng((seed, i))``.
+        snr: nominal pure-white-matter intensity over the noise standard deviation (every contrast).
+        sagittal_slices: keep only this many sagittal (X) planes through the right hemisphere (fast tests).
+        slab_thickness_mm: thickness of the label slabs.
+        slab_axis: axis of the label slabs (2 = z, S-I).
+        lesions: add white-matter lesions.
+        overwrite: replace an existing study generated with different parameters; without it a
+            different study in ``out_dir`` raises :class:`FileExistsError` (same parameters regenerate).
+
+    Returns:
+        path of ``out_dir/dataset.json``.
+    """
+    out_dir = pathlib.Path(out_dir)
+    manifest = study_manifest(
+        n_subjects, seed, snr, sagittal_slices=sagittal_slices, slab_thickness_mm=slab_thickness_mm,
+        slab_axis=slab_axis, lesions=lesions,
+    )
+    manifest_path = out_dir / MANIFEST_NAME
+    if manifest_path.exists():
+        try:
+            existing = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            existing = {}
+        if existing != manifest:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{manifest_path} holds a different study (generator: {existing.get('generator')}); "
+                    "pass overwrite=True (CLI: --overwrite) to replace it"
+                )
+            _remove_study(out_dir, existing)
+
+    anatomy = load_template_anatomy()
+    generator = manifest["generator"]
+    grid = study_grid(anatomy, generator["sagittal_slices"], generator["slab_thickness_mm"], generator["slab_axis"])
+    for index, subject in enumerate(subject_names(generator["n_subjects"])):
+        split = split_of(index, generator["n_subjects"])
+        parameters = SubjectParameters.draw(generator["seed"], index, anatomy, lesions=generator["lesions"])
+        write_subject(
+            out_dir / subject,
+            simulate_subject(anatomy, grid, parameters, generator["snr"]),
+            parameters,
+            {"subject": subject, "split": split},
+            reference_maps=split != "training",
+            slab_thickness_mm=generator["slab_thickness_mm"],
+            slab_axis=generator["slab_axis"],
+        )
+    _write_atomically(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest_path

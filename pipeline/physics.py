@@ -1,0 +1,520 @@
+"""Signal models that turn T1/T2/M0 maps into MPRAGE, TSE and FLAIR weighted images.
+
+Conventions (see ``docs/architecture.md``):
+
+* Every function here takes T1 and T2 in **milliseconds** and M0 in arbitrary units. Inputs may be
+  Python floats, numpy arrays or torch tensors of any broadcastable shapes; the result has the
+  broadcast shape. Torch in gives torch out (differentiable, same device, floating dtype kept,
+  integer tensors become ``torch.get_default_dtype()``); otherwise numpy out (float32 kept, anything
+  else float64). Signals are magnitudes (>= 0).
+* The network works in units of 3 s (the paper divides T1 and T2 by 3 s): a map value ``v`` means
+  ``v * MAP_UNIT_MS`` ms. The network's raw outputs are made positive with a softplus in those units
+  (``pipeline/engine.py``), so a freshly initialised network can hand this module T1/T2 close to 0 ms.
+  To keep values and gradients finite there, T1 and T2 are clamped to at least
+  ``RELAXATION_FLOOR_MS`` = 1 ms inside every model (the clamp has zero gradient below the floor).
+  For T1, T2 in [1 ms, 10 s] and M0 >= 0 all values and gradients are finite.
+* Protocol parameters live in frozen, serialisable dataclasses whose defaults are the paper's
+  Table 1 (values the paper does not report carry documented assumptions). Invalid timing raises a
+  ``ValueError`` naming the offending values when the protocol is built.
+
+Models:
+
+* :func:`mprage` -- steady-state MPRAGE (Deichmann et al. 2000, MRM 44:130; Wang et al. 2014,
+  PLoS ONE 9:e96899), closed form by geometric series.
+* :func:`tse` -- the paper's simplified turbo spin echo model (ideal 180 deg refocusing).
+* :func:`flair` -- inversion-recovery TSE, simplified in the same way.
+* :func:`tse_epg` -- the TSE centre echo from an extended phase graph CPMG train with the protocol's
+  refocusing angle (Weigel 2015, JMRI 41:266).
+* :func:`synthesize` / ``SIGNAL_MODELS`` -- look a model up by contrast name with one call signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+import torch
+
+__all__ = [
+    "MAP_UNIT_MS",
+    "RELAXATION_FLOOR_MS",
+    "MPRAGEProtocol",
+    "TSEProtocol",
+    "FLAIRProtocol",
+    "mprage",
+    "tse",
+    "tse_epg",
+    "flair",
+    "SignalModel",
+    "SIGNAL_MODELS",
+    "resolve_protocol",
+    "synthesize",
+]
+
+MAP_UNIT_MS = 3000.0
+"""Network map unit in ms: T1 and T2 are divided by 3 s inside the network, loss and metrics."""
+
+RELAXATION_FLOOR_MS = 1.0
+"""Smallest T1/T2 (ms) the models evaluate; smaller values are clamped to it."""
+
+_ProtocolT = TypeVar("_ProtocolT", bound="_Protocol")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Protocol:
+    """Serialisation shared by the protocol dataclasses (all times in ms, angles in degrees)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``{field: value}`` dict (JSON/YAML friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[_ProtocolT], values: Mapping[str, Any]) -> _ProtocolT:
+        """Build from a mapping; missing fields keep their defaults, unknown fields are an error."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__} got unknown field(s) {unknown}; expected a subset of {sorted(known)}.")
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class MPRAGEProtocol(_Protocol):
+    """MPRAGE timing (defaults: the paper's Table 1, 3T Siemens).
+
+    Args:
+        tr: inversion-to-inversion repetition time (ms).
+        ti: time from the inversion to the excitation of the k-space centre (ms).
+        te: echo time (ms); only used with ``t2star``.
+        flip_angle: excitation flip angle (degrees), hard pulses.
+        echo_spacing: time between excitations of the gradient-echo train (ms). Not in Table 1;
+            7.0 ms is an assumed typical value.
+        n_excitations: excitations per inversion (Table 1's 176 partitions... assumed one
+            partition-encoding line per excitation).
+        inversion_efficiency: the inversion maps Mz to ``-inversion_efficiency * Mz`` (1 = perfect).
+        t2star: optional T2* (ms) applied as ``exp(-te / t2star)``; ``None`` ignores T2* decay.
+    """
+
+    tr: float = 1900.0
+    ti: float = 900.0
+    te: float = 2.93
+    flip_angle: float = 9.0
+    echo_spacing: float = 7.0
+    n_excitations: int = 176
+    inversion_efficiency: float = 1.0
+    t2star: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.flip_angle <= 180.0, f"flip_angle must be in (0, 180] degrees, got {self.flip_angle}.")
+        _require(self.echo_spacing > 0.0, f"echo_spacing must be > 0 ms, got {self.echo_spacing}.")
+        _require(
+            int(self.n_excitations) == self.n_excitations and self.n_excitations >= 1,
+            f"n_excitations must be a positive integer, got {self.n_excitations}.",
+        )
+        _require(
+            0.0 <= self.inversion_efficiency <= 1.0,
+            f"inversion_efficiency must be in [0, 1], got {self.inversion_efficiency}.",
+        )
+        _require(self.t2star is None or self.t2star > 0.0, f"t2star must be None or > 0 ms, got {self.t2star}.")
+        _require(
+            self.first_excitation_time >= 0.0,
+            f"the excitation train starts before the inversion: ti - (n_excitations // 2) * echo_spacing = "
+            f"{self.ti} - {self.n_excitations // 2} * {self.echo_spacing} = {self.first_excitation_time} ms < 0.",
+        )
+        _require(
+            self.last_excitation_time <= self.tr,
+            f"the excitation train does not fit in tr: ti + (n_excitations - 1 - n_excitations // 2) * "
+            f"echo_spacing = {self.ti} + {self.n_excitations - 1 - self.n_excitations // 2} * {self.echo_spacing} "
+            f"= {self.last_excitation_time} ms > tr = {self.tr} ms.",
+        )
+
+    @property
+    def centre_index(self) -> int:
+        """0-based index of the k-space-centre excitation (linear ordering)."""
+        return int(self.n_excitations) // 2
+
+    @property
+    def first_excitation_time(self) -> float:
+        """Time (ms) from the inversion to the first excitation."""
+        return self.ti - self.centre_index * self.echo_spacing
+
+    @property
+    def last_excitation_time(self) -> float:
+        """Time (ms) from the inversion to the last excitation."""
+        return self.ti + (int(self.n_excitations) - 1 - self.centre_index) * self.echo_spacing
+
+
+def _validate_echo_train(protocol: TSEProtocol | FLAIRProtocol, available_ms: float, available_name: str) -> None:
+    """Checks shared by the spin-echo trains: positive timing, train inside ``available_ms``, TE inside the train."""
+    name = type(protocol).__name__
+    _require(protocol.echo_spacing > 0.0, f"{name}.echo_spacing must be > 0 ms, got {protocol.echo_spacing}.")
+    _require(
+        int(protocol.echo_train_length) == protocol.echo_train_length and protocol.echo_train_length >= 1,
+        f"{name}.echo_train_length must be a positive integer, got {protocol.echo_train_length}.",
+    )
+    train = protocol.echo_train_length * protocol.echo_spacing
+    _require(
+        train <= available_ms,
+        f"{name}: the echo train (echo_train_length * echo_spacing = {protocol.echo_train_length} * "
+        f"{protocol.echo_spacing} = {train} ms) does not fit in {available_name} = {available_ms} ms.",
+    )
+    _require(
+        0.0 < protocol.te <= train,
+        f"{name}.te must be in (0, echo_train_length * echo_spacing = {train}] ms, got {protocol.te}.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TSEProtocol(_Protocol):
+    """Turbo spin echo timing (defaults: the paper's Table 1 T2w TSE).
+
+    Args:
+        tr: repetition time (ms).
+        te: effective echo time (ms), the echo that fills the k-space centre.
+        echo_spacing: time between refocusing pulses/echoes (ms). Not in Table 1; 9.3 ms assumed so
+            that ``te / echo_spacing`` = 10 is the centre echo.
+        echo_train_length: echoes per excitation. Not in Table 1; 16 assumed.
+        refocusing_angle: refocusing flip angle (degrees); only :func:`tse_epg` uses it, :func:`tse`
+            assumes ideal 180 deg pulses as in the paper.
+    """
+
+    tr: float = 7010.0
+    te: float = 93.0
+    echo_spacing: float = 9.3
+    echo_train_length: int = 16
+    refocusing_angle: float = 150.0
+
+    def __post_init__(self) -> None:
+        _require(
+            0.0 < self.refocusing_angle <= 180.0,
+            f"refocusing_angle must be in (0, 180] degrees, got {self.refocusing_angle}.",
+        )
+        _validate_echo_train(self, self.tr, "tr")
+
+
+@dataclasses.dataclass(frozen=True)
+class FLAIRProtocol(_Protocol):
+    """Inversion-recovery TSE (FLAIR) timing (defaults: the paper's Table 1 T2w FLAIR).
+
+    Args:
+        tr: repetition time, inversion to inversion (ms).
+        ti: inversion time, inversion to the 90 deg excitation (ms).
+        te: echo time (ms). 352 ms is the *effective* (T2-contrast-equivalent) TE that the scanner
+            reports for the paper's 3D SPACE sequence with variable refocusing flip angles; the
+            simplified model uses it as a mono-exponential T2 weighting.
+        echo_spacing: time between echoes (ms). Not in Table 1; 3.5 ms assumed (typical 3D SPACE).
+        echo_train_length: echoes per excitation. Not in Table 1; 200 assumed (typical 3D SPACE).
+    """
+
+    tr: float = 4800.0
+    ti: float = 1800.0
+    te: float = 352.0
+    echo_spacing: float = 3.5
+    echo_train_length: int = 200
+
+    def __post_init__(self) -> None:
+        _require(self.ti > 0.0, f"FLAIRProtocol.ti must be > 0 ms, got {self.ti}.")
+        _validate_echo_train(self, self.tr - self.ti, f"tr - ti ({self.tr} - {self.ti})")
+
+
+# --------------------------------------------------------------------------------------------------
+# numpy / torch plumbing: every model computes in torch and converts back for numpy callers.
+
+
+def _as_tensors(*values: Any) -> tuple[list[torch.Tensor], Callable[[torch.Tensor], Any]]:
+    """Convert floats/arrays/tensors to one floating torch dtype and device.
+
+    Returns the tensors and the function that converts a result back to the caller's kind
+    (torch stays torch; otherwise a numpy array, or numpy scalar for 0-d results).
+    """
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if tensors:
+        floating = [t.dtype for t in tensors if t.is_floating_point()]
+        dtype = floating[0] if floating else torch.get_default_dtype()
+        for other in floating[1:]:
+            dtype = torch.promote_types(dtype, other)
+        device = tensors[0].device
+        converted = [torch.as_tensor(v, dtype=dtype, device=device) for v in values]
+        return converted, lambda result: result
+    array_dtypes = [np.asarray(v).dtype for v in values if isinstance(v, (np.ndarray, np.generic))]
+    keep_single = bool(array_dtypes) and all(dtype == np.float32 for dtype in array_dtypes)
+    dtype = torch.float32 if keep_single else torch.float64
+    converted = [torch.as_tensor(np.asarray(v), dtype=dtype) for v in values]
+    return converted, lambda result: result.numpy()[()]
+
+
+def _relaxation_ms(value: torch.Tensor) -> torch.Tensor:
+    """Clamp a T1/T2 map (ms) to ``RELAXATION_FLOOR_MS``."""
+    return value.clamp_min(RELAXATION_FLOOR_MS)
+
+
+# --------------------------------------------------------------------------------------------------
+# MPRAGE
+
+
+def mprage(t1: Any, m0: Any, protocol: MPRAGEProtocol | None = None) -> Any:
+    """Steady-state MPRAGE magnitude signal at the k-space-centre excitation.
+
+    Sequence (Deichmann et al. 2000, MRM 44:130; Wang et al. 2014, PLoS ONE 9:e96899): an inversion
+    at t = 0 (``Mz -> -eta * Mz``), then N hard-pulse excitations of flip angle ``alpha`` at
+    ``t_k = TI + (k - c) * ESP`` (k = 0..N-1, c = N // 2, linear ordering), ideal spoiling, next
+    inversion at t = TR. With ``m = Mz / M0`` and ``E(t) = exp(-t / T1)``:
+
+    * between excitations (just before excitation k -> k+1): ``m_{k+1} = a m_k + (1 - E1)`` with
+      ``E1 = E(ESP)``, ``a = cos(alpha) E1``; its fixed point is ``m_inf = (1 - E1) / (1 - a)``, so the
+      geometric series gives ``m_k = m_inf + a^k (m_0 - m_inf)``;
+    * inversion and recovery to the first excitation: ``m_0 = 1 - E_A - eta E_A m_ss`` with
+      ``E_A = E(t_0)``, ``m_ss`` = Mz/M0 just before the inversion;
+    * after the last excitation, recovery to the next inversion:
+      ``m_ss = 1 - E_D + E_D cos(alpha) m_{N-1}`` with ``E_D = E(TR - t_{N-1})``.
+
+    Steady state (``m_ss`` equal in consecutive TRs) solves these linear equations:
+
+    ``m_ss = [1 - E_D + E_D cos(alpha) (m_inf (1 - a^{N-1}) + a^{N-1} (1 - E_A))]
+    / (1 + eta E_D E_A cos(alpha) a^{N-1})``
+
+    and the signal is ``M0 sin(alpha) |m_c|`` (times ``exp(-TE / T2*)`` if ``protocol.t2star`` is set).
+
+    Args:
+        t1: T1 in ms (clamped to ``RELAXATION_FLOOR_MS``).
+        m0: proton density / equilibrium magnetisation, arbitrary units.
+        protocol: sequence timing; ``None`` uses the paper's (``MPRAGEProtocol()``).
+
+    Returns:
+        magnitude signal, broadcast shape of ``t1`` and ``m0``, same units as ``m0``.
+    """
+    protocol = protocol or MPRAGEProtocol()
+    (t1, m0), to_output = _as_tensors(t1, m0)
+    t1 = _relaxation_ms(t1)
+    alpha = math.radians(protocol.flip_angle)
+    cos_alpha = math.cos(alpha)
+    n = int(protocol.n_excitations)
+
+    one_minus_e1 = -torch.expm1(-protocol.echo_spacing / t1)
+    a = cos_alpha * (1.0 - one_minus_e1)
+    m_inf = one_minus_e1 / (1.0 - a)
+    e_a = torch.exp(-protocol.first_excitation_time / t1)
+    e_d = torch.exp(-(protocol.tr - protocol.last_excitation_time) / t1)
+    a_last = a**(n - 1)
+    eta = protocol.inversion_efficiency
+
+    m_ss = (1.0 - e_d + e_d * cos_alpha * (m_inf * (1.0 - a_last) + a_last * (1.0 - e_a))) / (
+        1.0 + eta * e_d * e_a * cos_alpha * a_last
+    )
+    m_first = 1.0 - e_a - eta * e_a * m_ss
+    m_centre = m_inf + a**protocol.centre_index * (m_first - m_inf)
+    signal = m0 * math.sin(alpha) * m_centre.abs()
+    if protocol.t2star is not None:
+        signal = signal * math.exp(-protocol.te / protocol.t2star)
+    return to_output(signal)
+
+
+# --------------------------------------------------------------------------------------------------
+# Spin-echo trains
+
+
+def _saturation_recovery(t1: torch.Tensor, recovery_ms: float) -> torch.Tensor:
+    """``1 - exp(-recovery_ms / T1)``: Mz/M0 regrown from Mz = 0 over ``recovery_ms``."""
+    return -torch.expm1(-recovery_ms / t1)
+
+
+def tse(t1: Any, t2: Any, m0: Any, protocol: TSEProtocol | None = None) -> Any:
+    """The paper's simplified TSE signal (ideal 180 deg refocusing, Mz = 0 after each echo train).
+
+    ``S = M0 (1 - exp(-(TR - ETL ESP) / T1)) exp(-TE / T2)``: Mz regrows from 0 during the dead time
+    after the echo train (Couturier-style multi-echo recovery, paper ref. 10), the k-space-centre echo
+    at TE decays mono-exponentially. ``protocol.refocusing_angle`` is ignored (see :func:`tse_epg`).
+
+    Args:
+        t1, t2: relaxation times in ms (clamped to ``RELAXATION_FLOOR_MS``).
+        m0: arbitrary units.
+        protocol: ``None`` uses ``TSEProtocol()`` (the paper's Table 1).
+
+    Returns:
+        magnitude signal with the broadcast shape of the inputs.
+    """
+    protocol = protocol or TSEProtocol()
+    (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)
+    t1, t2 = _relaxation_ms(t1), _relaxation_ms(t2)
+    dead_time = protocol.tr - protocol.echo_train_length * protocol.echo_spacing
+    return to_output(m0 * _saturation_recovery(t1, dead_time) * torch.exp(-protocol.te / t2))
+
+
+def flair(t1: Any, t2: Any, m0: Any, protocol: FLAIRProtocol | None = None) -> Any:
+    """Simplified inversion-recovery TSE (FLAIR) magnitude signal.
+
+    Assumptions (same simplifications as :func:`tse`): perfect inversion and 90 deg excitation,
+    Mz = 0 at the end of the echo train (train length ``ETL ESP`` starting at TI), mono-exponential T2
+    decay to the (effective) TE. Mz regrows from 0 for ``TR - TI - ETL ESP``, is inverted and
+    recovers for TI:
+
+    ``S = M0 |1 - 2 exp(-TI / T1) + exp(-(TR - ETL ESP) / T1)| exp(-TE / T2)``.
+
+    A tissue is nulled where ``2 exp(-TI/T1) = 1 + exp(-(TR - ETL ESP)/T1)``, i.e. T1 = TI / ln 2 for
+    TR -> infinity. With the paper's TE = 352 ms as a mono-exponential weighting, long-T2 fluid keeps
+    more signal than a 3D SPACE FLAIR with variable flip angles would (the paper leaves FLAIR out of
+    the self-supervised loss for this modelling difficulty).
+
+    Args:
+        t1, t2: relaxation times in ms (clamped to ``RELAXATION_FLOOR_MS``).
+        m0: arbitrary units.
+        protocol: ``None`` uses ``FLAIRProtocol()``.
+
+    Returns:
+        magnitude signal with the broadcast shape of the inputs.
+    """
+    protocol = protocol or FLAIRProtocol()
+    (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)
+    t1, t2 = _relaxation_ms(t1), _relaxation_ms(t2)
+    train = protocol.echo_train_length * protocol.echo_spacing
+    mz = 1.0 - 2.0 * torch.exp(-protocol.ti / t1) + torch.exp(-(protocol.tr - train) / t1)
+    return to_output(m0 * mz.abs() * torch.exp(-protocol.te / t2))
+
+
+def _centre_echo_index(protocol: TSEProtocol) -> int:
+    """1-based echo number of the k-space centre, ``TE / ESP``, which must be an integer <= ETL."""
+    ratio = protocol.te / protocol.echo_spacing
+    echo = round(ratio)
+    _require(
+        abs(ratio - echo) <= 1e-6 * max(ratio, 1.0) and 1 <= echo <= protocol.echo_train_length,
+        f"tse_epg needs te to be a whole number of echo spacings within the train; got te / echo_spacing = "
+        f"{protocol.te} / {protocol.echo_spacing} = {ratio} with echo_train_length {protocol.echo_train_length}.",
+    )
+    return echo
+
+
+def _cpmg_echo_amplitude(t1: torch.Tensor, t2: torch.Tensor, refocusing_deg: float, echo_spacing: float, echo: int):
+    """Normalised echo amplitude (echo number ``echo``) of a CPMG train started from Mz = M0.
+
+    Extended phase graph (Weigel 2015, JMRI 41:266): 90 deg excitation about y, refocusing about x at
+    ESP/2 + k ESP, echoes at k ESP, relaxation and one dephasing step per ESP/2. In this CPMG phase
+    convention the states that refocus at the echoes are real ``F+_k``, ``F-_k`` and imaginary
+    ``Z_k = i z_k``, so the graph runs in real arithmetic. Longitudinal regrowth ``(1 - E1)`` feeds
+    the quadrature subsystem (real Z_0), which is tipped at refocusing times and only refocuses at
+    refocusing times, never at echo times, so it is omitted without changing the echo amplitudes.
+    """
+    beta = math.radians(refocusing_deg)
+    cos_half_sq, sin_half_sq = math.cos(beta / 2) ** 2, math.sin(beta / 2) ** 2
+    sin_beta, cos_beta = math.sin(beta), math.cos(beta)
+    n_states = 2 * echo + 2
+    shape = torch.broadcast_shapes(t1.shape, t2.shape) + (n_states,)
+    e1 = torch.exp(-0.5 * echo_spacing / t1).unsqueeze(-1)
+    e2 = torch.exp(-0.5 * echo_spacing / t2).unsqueeze(-1)
+    unit = torch.zeros(n_states, dtype=t1.dtype, device=t1.device)
+    unit[0] = 1.0
+    f_plus = unit.expand(shape)
+    f_minus = unit.expand(shape)
+    z = torch.zeros(shape, dtype=t1.dtype, device=t1.device)
+
+    def relax_and_dephase(f_plus, f_minus, z):
+        f_plus, f_minus, z = f_plus * e2, f_minus * e2, z * e1
+        f_minus = torch.cat([f_minus[..., 1:], torch.zeros_like(f_minus[..., :1])], dim=-1)
+        f_plus = torch.cat([f_minus[..., :1], f_plus[..., :-1]], dim=-1)
+        return f_plus, f_minus, z
+
+    for _ in range(echo):
+        f_plus, f_minus, z = relax_and_dephase(f_plus, f_minus, z)
+        f_plus, f_minus, z = (
+            cos_half_sq * f_plus + sin_half_sq * f_minus + sin_beta * z,
+            sin_half_sq * f_plus + cos_half_sq * f_minus - sin_beta * z,
+            0.5 * sin_beta * (f_minus - f_plus) + cos_beta * z,
+        )
+        f_plus, f_minus, z = relax_and_dephase(f_plus, f_minus, z)
+    return f_plus[..., 0].abs()
+
+
+def tse_epg(t1: Any, t2: Any, m0: Any, protocol: TSEProtocol | None = None) -> Any:
+    """TSE centre-echo signal with the protocol's refocusing angle, by extended phase graphs.
+
+    ``S = M0 (1 - exp(-(TR - ETL ESP) / T1)) A_n(T1, T2, beta, ESP)`` where ``A_n`` is the amplitude
+    of echo ``n = TE / ESP`` of a CPMG train (refocusing angle ``beta``) started from Mz = M0
+    (Weigel 2015, JMRI 41:266). This is :func:`tse` with ``exp(-TE/T2)`` replaced by the EPG echo
+    amplitude, which includes stimulated-echo pathways: for ``beta`` = 180 deg ``A_n = exp(-TE/T2)``
+    and the two models agree exactly. The saturation-recovery factor keeps :func:`tse`'s assumption
+    Mz = 0 after each train (with ``beta`` < 180 deg some Mz survives; this is neglected).
+
+    Args:
+        t1, t2: relaxation times in ms (clamped to ``RELAXATION_FLOOR_MS``).
+        m0: arbitrary units.
+        protocol: ``None`` uses ``TSEProtocol()``; ``te`` must be a whole number of echo spacings.
+
+    Returns:
+        magnitude signal with the broadcast shape of the inputs (torch-differentiable).
+    """
+    protocol = protocol or TSEProtocol()
+    echo = _centre_echo_index(protocol)
+    (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)
+    t1, t2 = _relaxation_ms(t1), _relaxation_ms(t2)
+    dead_time = protocol.tr - protocol.echo_train_length * protocol.echo_spacing
+    amplitude = _cpmg_echo_amplitude(t1, t2, protocol.refocusing_angle, protocol.echo_spacing, echo)
+    return to_output(m0 * _saturation_recovery(t1, dead_time) * amplitude)
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+
+
+class SignalModel(NamedTuple):
+    """A contrast's protocol type and its signal as ``signal(t1_ms, t2_ms, m0, protocol)``."""
+
+    protocol_type: type[_Protocol]
+    signal: Callable[[Any, Any, Any, Any], Any]
+
+
+def _mprage_signal(t1: Any, t2: Any, m0: Any, protocol: MPRAGEProtocol | None) -> Any:
+    """:func:`mprage` in the registry's uniform signature.
+
+    T2 does not enter the model; it only takes part in broadcasting, so that every registered model
+    returns the broadcast shape of ``(t1, t2, m0)``.
+    """
+    (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)
+    signal = mprage(t1, m0, protocol)
+    return to_output(signal.expand(torch.broadcast_shapes(signal.shape, t2.shape)).contiguous())
+
+
+SIGNAL_MODELS: dict[str, SignalModel] = {
+    "mprage": SignalModel(MPRAGEProtocol, _mprage_signal),
+    "tse": SignalModel(TSEProtocol, tse),
+    "flair": SignalModel(FLAIRProtocol, flair),
+}
+"""Contrast name -> :class:`SignalModel`; the names match the hybrid loss's ``contrasts``."""
+
+
+def _signal_model(contrast: str) -> SignalModel:
+    if contrast not in SIGNAL_MODELS:
+        raise ValueError(f"unknown contrast {contrast!r}; expected one of {sorted(SIGNAL_MODELS)}.")
+    return SIGNAL_MODELS[contrast]
+
+
+def resolve_protocol(contrast: str, protocol: _Protocol | Mapping[str, Any] | None = None) -> _Protocol:
+    """The protocol dataclass for ``contrast`` from ``None`` (defaults), a dict, or an instance."""
+    protocol_type = _signal_model(contrast).protocol_type
+    if protocol is None:
+        return protocol_type()
+    if isinstance(protocol, protocol_type):
+        return protocol
+    if isinstance(protocol, Mapping):
+        return protocol_type.from_dict(protocol)
+    raise TypeError(
+        f"protocol for {contrast!r} must be None, a dict or a {protocol_type.__name__}, got {type(protocol).__name__}."
+    )
+
+
+def synthesize(
+    contrast: str, t1: Any, t2: Any, m0: Any, protocol: _Protocol | Mapping[str, Any] | None = None
+) -> Any:
+    """Weighted image of ``contrast`` ("mprage", "tse" or "flair") from T1/T2 (ms) and M0.
+
+    ``protocol`` may be ``None`` (paper defaults), a dict of fields, or the contrast's protocol
+    dataclass. Shapes, dtypes and array kinds follow the individual models.
+    """
+    model = _signal_model(contrast)
+    return model.signal(t1, t2, m0, resolve_protocol(contrast, protocol))

@@ -1,0 +1,25 @@
+"""Shared fixtures: one small phantom study generated once per test session."""
+
+import json
+import pathlib
+
+import pytest
+
+TESTS_DIR = pathlib.Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def physics_reference():
+    """The pulse-by-pulse reference values (copy of shared/reference/physics_reference.json)."""
+    return json.loads((TESTS_DIR / "physics_reference.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """A 3-subject phantom study (train / validation / test) cropped to 12 sagittal planes.
+
+    Returns the path of its ``dataset.json`` manifest (paths relative to its folder).
+    """
+    from pipeline.phantom import generate_study
+
+    return generate_study(tmp_path_factory.mktemp("tiny_study"), n_subjects=3, seed=7, sagittal_slices=12)

@@ -1,0 +1,349 @@
+"""Tests of pipeline.data: manifests, input checks, co-registration, label resampling, normalisation, slices.
+
+Bad-input tests use a small hand-built head (ellipsoids of WM / GM / CSF, low-resolution maps averaged over
+3.5 mm slabs along z); the properties of the real pipeline are also checked on the phantom study (``tiny_study``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader, list_data_collate, load_decathlon_datalist
+from monai.transforms import LoadImage, RandFlipd, ResizeWithPadOrCropd
+from scipy import ndimage
+
+from pipeline.data import (
+    IMAGE_KEYS,
+    LABEL_KEYS,
+    REFERENCE_KEYS,
+    CoregistrationWarning,
+    InvalidInputError,
+    MisregistrationError,
+    MissingFilesError,
+    build_slice_dataset,
+    build_volume_dataset,
+    build_volume_transforms,
+    ensure_study,
+    load_datalist,
+)
+from pipeline.physics import MAP_UNIT_MS
+
+# hand-built head: tissue classes 0 background, 1 CSF, 2 GM, 3 WM; properties per class
+T1_MS = np.array([0.0, 4000.0, 1331.0, 832.0])
+T2_MS = np.array([0.0, 2000.0, 110.0, 79.2])
+PD = np.array([0.0, 1.0, 0.82, 0.69])
+WEIGHTED = {
+    "t1w": np.array([0.0, 0.2, 0.6, 1.0]),
+    "t2w": np.array([0.0, 1.0, 0.5, 0.4]),
+    "flair": np.array([0, 0.1, 0.8, 0.6]),
+}
+SHAPE = (40, 48, 38)
+SLAB_MM = 3.5
+
+
+def tissue(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Tissue class at world coordinates (mm): CSF shell, GM shell, WM core, two CSF ventricles."""
+    radii = np.array(SHAPE) * 0.4
+    rho = np.sqrt((x / radii[0]) ** 2 + (y / radii[1]) ** 2 + (z / radii[2]) ** 2)
+    classes = np.select([rho < 0.75, rho < 0.9, rho < 1.0], [3, 2, 1], 0)
+    ventricles = ((np.abs(x) - 4) / 2.5) ** 2 + (y / 8) ** 2 + (z / 4) ** 2 < 1
+    return np.where(ventricles, 1, classes)
+
+
+def write_subject(folder: Path, seed: int = 0) -> dict:
+    """Write a hand-built subject (1 mm images, mask and references; 3.5 mm-slab maps) and return its entry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.eye(4)
+    affine[:3, 3] = -(np.array(SHAPE) - 1) / 2
+    x, y, z = np.meshgrid(*(np.arange(n) + affine[i, 3] for i, n in enumerate(SHAPE)), indexing="ij")
+    classes = tissue(x, y, z)
+    noise = np.random.default_rng(seed).standard_normal((3, *SHAPE)) * 0.02
+    volumes = {key: table[classes] + noise[i] for i, (key, table) in enumerate(WEIGHTED.items())}
+    volumes |= {"mask": classes > 0, "t1_ref": T1_MS[classes], "t2_ref": T2_MS[classes], "m0_ref": PD[classes]}
+    # low-resolution maps: mean over 3.5 mm slabs along z, on their own grid (slab centres 1.75 mm inside the FOV)
+    n_slabs = int(np.ceil(SHAPE[2] / SLAB_MM))
+    slab_affine = np.diag([1.0, 1.0, SLAB_MM, 1.0])
+    slab_affine[:3, 3] = affine[:3, 3] + [0.0, 0.0, SLAB_MM / 2 - 0.5]
+    xs, ys, zs = np.meshgrid(x[:, 0, 0], y[0, :, 0], slab_affine[2, 3] + SLAB_MM * np.arange(n_slabs), indexing="ij")
+    slab_classes = [tissue(xs, ys, zs + dz) for dz in np.linspace(-1.5, 1.5, 7)]
+    for key, table in zip(LABEL_KEYS, (T1_MS, T2_MS, PD)):
+        nib.save(
+            nib.Nifti1Image(np.mean([table[c] for c in slab_classes], 0).astype(np.float32), slab_affine),
+            folder / f"{key}_lowres.nii.gz",
+        )
+    for key, volume in volumes.items():
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), affine), folder / f"{key}.nii.gz")
+    entry = {key: f"{folder.name}/{key}.nii.gz" for key in (*IMAGE_KEYS, "mask", *REFERENCE_KEYS)}
+    return {"subject": folder.name, **entry, **{key: f"{folder.name}/{key}_lowres.nii.gz" for key in LABEL_KEYS}}
+
+
+def absolute(entry: dict, base: Path) -> dict:
+    """``entry`` with every path made absolute against ``base``."""
+    return {key: value if key == "subject" else str(base / value) for key, value in entry.items()}
+
+
+def data_error(error: BaseException) -> BaseException:
+    """The first data error in a ``raise ... from`` chain (MONAI's Compose wraps transform errors in RuntimeError)."""
+    while not isinstance(error, (InvalidInputError, MissingFilesError)):
+        error = error.__cause__
+    return error
+
+
+@pytest.fixture(scope="module")
+def hand_study(tmp_path_factory) -> Path:
+    """A 2-subject hand-built study: sub-01 training (no references), sub-02 validation; returns its manifest."""
+    root = tmp_path_factory.mktemp("hand_study")
+    training = {key: value for key, value in write_subject(root / "sub-01").items() if key not in REFERENCE_KEYS}
+    manifest = {"name": "hand", "training": [training], "validation": [write_subject(root / "sub-02", seed=1)]}
+    (root / "dataset.json").write_text(json.dumps(manifest))
+    return root / "dataset.json"
+
+
+@pytest.fixture
+def subject(tmp_path) -> dict:
+    """A fresh hand-built subject with absolute paths, free to damage."""
+    return absolute(write_subject(tmp_path / "sub-09"), tmp_path)
+
+
+def edited(data=lambda array: array, affine=lambda matrix: matrix):
+    """A function rewriting a NIfTI file in place with ``data(array)`` and ``affine(matrix)``."""
+
+    def rewrite(path: str) -> None:
+        image = nib.load(path)
+        array = np.asarray(data(image.get_fdata(dtype=np.float32)), dtype=np.float32)
+        nib.save(nib.Nifti1Image(array, affine(image.affine)), path)
+
+    return rewrite
+
+
+def shifted(affine: np.ndarray, shift_mm) -> np.ndarray:
+    moved = affine.copy()
+    moved[:3, 3] += shift_mm
+    return moved
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def test_manifest_round_trips_through_load_decathlon_datalist(hand_study):
+    raw = json.loads(hand_study.read_text())
+    for section in ("training", "validation"):
+        monai_entries = load_decathlon_datalist(hand_study, is_segmentation=False, data_list_key=section)
+        entries = load_datalist(hand_study, section)
+        assert len(entries) == len(monai_entries) == len(raw[section])
+        for entry, monai_entry, raw_entry in zip(entries, monai_entries, raw[section]):
+            assert entry.keys() == raw_entry.keys()
+            for key in raw_entry.keys() - {"subject"}:
+                assert entry[key] == monai_entry[key] == str(hand_study.parent / raw_entry[key])
+                assert Path(entry[key]).is_file()
+            # MONAI turns "sub-01" into a path because that folder exists; the subject name is kept
+            assert entry["subject"] == raw_entry["subject"]
+
+
+def test_load_datalist_resolves_against_dataset_dir_and_names_every_missing_file(hand_study, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(hand_study.parent, copy)
+    entries = load_datalist(hand_study, "training", dataset_dir=copy)
+    assert all(entries[0][key].startswith(str(copy)) for key in IMAGE_KEYS)
+    (copy / "sub-01" / "t2w.nii.gz").unlink()
+    (copy / "sub-01" / "t1_map_lowres.nii.gz").unlink()
+    with pytest.raises(MissingFilesError) as error:
+        load_datalist(hand_study, "training", dataset_dir=copy)
+    assert sorted(Path(path).name for path in error.value.missing) == ["t1_map_lowres.nii.gz", "t2w.nii.gz"]
+    assert str(copy / "sub-01" / "t2w.nii.gz") in str(error.value)
+    assert str(copy / "sub-01" / "t1_map_lowres.nii.gz") in str(error.value)
+
+
+def test_load_datalist_rejects_incomplete_entries_and_names_subjects_by_t1w_stem(tmp_path):
+    entry = write_subject(tmp_path / "sub-03")
+    del entry["subject"]
+    (tmp_path / "m.json").write_text(json.dumps({"training": [entry]}))
+    assert load_datalist(tmp_path / "m.json")[0]["subject"] == "t1w"
+    del entry["t2_map"]
+    (tmp_path / "m.json").write_text(json.dumps({"training": [entry]}))
+    with pytest.raises(InvalidInputError, match="t2_map"):
+        load_datalist(tmp_path / "m.json")
+    with pytest.raises(InvalidInputError, match="'testing'"):
+        load_datalist(tmp_path / "m.json", "testing")
+
+
+def test_ensure_study_without_generator_names_missing_files(hand_study, tmp_path):
+    assert ensure_study(hand_study) == hand_study.parent.resolve()
+    with pytest.raises(MissingFilesError, match="no pipeline.phantom generator") as error:
+        ensure_study(hand_study, dataset_dir=tmp_path)
+    assert str(tmp_path / "sub-01" / "t1w.nii.gz") in str(error.value)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def truncate(path: str) -> None:
+    content = Path(path).read_bytes()
+    Path(path).write_bytes(content[: len(content) // 2])
+
+
+BAD_INPUTS = {  # case: (damaged key, damage, error type, phrase of the message)
+    "missing file": ("t2w", lambda path: Path(path).unlink(), MissingFilesError, "missing file"),
+    "truncated gzip": ("flair", truncate, InvalidInputError, "cannot be read"),
+    "2D image": ("t1w", edited(lambda d: d[:, :, 10]), InvalidInputError, "not a single 3D"),
+    "4D, 3 frames": ("t2w", edited(lambda d: np.stack([d] * 3, -1)), InvalidInputError, "3 frame"),
+    "NaN voxels": ("t1_map", edited(lambda d: np.where(d > 3000, np.nan, d)), InvalidInputError, "NaN"),
+    "Inf voxel": ("m0_ref", edited(lambda d: np.where(d > 0.99, np.inf, d)), InvalidInputError, "NaN/Inf"),
+    "empty mask": ("mask", edited(lambda d: 0 * d), InvalidInputError, "empty mask"),
+    "T1 in seconds": ("t1_map", edited(lambda d: d / 1000), InvalidInputError, "looks like seconds"),
+    "T2 in µs": ("t2_ref", edited(lambda d: d * 1000), InvalidInputError, "looks like µs"),
+    "no overlap": (
+        "flair",
+        edited(affine=lambda a: shifted(a, [0, 200, 0])),
+        MisregistrationError,
+        "overlap by only 0%",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_raises_a_clear_error_naming_the_file(subject, case):
+    key, damage, error_type, phrase = BAD_INPUTS[case]
+    damage(subject[key])
+    with pytest.raises(error_type, match=phrase) as error:
+        build_volume_dataset([subject])
+    assert subject[key] in str(error.value) and "sub-09" in str(error.value)
+
+
+def test_transforms_used_directly_name_a_missing_file(subject):
+    Path(subject["flair"]).unlink()
+    with pytest.raises(RuntimeError) as wrapped:  # MONAI's Compose wraps transform errors
+        build_volume_transforms(with_reference=True)(subject)
+    error = data_error(wrapped.value)
+    assert isinstance(error, MissingFilesError)
+    assert subject["flair"] in str(error) and "does not exist" in str(error)
+
+
+def test_entries_must_agree_on_optional_keys(subject, tmp_path):
+    other = absolute(write_subject(tmp_path / "sub-10"), tmp_path)
+    del other["t1_ref"], other["t2_ref"], other["m0_ref"]
+    with pytest.raises(InvalidInputError, match=r"references .*\['sub-10'\] lack them"):
+        build_volume_dataset([subject, other])
+
+
+def test_single_frame_4d_image_is_accepted(subject):
+    edited(lambda d: d[..., None])(subject["t2w"])
+    assert build_volume_dataset([subject])[0]["image"].shape == (3, *SHAPE)
+
+
+# ---------------------------------------------------------------- co-registration
+
+
+def test_coregistration_check_fails_a_map_shifted_by_4_mm(subject):
+    transforms = build_volume_transforms(with_reference=True)
+    transforms(subject)  # aligned: passes
+    edited(affine=lambda a: shifted(a, [0.0, 4.0, 0.0]))(subject["t1_map"])
+    with pytest.raises(RuntimeError) as wrapped:
+        transforms(subject)
+    error = data_error(wrapped.value)
+    assert isinstance(error, MisregistrationError)
+    assert subject["t1_map"] in str(error) and subject["t1w"] in str(error) and "sub-09" in str(error)
+    assert float(re.search(r"shift ([\d.]+) mm", str(error)).group(1)) == pytest.approx(4.0, abs=0.5)
+    with pytest.warns(CoregistrationWarning, match="shift"):
+        build_volume_transforms(with_reference=True, on_failure="warn")(subject)
+
+
+# ---------------------------------------------------------------- volume pipeline
+
+
+@pytest.fixture(scope="module")
+def hand_volume(hand_study) -> dict:
+    """The processed validation subject (labels and references) of the hand-built study."""
+    return build_volume_dataset(hand_study, section="validation")[0]
+
+
+def test_volume_keys_shapes_and_t1w_geometry(hand_study, hand_volume):
+    t1w = nib.load(hand_study.parent / "sub-02" / "t1w.nii.gz")
+    assert set(hand_volume) == {"image", "label", "reference", "mask", "subject"}
+    assert hand_volume["subject"] == "sub-02"
+    for key, channels in {"image": 3, "label": 3, "reference": 3, "mask": 1}.items():
+        assert hand_volume[key].shape == (channels, *t1w.shape)
+        assert hand_volume[key].dtype == torch.float32
+        np.testing.assert_allclose(hand_volume[key].affine.numpy(), t1w.affine, atol=1e-5)
+    assert hand_volume["image"].meta["filename_or_obj"] == str(hand_study.parent / "sub-02" / "t1w.nii.gz")
+    assert set(hand_volume["mask"].unique().tolist()) == {0.0, 1.0}
+
+
+def smooth_and_edge_regions(reference_t1: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels whose (3, 3, 7) neighbourhood (one 3.5 mm slab either way) has a constant / varying reference T1."""
+    local_max = ndimage.maximum_filter(reference_t1, size=(3, 3, 7))
+    local_min = ndimage.minimum_filter(reference_t1, size=(3, 3, 7))
+    spread = (local_max - local_min) / np.maximum(local_max, 1e-6)
+    return mask & (spread < 0.05), mask & (spread > 0.3)
+
+
+def test_resampled_labels_match_the_truth_where_smooth_and_are_blurred_at_edges(hand_volume):
+    label, reference = hand_volume["label"].numpy(), hand_volume["reference"].numpy()
+    smooth, edge = smooth_and_edge_regions(reference[0], hand_volume["mask"][0].numpy() > 0)
+    relative_error = np.abs(label[0] - reference[0]) / reference[0].clip(1e-6)
+    assert smooth.sum() > 1000 and edge.sum() > 500
+    assert np.median(relative_error[smooth]) < 0.01
+    assert np.median(relative_error[edge]) > 0.05
+
+
+def test_labels_in_network_units_and_normalised_intensities(hand_volume):
+    mask = hand_volume["mask"][0] > 0
+    smooth, _ = smooth_and_edge_regions(hand_volume["reference"][0].numpy(), mask.numpy())
+    white_matter = torch.isclose(hand_volume["reference"][0], torch.tensor(832 / MAP_UNIT_MS)) & torch.from_numpy(
+        smooth
+    )
+    assert float(hand_volume["label"][0][white_matter].median()) == pytest.approx(832 / MAP_UNIT_MS, rel=1e-3)
+    assert float(hand_volume["label"][1][white_matter].median()) == pytest.approx(79.2 / MAP_UNIT_MS, rel=1e-3)
+    for channel in (*hand_volume["image"], hand_volume["label"][2], hand_volume["reference"][2]):
+        assert np.percentile(channel[mask].numpy(), 99) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_missing_mask_is_derived_from_the_t1w(subject):
+    given = build_volume_dataset([subject])[0]["mask"][0] > 0
+    del subject["mask"]
+    derived = build_volume_dataset([subject])[0]["mask"][0] > 0
+    dice = 2 * (given & derived).sum() / (given.sum() + derived.sum())
+    assert dice > 0.9
+
+
+# ---------------------------------------------------------------- slices
+
+
+def test_slice_dataset_items_skip_empty_slices_and_load_each_volume_once(hand_study, monkeypatch):
+    loaded = []
+    load = LoadImage.__call__
+
+    def counting_load(self, filename, *args, **kwargs):
+        loaded.append(filename)
+        return load(self, filename, *args, **kwargs)
+
+    monkeypatch.setattr(LoadImage, "__call__", counting_load)
+    keys, size = ["image", "label", "reference", "mask"], (64, 48)
+    dataset = build_slice_dataset(
+        hand_study,
+        section="validation",
+        slice_transforms=[ResizeWithPadOrCropd(keys, size), RandFlipd(keys, prob=0.5, spatial_axis=0)],
+        min_brain_fraction=0.05,
+    )
+    files = len(json.loads(hand_study.read_text())["validation"][0]) - 1  # every key but "subject"
+    assert len(loaded) == files
+    items = list(dataset)
+    brain_fraction = nib.load(hand_study.parent / "sub-02" / "mask.nii.gz").get_fdata().mean(axis=(1, 2))
+    assert [item["slice"] for item in items] == np.flatnonzero(brain_fraction >= 0.05).tolist()
+    assert 0 < len(items) < SHAPE[0]
+    for item in items:
+        assert set(item) == {*keys, "subject", "slice"} and item["subject"] == "sub-02"
+        assert item["image"].shape == item["label"].shape == item["reference"].shape == (3, *size)
+        assert item["mask"].shape == (1, *size) and item["mask"].sum() > 0
+    batch = next(iter(DataLoader(dataset, batch_size=4, shuffle=True, collate_fn=list_data_collate)))
+    assert batch["image"].shape == (4, 3, *size) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, 1, *size)
+    assert batch["subject"] == ["sub-02"] * 4 and batch["slice"].shape == (4,)
+    assert len(loaded) == files  # serving slices never reloads a volume

@@ -1,0 +1,218 @@
+"""Sobel edges, scale-invariant L1 and the hybrid loss: values, invariances and gradients."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage, optimize
+
+from pipeline import physics
+from pipeline.losses import HybridLoss, ScaleInvariantL1Loss, sobel_edges
+
+CONTRAST_CHANNELS = {"mprage": 0, "tse": 1, "flair": 2}
+
+
+def random_maps(shape=(2, 3, 12, 10), seed=0, dtype=torch.float64):
+    """Positive maps in network units: T1 0.1-0.9 (300-2700 ms), T2 0.01-0.1 (30-300 ms), M0 0.5-1."""
+    generator = torch.Generator().manual_seed(seed)
+    unit = torch.rand(shape, generator=generator, dtype=dtype)
+    low = torch.tensor([0.1, 0.01, 0.5], dtype=dtype).view(1, 3, 1, 1)
+    high = torch.tensor([0.9, 0.1, 1.0], dtype=dtype).view(1, 3, 1, 1)
+    return low + (high - low) * unit
+
+
+def synthesize_all(pred, map_unit_ms=physics.MAP_UNIT_MS):
+    """(B, 3, H, W) MPRAGE, TSE, FLAIR images from (B, 3, H, W) maps, in test-side unit handling."""
+    t1, t2, m0 = pred[:, 0:1] * map_unit_ms, pred[:, 1:2] * map_unit_ms, pred[:, 2:3]
+    return torch.cat([physics.mprage(t1, m0), physics.tse(t1, t2, m0), physics.flair(t1, t2, m0)], dim=1)
+
+
+def test_sobel_edges_match_scipy_sobel():
+    images = torch.rand(2, 3, 9, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    eps = 1e-8
+    edges = sobel_edges(images, eps=eps)
+    assert edges.shape == images.shape and edges.dtype == images.dtype
+    for index in np.ndindex(*images.shape[:2]):
+        image = images[index].numpy()
+        # torch 'reflect' padding (d c b | a b c d) is scipy's 'mirror'; MONAI's kernels are scipy's / 8
+        grad_h = ndimage.sobel(image, axis=0, mode="mirror") / 8
+        grad_w = ndimage.sobel(image, axis=1, mode="mirror") / 8
+        np.testing.assert_allclose(edges[index].numpy(), np.sqrt(grad_h**2 + grad_w**2 + eps), rtol=1e-12)
+
+
+def test_sobel_edges_rejects_non_batched_input():
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        sobel_edges(torch.rand(3, 8, 8))
+
+
+def test_scale_invariant_l1_equals_brute_force_minimiser_and_ignores_input_scale():
+    generator = torch.Generator().manual_seed(2)
+    prediction = torch.rand(1, 1, 6, 5, dtype=torch.float64, generator=generator)
+    target = 3.0 * prediction + 0.2 * torch.rand(1, 1, 6, 5, dtype=torch.float64, generator=generator)
+    loss = ScaleInvariantL1Loss(eps=0.0)
+    p, t = prediction.numpy().ravel(), target.numpy().ravel()
+    best_scale = optimize.minimize_scalar(lambda a: np.sum((a * p - t) ** 2)).x
+    assert float(loss(prediction, target)) == pytest.approx(np.mean(np.abs(best_scale * p - t)), rel=1e-6)
+    for factor in (1e-3, 0.5, 40.0):
+        assert float(loss(factor * prediction, target)) == pytest.approx(float(loss(prediction, target)), rel=1e-9)
+
+
+def test_scale_invariant_l1_mask_restricts_fit_and_mean():
+    generator = torch.Generator().manual_seed(3)
+    prediction = torch.rand(2, 2, 8, 8, dtype=torch.float64, generator=generator)
+    target = 2.0 * prediction
+    mask = torch.zeros(2, 1, 8, 8, dtype=torch.float64)
+    mask[..., 2:6, 2:6] = 1.0
+    corrupted = torch.where(mask.bool(), target, torch.full_like(target, 50.0))
+    loss = ScaleInvariantL1Loss()
+    assert float(loss(prediction, corrupted, mask)) < 1e-6
+    assert float(loss(prediction, corrupted)) > 1.0
+
+
+def test_hybrid_loss_without_self_term_is_plain_l1():
+    pred, label = random_maps(seed=1), random_maps(seed=2)
+    expected = torch.nn.L1Loss()(pred, label)
+    assert torch.equal(HybridLoss(lambda_self=0.0)(pred, label), expected)
+    assert torch.equal(HybridLoss(lambda_self=0.0)(pred, {"label": label, "image": torch.rand_like(label)}), expected)
+
+
+def test_hybrid_loss_needs_acquired_images_when_self_term_is_on():
+    pred = random_maps()
+    with pytest.raises(ValueError, match="needs the acquired weighted images"):
+        HybridLoss(lambda_self=0.1)(pred, pred)
+    with pytest.raises(ValueError, match=r"lacks key\(s\) \['image'\]"):
+        HybridLoss(lambda_self=0.1)(pred, {"label": pred})
+
+
+def test_hybrid_loss_components_and_total():
+    pred, label = random_maps(seed=1), random_maps(seed=2)
+    image = synthesize_all(random_maps(seed=3))
+    loss = HybridLoss(lambda_self=0.3, contrasts=("mprage", "tse", "flair"))
+    total = loss(pred, {"label": label, "image": image})
+    parts = loss.last_components
+    assert set(parts) == {"total", "supervised", "self_supervised", "self_mprage", "self_tse", "self_flair"}
+    assert torch.equal(parts["supervised"], torch.nn.L1Loss()(pred, label))
+    assert float(parts["self_supervised"]) == pytest.approx(
+        float(parts["self_mprage"] + parts["self_tse"] + parts["self_flair"]), rel=1e-12
+    )
+    assert float(total) == pytest.approx(float(parts["supervised"] + 0.3 * parts["self_supervised"]), rel=1e-12)
+    assert all(not value.requires_grad for value in parts.values())
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_self_term_ignores_the_scale_of_acquired_images(with_mask):
+    pred, label = random_maps(seed=4), random_maps(seed=5)
+    image = synthesize_all(random_maps(seed=6))
+    target = {"label": label, "image": image}
+    if with_mask:
+        target["mask"] = (torch.rand(2, 1, 12, 10, generator=torch.Generator().manual_seed(7)) > 0.3).double()
+    loss = HybridLoss(lambda_self=1.0)
+    reference = loss.components(pred, target)["self_supervised"]
+    for factor in (0.25, 4.0, 100.0):
+        scaled = dict(target, image=factor * image)
+        assert float(loss.components(pred, scaled)["self_supervised"]) == pytest.approx(float(reference), rel=1e-3)
+
+
+def test_self_term_vanishes_when_acquired_images_are_the_synthesized_ones():
+    pred = random_maps(seed=8)
+    loss = HybridLoss(lambda_self=1.0, contrasts=("mprage", "tse", "flair"))
+    parts = loss.components(pred, {"label": pred, "image": synthesize_all(pred)})
+    assert float(parts["self_supervised"]) < 1e-6
+    mismatched = loss.components(pred, {"label": pred, "image": synthesize_all(random_maps(seed=9))})
+    assert float(mismatched["self_supervised"]) > 0.1
+
+
+def test_self_term_uses_the_configured_channels_units_and_protocols():
+    pred = random_maps(seed=10)
+    image = synthesize_all(pred)
+    swapped = image[:, [1, 0, 2]]
+    loss = HybridLoss(lambda_self=1.0, input_channels={"mprage": 1, "tse": 0, "flair": 2})
+    assert float(loss.components(pred, {"label": pred, "image": swapped})["self_supervised"]) < 1e-6
+    in_seconds = HybridLoss(lambda_self=1.0, map_unit_ms=1000.0)
+    pred_in_seconds = torch.cat([pred[:, :2] * 3.0, pred[:, 2:]], dim=1)
+    assert float(in_seconds.components(pred_in_seconds, {"label": pred, "image": image})["self_supervised"]) < 1e-6
+    t1, t2, m0 = pred[:, 0:1] * 3000.0, pred[:, 1:2] * 3000.0, pred[:, 2:3]
+    short_te = torch.cat([physics.mprage(t1, m0), physics.tse(t1, t2, m0, physics.TSEProtocol(te=18.6))], dim=1)
+    custom = HybridLoss(lambda_self=1.0, protocols={"tse": {"te": 18.6}}, input_channels={"mprage": 0, "tse": 1})
+    assert float(custom.components(pred, {"label": pred, "image": short_te})["self_supervised"]) < 1e-6
+    with pytest.raises(ValueError, match="not in contrasts"):
+        HybridLoss(protocols={"flair": {}})
+
+
+@pytest.mark.parametrize("contrasts", [("mprage", "tse"), ("flair",)])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_hybrid_loss_gradcheck(contrasts, with_mask):
+    pred = random_maps(shape=(1, 3, 6, 5), seed=11).requires_grad_()
+    target = {"label": random_maps(shape=(1, 3, 6, 5), seed=12), "image": synthesize_all(random_maps((1, 3, 6, 5), 13))}
+    if with_mask:
+        target["mask"] = torch.ones(1, 1, 6, 5, dtype=torch.float64)
+        target["mask"][..., 0, :] = 0.0
+    loss = HybridLoss(lambda_self=0.5, contrasts=contrasts)
+    assert torch.autograd.gradcheck(lambda p: loss(p, target), (pred,), fast_mode=True)
+
+
+def test_scale_invariant_l1_gradcheck():
+    generator = torch.Generator().manual_seed(14)
+    prediction = torch.rand(2, 1, 5, 4, dtype=torch.float64, generator=generator).requires_grad_()
+    target = torch.rand(2, 1, 5, 4, dtype=torch.float64, generator=generator).requires_grad_()
+    assert torch.autograd.gradcheck(ScaleInvariantL1Loss(), (prediction, target))
+
+
+def test_detached_scale_gives_the_gradient_at_a_frozen_scale():
+    generator = torch.Generator().manual_seed(15)
+    prediction = torch.rand(2, 2, 5, 4, dtype=torch.float64, generator=generator).requires_grad_()
+    target = torch.rand(2, 2, 5, 4, dtype=torch.float64, generator=generator)
+    loss = ScaleInvariantL1Loss(detach_scale=True)
+    (gradient,) = torch.autograd.grad(loss(prediction, target), prediction)
+    p, t = prediction.detach(), target
+    frozen_scale = (p * t).sum(dim=(-2, -1), keepdim=True) / (p * p).sum(dim=(-2, -1), keepdim=True)
+    expected = frozen_scale * torch.sign(frozen_scale * p - t) / p.numel()
+    torch.testing.assert_close(gradient, expected)
+    (full_gradient,) = torch.autograd.grad(ScaleInvariantL1Loss()(prediction, target), prediction)
+    assert not torch.allclose(full_gradient, gradient)
+
+
+def test_hybrid_loss_detach_scale_trains_and_differs_from_full_gradient():
+    pred = random_maps(seed=16).requires_grad_()
+    target = {"label": random_maps(seed=17), "image": synthesize_all(random_maps(seed=18))}
+    gradients = {}
+    for detach in (False, True):
+        (gradients[detach],) = torch.autograd.grad(HybridLoss(lambda_self=1.0, detach_scale=detach)(pred, target), pred)
+        assert torch.isfinite(gradients[detach]).all()
+    assert not torch.allclose(gradients[False], gradients[True])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_nan_for_all_zero_images_and_maps(dtype):
+    pred = torch.zeros(2, 3, 8, 8, dtype=dtype, requires_grad=True)
+    zeros = torch.zeros(2, 3, 8, 8, dtype=dtype)
+    for mask in (None, torch.zeros(2, 1, 8, 8, dtype=dtype), torch.ones(2, 1, 8, 8, dtype=dtype)):
+        target = {"label": zeros, "image": zeros} | ({} if mask is None else {"mask": mask})
+        value = HybridLoss(lambda_self=1.0, mask_supervised=True)(pred, target)
+        (gradient,) = torch.autograd.grad(value, pred)
+        assert torch.isfinite(value) and torch.isfinite(gradient).all()
+
+
+def test_gradients_reach_every_map_channel_from_the_self_term():
+    pred = random_maps(seed=19).float().requires_grad_()
+    image = synthesize_all(random_maps(seed=20)).float()
+    loss = HybridLoss(lambda_self=1.0)
+    parts = loss.components(pred, {"label": pred.detach(), "image": image})
+    (gradient,) = torch.autograd.grad(parts["self_supervised"], pred)
+    assert all(gradient[:, channel].abs().sum() > 0 for channel in range(3))
+
+
+def test_mask_supervised_averages_inside_the_mask():
+    pred, label = random_maps(seed=21), random_maps(seed=22)
+    mask = torch.zeros(2, 1, 12, 10, dtype=torch.float64)
+    mask[..., :4, :] = 1.0
+    masked = HybridLoss(lambda_self=0.0, mask_supervised=True)(pred, {"label": label, "mask": mask})
+    expected = (pred - label)[..., :4, :].abs().mean()
+    assert float(masked) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_shape_errors_say_what_was_received():
+    with pytest.raises(ValueError, match=r"pred must be \(B, 3, H, W\).*\(2, 2, 4, 4\)"):
+        HybridLoss(lambda_self=0.0)(torch.rand(2, 2, 4, 4), torch.rand(2, 2, 4, 4))
+    pred = random_maps()
+    with pytest.raises(ValueError, match="image must be"):
+        HybridLoss(lambda_self=1.0)(pred, {"label": pred, "image": pred[:, :1]})

@@ -1,0 +1,210 @@
+"""Signal models against the pulse-by-pulse reference, an in-test recursion and their contracts."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import physics
+from pipeline.physics import FLAIRProtocol, MPRAGEProtocol, TSEProtocol
+
+
+def simulate_mprage_pulse_by_pulse(t1_ms, protocol, n_inversions=80):
+    """Mz/M0 stepped through ``n_inversions`` TR cycles; returns sin(alpha) Mz/M0 before the centre pulse."""
+    t1_ms = np.asarray(t1_ms, dtype=np.float64)
+    alpha = math.radians(protocol.flip_angle)
+    centre = protocol.n_excitations // 2
+    pulse_times = [protocol.ti + (k - centre) * protocol.echo_spacing for k in range(protocol.n_excitations)]
+
+    def relax(mz, duration):
+        return 1.0 + (mz - 1.0) * np.exp(-duration / t1_ms)
+
+    mz = np.ones_like(t1_ms)
+    for _ in range(n_inversions):
+        mz = -protocol.inversion_efficiency * mz
+        now = 0.0
+        for k, pulse_time in enumerate(pulse_times):
+            mz = relax(mz, pulse_time - now)
+            now = pulse_time
+            if k == centre:
+                signal = math.sin(alpha) * np.abs(mz)
+            mz = mz * math.cos(alpha)
+        mz = relax(mz, protocol.tr - now)
+    return signal
+
+
+def test_mprage_matches_every_reference_case(physics_reference):
+    cases = physics_reference["mprage"]["cases"]
+    for case in cases:
+        protocol = MPRAGEProtocol(
+            n_excitations=case["N"],
+            echo_spacing=case["ESP_ms"],
+            inversion_efficiency=case.get("inversion_efficiency", 1.0),
+        )
+        signal = physics.mprage(np.float64(case["T1_ms"]), 1.0, protocol)
+        assert signal == pytest.approx(case["signal_over_M0"], rel=1e-5), case
+
+
+def test_mprage_reference_protocol_is_the_default(physics_reference):
+    described = physics_reference["mprage"]["protocol"]
+    default = MPRAGEProtocol()
+    assert (default.tr, default.ti, default.te, default.flip_angle) == (
+        described["TR_ms"], described["TI_ms"], described["TE_ms"], described["flip_deg"]
+    )
+
+
+@pytest.mark.parametrize(
+    "protocol",
+    [
+        MPRAGEProtocol(tr=2300.0, ti=1000.0, flip_angle=12.0, echo_spacing=8.0, n_excitations=120, inversion_efficiency=0.95),
+        MPRAGEProtocol(tr=2500.0, ti=1100.0, flip_angle=7.0, echo_spacing=6.5, n_excitations=191, inversion_efficiency=0.9),
+    ],
+)
+def test_mprage_closed_form_equals_pulse_by_pulse_recursion(protocol):
+    t1_ms = np.array([300.0, 832.0, 1331.0, 2500.0, 4000.0])
+    expected = simulate_mprage_pulse_by_pulse(t1_ms, protocol)
+    np.testing.assert_allclose(physics.mprage(t1_ms, 1.0, protocol), expected, rtol=1e-9)
+
+
+def test_mprage_t2star_decay_and_m0_scaling():
+    protocol = MPRAGEProtocol(t2star=40.0)
+    plain = physics.mprage(900.0, 2.0)
+    assert physics.mprage(900.0, 2.0, protocol) == pytest.approx(plain * math.exp(-2.93 / 40.0), rel=1e-12)
+    assert physics.mprage(900.0, 2.0) == pytest.approx(2.0 * physics.mprage(900.0, 1.0), rel=1e-12)
+
+
+def test_tse_matches_reference(physics_reference):
+    protocol = physics_reference["tse"]["protocol"]
+    assert (TSEProtocol().tr, TSEProtocol().te, TSEProtocol().echo_spacing, TSEProtocol().echo_train_length) == (
+        protocol["TR_ms"], protocol["TE_eff_ms"], protocol["ESP_ms"], protocol["ETL"]
+    )
+    for case in physics_reference["tse"]["cases"]:
+        signal = physics.tse(case["T1_ms"], case["T2_ms"], 1.0)
+        assert signal == pytest.approx(case["simplified_model_signal_over_M0"], abs=1e-5), case["tissue"]
+
+
+def test_tse_epg_first_train_matches_reference(physics_reference):
+    # TR -> infinity makes the saturation-recovery factor exactly 1: one train from Mz = M0
+    first_train = TSEProtocol(tr=1e7)
+    for case in physics_reference["tse"]["cases"]:
+        t1, t2 = torch.tensor(case["T1_ms"], dtype=torch.float64), torch.tensor(case["T2_ms"], dtype=torch.float64)
+        signal = physics.tse_epg(t1, t2, 1.0, first_train)
+        assert float(signal) == pytest.approx(case["epg_150deg_echo10_first_train_over_M0"], abs=1e-5), case["tissue"]
+
+
+def test_tse_epg_with_ideal_refocusing_is_the_simplified_model(physics_reference):
+    ideal = TSEProtocol(refocusing_angle=180.0, tr=1e7)
+    for case in physics_reference["tse"]["cases"]:
+        signal = physics.tse_epg(case["T1_ms"], case["T2_ms"], 1.0, ideal)
+        assert signal == pytest.approx(math.exp(-93.0 / case["T2_ms"]), rel=1e-10)
+    t1, t2 = np.array([832.0, 1331.0]), np.array([79.2, 110.0])
+    np.testing.assert_allclose(
+        physics.tse_epg(t1, t2, 0.7, TSEProtocol(refocusing_angle=180.0)), physics.tse(t1, t2, 0.7), rtol=1e-10
+    )
+
+
+def test_tse_epg_needs_te_on_an_echo():
+    with pytest.raises(ValueError, match="whole number of echo spacings"):
+        physics.tse_epg(800.0, 80.0, 1.0, TSEProtocol(te=95.0))
+
+
+def test_flair_nulls_t1_of_ti_over_ln2_for_long_tr():
+    long_tr = FLAIRProtocol(tr=1e7)
+    assert physics.flair(1800.0 / math.log(2.0), 1e4, 1.0, long_tr) < 1e-9
+    assert physics.flair(832.0, 1e4, 1.0, long_tr) > 0.5
+
+
+def test_flair_darkens_csf_relative_to_white_matter(physics_reference):
+    tissues = physics_reference["tissues_3T"]
+    t1 = np.array([tissues["white_matter"]["T1"], tissues["csf"]["T1"]], dtype=np.float64)
+    white_matter, csf = physics.flair(t1, 100.0, 1.0)  # equal T2: the inversion contrast alone
+    assert csf < 0.2 * white_matter
+
+
+@pytest.mark.parametrize("contrast", ["mprage", "tse", "flair"])
+def test_numpy_torch_parity_dtype_and_broadcast(contrast):
+    rng = np.random.default_rng(0)
+    t1 = rng.uniform(200.0, 4000.0, size=(4, 1)).astype(np.float32)
+    t2 = rng.uniform(20.0, 2000.0, size=(3,)).astype(np.float32)
+    m0 = np.float32(0.8)
+    from_numpy = physics.synthesize(contrast, t1, t2, m0)
+    from_torch = physics.synthesize(contrast, torch.from_numpy(t1), torch.from_numpy(t2), m0)
+    assert isinstance(from_numpy, np.ndarray) and from_numpy.dtype == np.float32 and from_numpy.shape == (4, 3)
+    assert isinstance(from_torch, torch.Tensor) and from_torch.dtype == torch.float32 and from_torch.shape == (4, 3)
+    np.testing.assert_allclose(from_numpy, from_torch.numpy(), rtol=1e-6)
+    double = physics.synthesize(contrast, torch.from_numpy(t1).double(), t2.astype(np.float64), 0.8)
+    assert double.dtype == torch.float64
+    np.testing.assert_allclose(double.numpy(), from_numpy, rtol=1e-5)
+    assert physics.synthesize(contrast, t1.astype(np.float64), t2, 0.8).dtype == np.float64
+    scalar = physics.synthesize(contrast, 900.0, 90.0, 1.0)
+    assert np.ndim(scalar) == 0 and np.isfinite(scalar)
+
+
+def test_public_functions_and_registry_agree():
+    t1, t2, m0 = np.array([832.0, 1331.0]), np.array([79.2, 110.0]), np.array([0.69, 0.82])
+    np.testing.assert_array_equal(physics.synthesize("mprage", t1, t2, m0), physics.mprage(t1, m0))
+    np.testing.assert_array_equal(physics.synthesize("tse", t1, t2, m0), physics.tse(t1, t2, m0))
+    np.testing.assert_array_equal(physics.synthesize("flair", t1, t2, m0), physics.flair(t1, t2, m0))
+    custom = {"te": 120.0}
+    np.testing.assert_array_equal(
+        physics.synthesize("tse", t1, t2, m0, custom), physics.tse(t1, t2, m0, TSEProtocol(te=120.0))
+    )
+    assert set(physics.SIGNAL_MODELS) == {"mprage", "tse", "flair"}
+    assert physics.MAP_UNIT_MS == 3000.0
+    with pytest.raises(ValueError, match="unknown contrast 'dwi'"):
+        physics.synthesize("dwi", t1, t2, m0)
+    with pytest.raises(TypeError, match="TSEProtocol"):
+        physics.synthesize("tse", t1, t2, m0, MPRAGEProtocol())
+
+
+@pytest.mark.parametrize("protocol_type", [MPRAGEProtocol, TSEProtocol, FLAIRProtocol])
+def test_protocols_round_trip_and_are_frozen(protocol_type):
+    protocol = protocol_type()
+    assert protocol_type.from_dict(protocol.to_dict()) == protocol
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        protocol.tr = 1.0
+    with pytest.raises(ValueError, match="unknown field"):
+        protocol_type.from_dict({"tr": 5000.0, "typo": 1.0})
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: MPRAGEProtocol(ti=500.0), "starts before the inversion"),
+        (lambda: MPRAGEProtocol(tr=1500.0), "does not fit in tr"),
+        (lambda: MPRAGEProtocol(flip_angle=0.0), "flip_angle"),
+        (lambda: MPRAGEProtocol(inversion_efficiency=1.2), "inversion_efficiency"),
+        (lambda: TSEProtocol(tr=100.0), "does not fit in tr"),
+        (lambda: TSEProtocol(te=200.0), "te must be in"),
+        (lambda: FLAIRProtocol(ti=4500.0), "does not fit in tr - ti"),
+    ],
+)
+def test_invalid_protocols_raise_naming_values(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_mprage_timing_error_names_the_values():
+    with pytest.raises(ValueError) as error:
+        MPRAGEProtocol(ti=500.0)
+    assert "500.0 - 88 * 7.0 = -116.0" in str(error.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("model", ["mprage", "tse", "flair", "tse_epg"])
+def test_values_and_gradients_finite_at_extremes(model, dtype):
+    extremes = torch.tensor([0.0, 1e-4, 1.0, 10.0, 1000.0, 10000.0], dtype=dtype)
+    t1, t2 = torch.meshgrid(extremes, extremes, indexing="ij")
+    t1, t2 = t1.clone().requires_grad_(), t2.clone().requires_grad_()
+    m0 = torch.tensor([0.0, 1.0], dtype=dtype).view(2, 1, 1).requires_grad_()
+    if model == "tse_epg":
+        signal = physics.tse_epg(t1, t2, m0)
+    else:
+        signal = physics.synthesize(model, t1, t2, m0)
+    assert signal.shape == (2, 6, 6) and signal.dtype == dtype
+    assert torch.isfinite(signal).all() and (signal >= 0).all()
+    signal.sum().backward()
+    for grad in (t1.grad, m0.grad) + ((t2.grad,) if model != "mprage" else ()):
+        assert torch.isfinite(grad).all()
