@@ -24,16 +24,20 @@ from pipeline.physics import MAP_UNIT_MS, synthesize
 UNET_FEATURES = (32, 32, 64, 128, 256, 32)
 
 
-def median_ms(step: Callable[[], None], warmup: int, repeats: int) -> float:
-    """Median wall time of ``step`` in ms after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+def interleaved_median_ms(steps: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of each step after ``warmup`` untimed rounds.
+
+    The steps run in turns within every round, so a slow drift of the machine's load (other
+    processes, thermal state) affects all of them alike instead of biasing their ratio.
+    """
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(warmup + repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_index >= warmup:
+                times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def make_batch(batch: int, height: int, width: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -85,8 +89,8 @@ def main() -> None:
 
         return step
 
-    step_ms = {name: median_ms(training_step(loss), args.warmup, args.repeats) for name, loss in losses.items()}
-    loss_ms = {name: median_ms(loss_only_step(loss), args.warmup, 5 * args.repeats) for name, loss in losses.items()}
+    step_ms = interleaved_median_ms({n: training_step(loss) for n, loss in losses.items()}, args.warmup, args.repeats)
+    loss_ms = interleaved_median_ms({n: loss_only_step(loss) for n, loss in losses.items()}, args.warmup, 5 * args.repeats)
 
     baseline = next(iter(step_ms.values()))
     print(

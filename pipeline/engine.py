@@ -9,6 +9,8 @@
 * :class:`MapsToMsd` -- network units (T1, T2 in units of 3 s) back to ms.
 * :class:`SaveMapsd` -- writes ``<output_dir>/<subject>/{t1,t2,m0}_map.nii.gz`` atomically in the
   geometry of the subject's T1w, never overwriting silently.
+* :func:`loss_terms_output` -- what the training stats handlers log: total loss and its terms.
+* :func:`slice_names` -- row names (``<subject>/slice_<n>``) for MONAI's ``MetricsSaver``.
 * :func:`latest_checkpoint` -- the newest full training state, for resuming.
 """
 
@@ -75,6 +77,30 @@ def map_channel_output(channel: int, keys: Sequence[str] = ("pred", "label")):
     return select
 
 
+def loss_terms_output(loss_function):
+    """Ignite ``output_transform`` giving ``{"loss": total, "<term>": value, ...}`` as Python floats.
+
+    The terms are ``loss_function.last_components`` (e.g. ``supervised``, ``self_supervised``,
+    ``self_mprage``, ``self_tse`` of :class:`pipeline.losses.HybridLoss`), so stats handlers show how
+    the hybrid loss splits.
+    """
+
+    def terms(output: Mapping) -> dict[str, float]:
+        components = getattr(loss_function, "last_components", {})
+        return {"loss": float(output["loss"]), **{name: float(value) for name, value in components.items()}}
+
+    return terms
+
+
+def slice_names(batch: Sequence[Mapping]) -> list[dict]:
+    """``MetricsSaver`` ``batch_transform``: name each decollated slice item ``<subject>/slice_<n>``.
+
+    MONAI's ``MetricsSaver`` names its per-item rows by the ``filename_or_obj`` of these dicts; a slice
+    of a volume has no file of its own, so its subject and index name it.
+    """
+    return [{"filename_or_obj": f"{item['subject']}/slice_{int(item['slice']):03d}"} for item in batch]
+
+
 class MapsToMsd(MapTransform):
     """Convert predicted maps (3, ...) from network units to physical units.
 
@@ -99,24 +125,23 @@ class SaveMapsd(MapTransform):
 
     Files: ``<output_dir>/<subject>/t1_map.nii.gz``, ``t2_map.nii.gz`` (ms) and ``m0_map.nii.gz``
     (a.u.). The maps must already be on the T1w's voxel grid (MONAI ``Invertd`` undoes orientation
-    and spacing); the affine is read from the T1w file itself so it is exactly the input's. Voxels
-    outside ``mask_key`` are set to 0. Each file is written to a temporary name in the same folder and
-    renamed, so an interrupted run never leaves a truncated map. Existing maps raise
-    ``FileExistsError`` unless ``overwrite`` is True.
+    and spacing); the T1w file is named by the ``filename_or_obj`` meta of ``reference_key`` and its
+    affine is copied, so the maps have exactly the input's geometry. Each file is written to a
+    temporary name in the same folder and renamed, so an interrupted run never leaves a truncated
+    map. Existing maps raise ``FileExistsError`` unless ``overwrite`` is True.
     """
 
     def __init__(
         self,
         keys: KeysCollection,
         output_dir: str | os.PathLike,
-        reference_key: str = "t1w",
+        reference_key: str = "image",
         subject_key: str = "subject",
-        mask_key: str | None = "mask",
         overwrite: bool = False,
     ) -> None:
         super().__init__(keys)
         self.output_dir = pathlib.Path(output_dir)
-        self.reference_key, self.subject_key, self.mask_key = reference_key, subject_key, mask_key
+        self.reference_key, self.subject_key = reference_key, subject_key
         self.overwrite = overwrite
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
@@ -135,8 +160,6 @@ class SaveMapsd(MapTransform):
                     f"predicted maps have spatial shape {maps.shape[1:]} but the T1w {reference_file} has "
                     f"{reference.shape[:3]}: the inverse transforms did not restore the input grid."
                 )
-            if self.mask_key is not None and self.mask_key in d:
-                maps = maps * (np.asarray(d[self.mask_key].detach().cpu())[:1] > 0)
             subject_dir.mkdir(parents=True, exist_ok=True)
             for channel, target in zip(maps, targets):
                 image = nib.Nifti1Image(channel, reference.affine)

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers import separable_filtering
 from torch.nn.modules.loss import _Loss
 
 from pipeline.physics import MAP_UNIT_MS, resolve_protocol, synthesize
@@ -32,10 +31,13 @@ _SOBEL_SMOOTHING = (0.25, 0.5, 0.25)
 def sobel_edges(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Per-channel 2D Sobel gradient magnitude ``sqrt(gx^2 + gy^2 + eps)``.
 
-    Uses MONAI's normalised 3x3 Sobel kernels (difference ``[-1, 0, 1] / 2``, smoothing
-    ``[1, 2, 1] / 4``) and its default reflect padding. ``monai.transforms.SobelGradients`` holds the
-    same kernels but is an un-batched array transform (it adds its own batch axis and converts the
-    input), so the batched, differentiable primitive it wraps, ``separable_filtering``, is called directly.
+    Uses the kernels and padding of ``monai.transforms.SobelGradients`` (normalised 3x3 Sobel:
+    difference ``[-1, 0, 1] / 2`` times smoothing ``[1, 2, 1] / 4``; reflect padding). That transform
+    is an un-batched array transform (it adds its own batch axis and converts its input), and the
+    primitive it wraps, ``monai.networks.layers.separable_filtering``, runs one grouped 3x1 and one
+    1x3 convolution per direction, which is ~30x slower on CPU than one depthwise 3x3 ``conv2d``
+    giving both directions at once (measured on 8x2x256x176 float32, forward + backward), so the
+    edges are computed with that ``conv2d``.
 
     Args:
         x: images, shape (B, C, H, W).
@@ -47,10 +49,13 @@ def sobel_edges(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """
     if x.ndim != 4:
         raise ValueError(f"sobel_edges expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}.")
+    channels = x.shape[1]
     difference = torch.tensor(_SOBEL_DIFFERENCE, dtype=x.dtype, device=x.device)
     smoothing = torch.tensor(_SOBEL_SMOOTHING, dtype=x.dtype, device=x.device)
-    grad_h = separable_filtering(x, [difference, smoothing], mode="reflect")
-    grad_w = separable_filtering(x, [smoothing, difference], mode="reflect")
+    along_h = torch.outer(difference, smoothing)
+    kernels = torch.stack([along_h, along_h.T]).unsqueeze(1).repeat(channels, 1, 1, 1)  # (2C, 1, 3, 3)
+    gradients = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernels, groups=channels)
+    grad_h, grad_w = gradients[:, 0::2], gradients[:, 1::2]
     return torch.sqrt(grad_h.square() + grad_w.square() + eps)
 
 

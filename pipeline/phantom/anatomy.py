@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 from nilearn import datasets
 from scipy import ndimage
-from scipy.special import expit
 
 from pipeline.phantom.grid import VoxelGrid
 
@@ -34,8 +33,10 @@ DEEP_GREY_CENTRE_MM = (0.0, -4.0, 4.0)
 """RAS centre of the deep-grey-matter ellipsoid (between the thalami, below the lateral ventricles)."""
 DEEP_GREY_SEMI_AXES_MM = (30.0, 34.0, 18.0)
 """Semi-axes of the ellipsoid: caudate head to pulvinar, putamen to putamen, excluding insula and cingulum."""
-DEEP_GREY_EDGE = 0.08
-"""Width of the ellipsoid's soft edge, relative to its semi-axes."""
+DEEP_GREY_EDGE = 0.2
+"""Width of the ellipsoid's linear edge, relative to its semi-axes."""
+TEMPLATE_NOISE_FRACTION = 1.5 / 255
+"""Fractions below this are the uint8 templates' quantisation noise (steps of 1/255) and are set to 0."""
 PURE_WHITE_MATTER = 0.9
 """WM fraction above which a voxel counts as pure white matter (lesion sites)."""
 
@@ -91,18 +92,18 @@ def brain_mask(grey: np.ndarray, white: np.ndarray, mni_mask: np.ndarray, midlin
 
 
 def deep_grey_weight(grid: VoxelGrid) -> np.ndarray:
-    """(X, Y, Z) float32 weight in [0, 1]: 1 inside the deep-grey-matter ellipsoid, smooth edge, 0 outside."""
+    """(X, Y, Z) float32 weight in [0, 1]: 1 inside the deep-grey-matter ellipsoid, 0 outside, linear edge."""
     axes = [
         ((mm - centre) / semi_axis) ** 2
         for mm, centre, semi_axis in zip(grid.axes_mm(), DEEP_GREY_CENTRE_MM, DEEP_GREY_SEMI_AXES_MM)
     ]
     radius = np.sqrt(axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :])
-    return expit((1.0 - radius) / DEEP_GREY_EDGE).astype(np.float32)
+    return np.clip(0.5 + (1.0 - radius) / DEEP_GREY_EDGE, 0.0, 1.0).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=1)
 def load_template_anatomy() -> TemplateAnatomy:
-    """The phantom's template anatomy (computed once per process, ~2 s)."""
+    """The phantom's template anatomy (computed once per process, a few seconds)."""
     template = datasets.load_mni152_gm_template(resolution=1)
     grey = template.get_fdata(dtype=np.float32)
     white = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
@@ -116,10 +117,9 @@ def load_template_anatomy() -> TemplateAnatomy:
     grid = full_grid.subgrid(tuple(start), tuple(stop - start))
     grey, white, mask = grey[box], white[box], mask[box]
 
-    csf = np.clip(1.0 - grey - white, 0.0, 1.0)
-    # uint8 templates: GM + WM may exceed 1 by a quantisation step, so normalise by the total (>= 1)
-    in_mask_over_total = mask / (grey + white + csf)
     deep = deep_grey_weight(grid)
-    fractions = np.stack([white, grey * (1.0 - deep), grey * deep, csf]) * in_mask_over_total
+    fractions = np.stack([white, grey * (1.0 - deep), grey * deep, np.clip(1.0 - grey - white, 0.0, 1.0)])
+    fractions[fractions < TEMPLATE_NOISE_FRACTION] = 0.0
+    fractions *= mask / fractions.sum(0)  # the sum is never 0: where GM and WM are noise, CSF is ~1
     depth = ndimage.distance_transform_edt(fractions[0] > PURE_WHITE_MATTER).astype(np.float32)
     return TemplateAnatomy(fractions.astype(np.float32), grid, depth)

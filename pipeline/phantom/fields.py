@@ -64,7 +64,8 @@ class SmoothRandomField:
         """The fields at the voxel centres of ``grid``: (F, X, Y, Z) float32 (a transposed view)."""
         basis_x, basis_y, basis_z = (bspline_basis(mm, axis, self.spacing_mm) for axis, mm in enumerate(grid.axes_mm()))
         # separable sum over the knot lattice, one matrix product per axis
-        lattice = np.tensordot(self.coefficients, basis_z, axes=(3, 1))  # (F, Mx, My, Z)
+        unit_variance = self.coefficients / np.float32(CUBIC_BSPLINE_MEAN_SQUARE**1.5)
+        lattice = np.tensordot(unit_variance, basis_z, axes=(3, 1))  # (F, Mx, My, Z)
         lattice = np.tensordot(basis_x, lattice, axes=(1, 1))  # (X, F, My, Z)
         values = np.tensordot(basis_y, lattice, axes=(1, 2))  # (Y, X, F, Z)
-        return values.transpose(2, 1, 0, 3) / np.float32(CUBIC_BSPLINE_MEAN_SQUARE**1.5)
+        return values.transpose(2, 1, 0, 3)

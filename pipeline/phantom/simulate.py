@@ -153,12 +153,14 @@ class SubjectVolumes:
     lesion_centres_mm: np.ndarray
 
 
-def template_positions(grid: VoxelGrid, parameters: SubjectParameters) -> np.ndarray:
-    """(3, X, Y, Z) float32 template-space positions (mm) of the voxel centres: world + displacement."""
-    positions = DEFORMATION_STD_MM * parameters.deformation(grid)
-    for d in range(3):
-        positions[d] += grid.coordinate_mm(d).astype(np.float32)
-    return positions
+def displacement_mm(grid: VoxelGrid, parameters: SubjectParameters) -> np.ndarray:
+    """(3, X, Y, Z) float32 displacement (mm) from each voxel centre of ``grid`` to its template position."""
+    return DEFORMATION_STD_MM * parameters.deformation(grid)
+
+
+def template_positions(grid: VoxelGrid, displacement: np.ndarray) -> np.ndarray:
+    """(3, X, Y, Z) float32 template-space positions (mm) of the voxel centres: world + ``displacement``."""
+    return np.stack([displacement[d] + grid.coordinate_mm(d).astype(np.float32) for d in range(3)])
 
 
 def deformed_fractions(anatomy: TemplateAnatomy, positions_mm: np.ndarray) -> np.ndarray:
@@ -181,29 +183,36 @@ def compartment_values(parameters: SubjectParameters, grid: VoxelGrid, mask: np.
 
 
 def lesion_fraction(
-    lesions: list[Lesion], positions_mm: np.ndarray, grid: VoxelGrid, mask: np.ndarray
+    lesions: list[Lesion], grid: VoxelGrid, displacement: np.ndarray, positions_mm: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Lesion fraction (union of all lesions) at the N mask voxels and the centroids of the visible lesions.
+    """Lesion fraction (union of all lesions) on ``grid`` and the centroids of the lesions it shows.
 
     Args:
         lesions: the subject's lesions (template space).
-        positions_mm: (3, N) template positions of the mask voxels.
-        grid, mask: the output grid and its brain mask (N voxels).
+        grid: the output grid.
+        displacement, positions_mm: (3, X, Y, Z) displacement and template positions of the voxels.
 
     Returns:
-        (N,) float32 fraction in [0, 1] and (L, 3) RAS centroids (subject space) of the lesions on the grid.
+        (X, Y, Z) float32 fraction in [0, 1] and (L, 3) RAS centroids (subject space) of the visible lesions.
     """
-    fraction = np.zeros(positions_mm.shape[1], dtype=np.float32)
-    mask_indices = np.nonzero(mask)
+    fraction = np.zeros(grid.shape, dtype=np.float32)
+    largest_shift = np.abs(displacement).max(axis=(1, 2, 3))
+    axes = grid.axes_mm()
     centres = []
     for lesion in lesions:
-        reach = lesion.semi_axes_mm[:, None] + 1.0
-        near = np.flatnonzero(np.all(np.abs(positions_mm - lesion.centre_mm[:, None]) <= reach, axis=0))
-        share = lesion.fraction(positions_mm[:, near])
+        # only voxels whose world position lies within the lesion's reach plus the largest displacement
+        reach = lesion.semi_axes_mm + 1.0 + largest_shift
+        box = tuple(
+            slice(max(int(np.floor(grid.world_to_index(d, lesion.centre_mm[d] - reach[d]))), 0),
+                  max(int(np.ceil(grid.world_to_index(d, lesion.centre_mm[d] + reach[d]))) + 1, 0))
+            for d in range(3)
+        )
+        box_positions = positions_mm[(slice(None), *box)]
+        share = lesion.fraction(box_positions.reshape(3, -1)).reshape(box_positions.shape[1:])
         if share.sum() > 0:
-            fraction[near] = np.maximum(fraction[near], share)
-            centroid_index = np.stack([index[near] for index in mask_indices]) @ share / share.sum()
-            centres.append(grid.affine[:3, :3] @ centroid_index + grid.affine[:3, 3])
+            fraction[box] = np.maximum(fraction[box], share)
+            world = np.stack(np.meshgrid(*(axis[part] for axis, part in zip(axes, box)), indexing="ij"))
+            centres.append(np.sum(world * share, axis=(1, 2, 3)) / share.sum())
     return fraction, np.reshape(centres, (-1, 3))
 
 
@@ -236,16 +245,21 @@ def mix_relaxation_rates(fractions: np.ndarray, values: np.ndarray) -> tuple[np.
     return t1_ms, t2_ms, np.sum(fractions * values[:, 2], axis=0)
 
 
-def mix_signals(contrast: str, fractions: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(N,) magnitude ``|sum_k f_k s_k|`` of the signed compartment signals of ``contrast``.
+def mix_signals(fractions: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
+    """Magnitudes ``|sum_k f_k s_k|`` of the signed compartment signals of every contrast.
 
     Args and shapes as :func:`mix_relaxation_rates`; each compartment is simulated only where present.
+
+    Returns:
+        contrast name (:data:`CONTRASTS`) → (N,) float32 magnitude.
     """
-    signal = np.zeros(fractions.shape[1], dtype=np.float32)
-    for fraction, (t1_ms, t2_ms, pd) in zip(fractions, values):
-        present = fraction > 0
-        signal[present] += fraction[present] * signed_signal(contrast, t1_ms[present], t2_ms[present], pd[present])
-    return np.abs(signal)
+    signals = {contrast: np.zeros(fractions.shape[1], dtype=np.float32) for contrast in CONTRASTS}
+    for fraction, compartment in zip(fractions, values):
+        present = np.flatnonzero(fraction > 0)
+        t1_ms, t2_ms, pd = compartment[:, present]
+        for contrast, signal in signals.items():
+            signal[present] += fraction[present] * signed_signal(contrast, t1_ms, t2_ms, pd)
+    return {contrast: np.abs(signal) for contrast, signal in signals.items()}
 
 
 def _fill(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -270,23 +284,25 @@ def simulate_subject(
     Returns:
         the subject's :class:`SubjectVolumes`.
     """
-    positions = template_positions(grid, parameters)
+    displacement = displacement_mm(grid, parameters)
+    positions = template_positions(grid, displacement)
     anatomical = deformed_fractions(anatomy, positions)
     total = anatomical.sum(0)
     mask = total >= 0.5
     inside = np.zeros((len(COMPARTMENTS), int(mask.sum())), dtype=np.float32)
     inside[: len(anatomical)] = anatomical[:, mask] / total[mask]
-    lesion, lesion_centres = lesion_fraction(parameters.lesions, positions[:, mask], grid, mask)
-    inside[COMPARTMENTS.index("lesion")] = lesion * inside[0]
-    inside[0] -= lesion * inside[0]
+    lesion, lesion_centres = lesion_fraction(parameters.lesions, grid, displacement, positions)
+    lesion_share = lesion[mask] * inside[0]
+    inside[COMPARTMENTS.index("lesion")] = lesion_share
+    inside[0] -= lesion_share
 
     values = compartment_values(parameters, grid, mask)
     t1_ms, t2_ms, m0 = mix_relaxation_rates(inside, values)
     bias = np.exp(BIAS_LOG_STD * parameters.bias(grid)[0][mask])
     sigma = WHITE_MATTER_INTENSITY / snr
     weighted = {
-        contrast: rician_noise(_fill(bias * mix_signals(contrast, inside, values), mask), grid, parameters, stream, sigma)
-        for stream, contrast in enumerate(CONTRASTS, start=1)
+        contrast: rician_noise(_fill(bias * signal, mask), grid, parameters, stream, sigma)
+        for stream, (contrast, signal) in enumerate(mix_signals(inside, values).items(), start=1)
     }
     return SubjectVolumes(
         grid=grid,
