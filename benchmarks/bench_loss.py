@@ -4,7 +4,7 @@ One training step = BasicUNet forward, softplus, loss, backward, for a batch of 
 Prints a table of median times (after warm-up) for the supervised L1 loss and the hybrid loss,
 their ratio (goal <= 1.05), and the forward+backward time of each loss alone.
 
-    PYTHONPATH=. python benchmarks/bench_loss.py [--batch 8] [--height 256] [--width 176] [--repeats 5] [--warmup 2]
+    PYTHONPATH=. python benchmarks/bench_loss.py [--batch 8] [--height 256] [--width 176] [--repeats 7] [--warmup 2]
 """
 
 from __future__ import annotations
@@ -24,20 +24,21 @@ from pipeline.physics import MAP_UNIT_MS, synthesize
 UNET_FEATURES = (32, 32, 64, 128, 256, 32)
 
 
-def interleaved_median_ms(steps: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of each step after ``warmup`` untimed rounds.
+def interleaved_times_ms(steps: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Wall times (ms) of each step in ``repeats`` timed rounds after ``warmup`` untimed ones.
 
-    The steps run in turns within every round, so a slow drift of the machine's load (other
-    processes, thermal state) affects all of them alike instead of biasing their ratio.
+    The steps take turns within every round (in alternating order), so drifts of the machine's load
+    (other processes, thermal state) hit all of them alike instead of biasing their ratio.
     """
     times: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in range(warmup + repeats):
-        for name, step in steps.items():
+        order = list(steps) if round_index % 2 == 0 else list(reversed(steps))
+        for name in order:
             start = time.perf_counter()
-            step()
+            steps[name]()
             if round_index >= warmup:
                 times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def make_batch(batch: int, height: int, width: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=176)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lambda-self", type=float, default=0.1)
@@ -89,18 +90,28 @@ def main() -> None:
 
         return step
 
-    step_ms = interleaved_median_ms({n: training_step(loss) for n, loss in losses.items()}, args.warmup, args.repeats)
-    loss_ms = interleaved_median_ms({n: loss_only_step(loss) for n, loss in losses.items()}, args.warmup, 5 * args.repeats)
+    step_times = interleaved_times_ms({n: training_step(loss) for n, loss in losses.items()}, args.warmup, args.repeats)
+    loss_times = interleaved_times_ms(
+        {n: loss_only_step(loss) for n, loss in losses.items()}, args.warmup, 5 * args.repeats
+    )
 
-    baseline = next(iter(step_ms.values()))
+    baseline = step_times[next(iter(losses))]
     print(
         f"batch {args.batch}x3x{args.height}x{args.width}, BasicUNet features {UNET_FEATURES}, "
-        f"torch threads {torch.get_num_threads()}, median of {args.repeats} after {args.warmup} warm-up"
+        f"torch threads {torch.get_num_threads()}, median of {args.repeats} interleaved rounds "
+        f"after {args.warmup} warm-up"
     )
-    print(f"| {'loss':<34} | {'UNet fwd+bwd step (ms)':>22} | {'ratio':>6} | {'loss alone fwd+bwd (ms)':>23} |")
-    print(f"|{'-' * 36}|{'-' * 24}|{'-' * 8}|{'-' * 25}|")
+    print(
+        f"| {'loss':<34} | {'UNet fwd+bwd step (ms)':>22} | {'ratio (paired median)':>21} "
+        f"| {'loss alone fwd+bwd (ms)':>23} |"
+    )
+    print(f"|{'-' * 36}|{'-' * 24}|{'-' * 23}|{'-' * 25}|")
     for name in losses:
-        print(f"| {name:<34} | {step_ms[name]:>22.1f} | {step_ms[name] / baseline:>6.3f} | {loss_ms[name]:>23.2f} |")
+        ratio = statistics.median(t / b for t, b in zip(step_times[name], baseline, strict=True))
+        print(
+            f"| {name:<34} | {statistics.median(step_times[name]):>22.1f} | {ratio:>21.3f} "
+            f"| {statistics.median(loss_times[name]):>23.2f} |"
+        )
 
 
 if __name__ == "__main__":

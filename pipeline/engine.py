@@ -12,6 +12,7 @@
 * :func:`loss_terms_output` -- what the training stats handlers log: total loss and its terms.
 * :func:`slice_names` -- row names (``<subject>/slice_<n>``) for MONAI's ``MetricsSaver``.
 * :func:`latest_checkpoint` -- the newest full training state, for resuming.
+* :func:`as_flag` -- a command-line override (``--resume true``) as a bool.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.handlers import from_engine
-from monai.transforms import MapTransform
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 
 from pipeline.physics import MAP_UNIT_MS
 
@@ -87,7 +89,7 @@ def loss_terms_output(loss_function):
 
     def terms(output: Mapping) -> dict[str, float]:
         components = getattr(loss_function, "last_components", {})
-        return {"loss": float(output["loss"]), **{name: float(value) for name, value in components.items()}}
+        return {"loss": output["loss"].item(), **{name: value.item() for name, value in components.items()}}
 
     return terms
 
@@ -124,11 +126,13 @@ class SaveMapsd(MapTransform):
     """Write a subject's predicted maps (3, X, Y, Z) as float32 NIfTI in the geometry of its T1w.
 
     Files: ``<output_dir>/<subject>/t1_map.nii.gz``, ``t2_map.nii.gz`` (ms) and ``m0_map.nii.gz``
-    (a.u.). The maps must already be on the T1w's voxel grid (MONAI ``Invertd`` undoes orientation
-    and spacing); the T1w file is named by the ``filename_or_obj`` meta of ``reference_key`` and its
-    affine is copied, so the maps have exactly the input's geometry. Each file is written to a
-    temporary name in the same folder and renamed, so an interrupted run never leaves a truncated
-    map. Existing maps raise ``FileExistsError`` unless ``overwrite`` is True.
+    (a.u.). The maps lie on the model's grid (the RAS grid of ``reference_key``, whose affine they
+    take); MONAI's ``ResampleToMatch`` brings them onto the grid of the T1w file named by the
+    ``filename_or_obj`` meta of ``reference_key`` (a pure axis permutation/flip when only the
+    orientation differs), and the T1w's affine is copied: the maps have exactly the input's shape and
+    affine. Voxels outside ``mask_key`` (resampled by nearest neighbour) are set to 0. Each file is written to a temporary name in the same folder
+    and renamed, so an interrupted run never leaves a truncated map. Existing maps raise
+    ``FileExistsError`` unless ``overwrite`` is True.
     """
 
     def __init__(
@@ -137,36 +141,39 @@ class SaveMapsd(MapTransform):
         output_dir: str | os.PathLike,
         reference_key: str = "image",
         subject_key: str = "subject",
+        mask_key: str = "mask",
         overwrite: bool = False,
     ) -> None:
         super().__init__(keys)
         self.output_dir = pathlib.Path(output_dir)
-        self.reference_key, self.subject_key = reference_key, subject_key
+        self.reference_key, self.subject_key, self.mask_key = reference_key, subject_key, mask_key
         self.overwrite = overwrite
+        self.load_reference = LoadImage(image_only=True, ensure_channel_first=True)
+        self.resample = ResampleToMatch(padding_mode="zeros")
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
-        reference_file = str(d[self.reference_key].meta["filename_or_obj"])
-        reference = nib.load(reference_file)
+        model_grid = d[self.reference_key]
+        reference_file = str(model_grid.meta["filename_or_obj"])
         subject_dir = self.output_dir / str(d[self.subject_key])
         targets = [subject_dir / f"{name}.nii.gz" for name in MAP_NAMES]
         existing = [str(t) for t in targets if t.exists()]
         if existing and not self.overwrite:
             raise FileExistsError(f"refusing to overwrite existing maps {existing}; pass --overwrite true to replace them.")
+        reference = self.load_reference(reference_file)
+        affine = nib.load(reference_file).affine
+        mask = self._to_reference(d[self.mask_key], model_grid, reference, mode="nearest") > 0
         for key in self.key_iterator(d):
-            maps = np.asarray(d[key].detach().cpu(), dtype=np.float32)
-            if maps.shape[1:] != reference.shape[:3]:
-                raise ValueError(
-                    f"predicted maps have spatial shape {maps.shape[1:]} but the T1w {reference_file} has "
-                    f"{reference.shape[:3]}: the inverse transforms did not restore the input grid."
-                )
+            maps = self._to_reference(d[key], model_grid, reference, mode="bilinear") * mask
             subject_dir.mkdir(parents=True, exist_ok=True)
             for channel, target in zip(maps, targets):
-                image = nib.Nifti1Image(channel, reference.affine)
-                image.header.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
-                image.header.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
-                _atomic_save(image, target)
+                _atomic_save(nib.Nifti1Image(channel, affine), target)
         return d
+
+    def _to_reference(self, volume, model_grid, reference, mode: str) -> np.ndarray:
+        """``volume`` (C, X, Y, Z) on ``model_grid``'s grid → float32 array on ``reference``'s grid."""
+        volume = MetaTensor(torch.as_tensor(volume).detach().cpu().float(), affine=model_grid.affine)
+        return np.asarray(self.resample(volume, reference, mode=mode), dtype=np.float32)
 
 
 def _atomic_save(image: nib.Nifti1Image, target: pathlib.Path) -> None:
@@ -191,3 +198,19 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
     if not candidates:
         raise FileNotFoundError(f"no training state '{prefix}*.pt' to resume from in {ckpt_dir}.")
     return str(candidates[-1])
+
+
+def as_flag(value: bool | str | int) -> bool:
+    """A boolean config value given as a bool or as command-line text (``true``/``false``, ``1``/``0``, ``yes``/``no``).
+
+    ``python -m monai.bundle run ... --overwrite false`` hands the config the *string* ``"false"``, which
+    Python would take as true; configs pass such flags through this function.
+    """
+    if isinstance(value, (bool, int)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", "none", ""):
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {value!r}.")

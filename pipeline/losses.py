@@ -22,7 +22,7 @@ from torch.nn.modules.loss import _Loss
 
 from pipeline.physics import MAP_UNIT_MS, resolve_protocol, synthesize
 
-__all__ = ["sobel_edges", "ScaleInvariantL1Loss", "HybridLoss"]
+__all__ = ["HybridLoss", "ScaleInvariantL1Loss", "sobel_edges"]
 
 _SOBEL_DIFFERENCE = (-0.5, 0.0, 0.5)
 _SOBEL_SMOOTHING = (0.25, 0.5, 0.25)
@@ -60,27 +60,28 @@ def sobel_edges(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of ``values`` (B, C, H, W) over the voxels where ``mask`` (B, 1, H, W) is nonzero (all if None)."""
+    """Mean of ``values`` (B, C, H, W) over the voxels where the 0/1 ``mask`` (B, 1, H, W) is 1 (all if None)."""
     if mask is None:
         return values.mean()
-    weights = mask.to(values.dtype).expand_as(values)
+    weights = mask.expand_as(values)
     return (values * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def _per_image_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over H, W (inside ``mask`` if given) of (B, C, H, W) values, shape (B, C, 1, 1)."""
+    """Mean over H, W (inside the 0/1 ``mask`` (B, 1, H, W) if given) of (B, C, H, W) values, shape (B, C, 1, 1)."""
     if mask is None:
         return values.mean(dim=(-2, -1), keepdim=True)
-    weights = mask.to(values.dtype)
-    return (values * weights).sum(dim=(-2, -1), keepdim=True) / weights.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    return (values * mask).sum(dim=(-2, -1), keepdim=True) / mask.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
 
 
-def _check_mask(mask: torch.Tensor | None, reference: torch.Tensor) -> None:
+def _binary_mask(mask: torch.Tensor | None, reference: torch.Tensor) -> torch.Tensor | None:
+    """``mask != 0`` as 0/1 values of ``reference``'s dtype, after checking it is (B, 1, H, W)."""
     if mask is None:
-        return
+        return None
     expected = (reference.shape[0], 1, *reference.shape[2:])
     if tuple(mask.shape) != expected:
         raise ValueError(f"mask must have shape (B, 1, H, W) = {expected}, got {tuple(mask.shape)}.")
+    return (mask != 0).to(reference.dtype)
 
 
 class ScaleInvariantL1Loss(_Loss):
@@ -88,7 +89,8 @@ class ScaleInvariantL1Loss(_Loss):
 
     Per image ``b`` and channel ``c``: ``a = <p, t> / (<p, p> + eps)`` (sums over the masked pixels;
     the closed-form minimiser of ``||a p - t||_2^2``), then ``loss = mean |a p - t|`` over all images,
-    channels and masked pixels. The loss does not change when ``p`` is multiplied by a positive factor.
+    channels and masked pixels. The loss does not change (up to ``eps``) when ``p`` is multiplied by a
+    positive factor.
 
     Args:
         detach_scale: if True ``a`` is treated as a constant in the backward pass.
@@ -101,7 +103,7 @@ class ScaleInvariantL1Loss(_Loss):
         self.eps = eps
 
     def least_squares_scale(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None):
-        """The factor ``a``, shape (B, C, 1, 1), optionally detached."""
+        """The factor ``a``, shape (B, C, 1, 1), optionally detached; ``mask`` is a 0/1 (B, 1, H, W) tensor."""
         if mask is not None:
             input, target = input * mask, target * mask
         scale = (input * target).sum(dim=(-2, -1), keepdim=True) / (
@@ -123,7 +125,7 @@ class ScaleInvariantL1Loss(_Loss):
             raise ValueError(
                 f"input and target must both be (B, C, H, W); got {tuple(input.shape)} and {tuple(target.shape)}."
             )
-        _check_mask(mask, input)
+        mask = _binary_mask(mask, input)
         scale = self.least_squares_scale(input, target, mask)
         return _masked_mean((scale * input - target).abs(), mask)
 
@@ -145,7 +147,8 @@ class HybridLoss(_Loss):
     ``{"label", "image", "mask"}``.
 
     Args:
-        lambda_self: weight of the self-supervised term; 0 gives exactly ``torch.nn.L1Loss()``.
+        lambda_self: weight of the self-supervised term; 0 gives exactly ``torch.nn.L1Loss()``. The
+            paper does not report its value; the default 0.1 is a starting point for the bundle config.
         contrasts: contrasts of the self-supervised term, keys of ``pipeline.physics.SIGNAL_MODELS``.
         protocols: optional ``{contrast: protocol dataclass or dict of its fields}``; missing
             contrasts use the paper's protocols.
@@ -212,13 +215,13 @@ class HybridLoss(_Loss):
             raise ValueError(f"label shape {tuple(label.shape)} differs from pred shape {tuple(pred.shape)}.")
         if self.lambda_self != 0:
             n_channels = max(self.input_channels.values()) + 1
-            if image.ndim != 4 or image.shape[0] != pred.shape[0] or image.shape[2:] != pred.shape[2:] or image.shape[1] < n_channels:
+            matches_pred = image.ndim == 4 and image.shape[0] == pred.shape[0] and image.shape[2:] == pred.shape[2:]
+            if not matches_pred or image.shape[1] < n_channels:
                 raise ValueError(
                     f"image must be (B, C >= {n_channels}, H, W) matching pred {tuple(pred.shape)} in B, H, W "
                     f"(channels {self.input_channels}); got {tuple(image.shape)}."
                 )
-        _check_mask(mask, pred)
-        return label, image, mask
+        return label, image, _binary_mask(mask, pred)
 
     def self_supervised_terms(
         self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None = None
@@ -230,6 +233,7 @@ class HybridLoss(_Loss):
             image: (B, C, H, W) acquired weighted images.
             mask: optional (B, 1, H, W).
         """
+        mask = _binary_mask(mask, pred)
         t1_ms = pred[:, 0:1] * self.map_unit_ms
         t2_ms = pred[:, 1:2] * self.map_unit_ms
         m0 = pred[:, 2:3]
@@ -274,4 +278,3 @@ class HybridLoss(_Loss):
         terms = self.components(pred, target)
         self.last_components = {name: value.detach() for name, value in terms.items()}
         return terms["total"]
-

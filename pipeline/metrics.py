@@ -30,14 +30,14 @@ from monai.metrics.regression import RegressionMetric
 from monai.utils import MetricReduction
 
 __all__ = [
-    "log_kernel",
-    "laplacian_of_gaussian",
-    "hfen",
-    "mpe",
     "HFENMetric",
     "MPEMetric",
-    "map_ssim_metric",
+    "hfen",
+    "laplacian_of_gaussian",
+    "log_kernel",
     "map_psnr_metric",
+    "map_ssim_metric",
+    "mpe",
 ]
 
 HFEN_KERNEL_SIZE = 15
@@ -141,7 +141,9 @@ def mpe(pred: Any, ref: Any, mask: Any = None, exclude: Any = None, min_referenc
         if region is not None:
             region_batch = _as_image_batch(name, region) != 0
             if region_batch.shape != ref_batch.shape:
-                raise ValueError(f"{name} shape {tuple(region_batch.shape[2:])} differs from ref {tuple(ref_batch.shape[2:])}.")
+                raise ValueError(
+                    f"{name} shape {tuple(region_batch.shape[2:])} differs from ref {tuple(ref_batch.shape[2:])}."
+                )
             valid = valid & (region_batch if keep else ~region_batch)
     return float(_mpe_per_image(pred_batch, ref_batch, valid))
 
@@ -163,7 +165,10 @@ class HFENMetric(RegressionMetric):
     """
 
     def __init__(
-        self, normalized: bool = True, reduction: MetricReduction | str = MetricReduction.MEAN, get_not_nans: bool = False
+        self,
+        normalized: bool = True,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
     ) -> None:
         super().__init__(reduction=reduction, get_not_nans=get_not_nans)
         self.normalized = normalized
@@ -208,8 +213,14 @@ def map_ssim_metric(data_range: float, reduction: MetricReduction | str = Metric
         reduction: MONAI reduction of the per-slice values.
     """
     return SSIMMetric(
-        spatial_dims=2, data_range=data_range, kernel_type="gaussian", win_size=11, kernel_sigma=1.5,
-        k1=0.01, k2=0.03, reduction=reduction,
+        spatial_dims=2,
+        data_range=data_range,
+        kernel_type="gaussian",
+        win_size=11,
+        kernel_sigma=1.5,
+        k1=0.01,
+        k2=0.03,
+        reduction=reduction,
     )
 
 

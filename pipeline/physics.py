@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -41,17 +41,17 @@ import torch
 __all__ = [
     "MAP_UNIT_MS",
     "RELAXATION_FLOOR_MS",
-    "MPRAGEProtocol",
-    "TSEProtocol",
-    "FLAIRProtocol",
-    "mprage",
-    "tse",
-    "tse_epg",
-    "flair",
-    "SignalModel",
     "SIGNAL_MODELS",
+    "FLAIRProtocol",
+    "MPRAGEProtocol",
+    "SignalModel",
+    "TSEProtocol",
+    "flair",
+    "mprage",
     "resolve_protocol",
     "synthesize",
+    "tse",
+    "tse_epg",
 ]
 
 MAP_UNIT_MS = 3000.0
@@ -59,8 +59,6 @@ MAP_UNIT_MS = 3000.0
 
 RELAXATION_FLOOR_MS = 1.0
 """Smallest T1/T2 (ms) the models evaluate; smaller values are clamped to it."""
-
-_ProtocolT = TypeVar("_ProtocolT", bound="_Protocol")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -77,7 +75,7 @@ class _Protocol:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls: type[_ProtocolT], values: Mapping[str, Any]) -> _ProtocolT:
+    def from_dict(cls, values: Mapping[str, Any]) -> _Protocol:
         """Build from a mapping; missing fields keep their defaults, unknown fields are an error."""
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -97,8 +95,8 @@ class MPRAGEProtocol(_Protocol):
         flip_angle: excitation flip angle (degrees), hard pulses.
         echo_spacing: time between excitations of the gradient-echo train (ms). Not in Table 1;
             7.0 ms is an assumed typical value.
-        n_excitations: excitations per inversion (Table 1's 176 partitions... assumed one
-            partition-encoding line per excitation).
+        n_excitations: excitations (k-space lines) per inversion. Not in Table 1; 176 assumed, a
+            typical 1 mm whole-brain MPRAGE partition count.
         inversion_efficiency: the inversion maps Mz to ``-inversion_efficiency * Mz`` (1 = perfect).
         t2star: optional T2* (ms) applied as ``exp(-te / t2star)``; ``None`` ignores T2* decay.
     """
@@ -303,7 +301,7 @@ def mprage(t1: Any, m0: Any, protocol: MPRAGEProtocol | None = None) -> Any:
     m_inf = one_minus_e1 / (1.0 - a)
     e_a = torch.exp(-protocol.first_excitation_time / t1)
     e_d = torch.exp(-(protocol.tr - protocol.last_excitation_time) / t1)
-    a_last = a**(n - 1)
+    a_last = a ** (n - 1)
     eta = protocol.inversion_efficiency
 
     m_ss = (1.0 - e_d + e_d * cos_alpha * (m_inf * (1.0 - a_last) + a_last * (1.0 - e_a))) / (
@@ -405,7 +403,7 @@ def _cpmg_echo_amplitude(t1: torch.Tensor, t2: torch.Tensor, refocusing_deg: flo
     cos_half_sq, sin_half_sq = math.cos(beta / 2) ** 2, math.sin(beta / 2) ** 2
     sin_beta, cos_beta = math.sin(beta), math.cos(beta)
     n_states = 2 * echo + 2
-    shape = torch.broadcast_shapes(t1.shape, t2.shape) + (n_states,)
+    shape = (*torch.broadcast_shapes(t1.shape, t2.shape), n_states)
     e1 = torch.exp(-0.5 * echo_spacing / t1).unsqueeze(-1)
     e2 = torch.exp(-0.5 * echo_spacing / t2).unsqueeze(-1)
     unit = torch.zeros(n_states, dtype=t1.dtype, device=t1.device)
@@ -508,9 +506,7 @@ def resolve_protocol(contrast: str, protocol: _Protocol | Mapping[str, Any] | No
     )
 
 
-def synthesize(
-    contrast: str, t1: Any, t2: Any, m0: Any, protocol: _Protocol | Mapping[str, Any] | None = None
-) -> Any:
+def synthesize(contrast: str, t1: Any, t2: Any, m0: Any, protocol: _Protocol | Mapping[str, Any] | None = None) -> Any:
     """Weighted image of ``contrast`` ("mprage", "tse" or "flair") from T1/T2 (ms) and M0.
 
     ``protocol`` may be ``None`` (paper defaults), a dict of fields, or the contrast's protocol

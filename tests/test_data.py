@@ -112,6 +112,14 @@ def subject(tmp_path) -> dict:
     return absolute(write_subject(tmp_path / "sub-09"), tmp_path)
 
 
+@pytest.fixture
+def phantom_subject(tiny_study, tmp_path) -> dict:
+    """A copy of the phantom's validation subject with absolute paths, free to damage."""
+    entry = json.loads(tiny_study.read_text())["validation"][0]
+    shutil.copytree(tiny_study.parent / entry["subject"], tmp_path / entry["subject"])
+    return absolute(entry, tmp_path)
+
+
 def edited(data=lambda array: array, affine=lambda matrix: matrix):
     """A function rewriting a NIfTI file in place with ``data(array)`` and ``affine(matrix)``."""
 
@@ -181,6 +189,30 @@ def test_ensure_study_without_generator_names_missing_files(hand_study, tmp_path
     assert str(tmp_path / "sub-01" / "t1w.nii.gz") in str(error.value)
 
 
+def test_ensure_study_regenerates_a_phantom_study_once(tiny_study, tmp_path, monkeypatch):
+    calls = []
+
+    def generate_study(out_dir, **params):  # stands in for the (slower) phantom: copies the generated study
+        calls.append(params)
+        shutil.copytree(tiny_study.parent, out_dir, dirs_exist_ok=True)
+        return Path(out_dir) / "dataset.json"
+
+    monkeypatch.setattr("pipeline.phantom.generate_study", generate_study)
+    generator = dict(json.loads(tiny_study.read_text())["generator"])
+    assert generator.pop("module") == "pipeline.phantom"
+    assert ensure_study(tiny_study, tmp_path / "regenerated") == (tmp_path / "regenerated").resolve()
+    assert ensure_study(tiny_study, tmp_path / "regenerated") == (tmp_path / "regenerated").resolve()
+    assert calls == [generator]
+    assert load_datalist(tiny_study, "testing", dataset_dir=tmp_path / "regenerated")[0]["t1_ref"].startswith(
+        str(tmp_path / "regenerated")
+    )
+    other = json.loads(tiny_study.read_text())
+    other["validation"] = []
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(RuntimeError, match=r"\['validation'\] lists differ"):
+        ensure_study(tmp_path / "other.json", tmp_path / "elsewhere")
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -241,7 +273,9 @@ def test_single_frame_4d_image_is_accepted(subject):
 # ---------------------------------------------------------------- co-registration
 
 
-def test_coregistration_check_fails_a_map_shifted_by_4_mm(subject):
+@pytest.mark.parametrize("study", ["subject", "phantom_subject"])
+def test_coregistration_check_fails_a_map_shifted_by_4_mm(study, request):
+    subject = request.getfixturevalue(study)
     transforms = build_volume_transforms(with_reference=True)
     transforms(subject)  # aligned: passes
     edited(affine=lambda a: shifted(a, [0.0, 4.0, 0.0]))(subject["t1_map"])
@@ -249,7 +283,7 @@ def test_coregistration_check_fails_a_map_shifted_by_4_mm(subject):
         transforms(subject)
     error = data_error(wrapped.value)
     assert isinstance(error, MisregistrationError)
-    assert subject["t1_map"] in str(error) and subject["t1w"] in str(error) and "sub-09" in str(error)
+    assert subject["t1_map"] in str(error) and subject["t1w"] in str(error) and subject["subject"] in str(error)
     assert float(re.search(r"shift ([\d.]+) mm", str(error)).group(1)) == pytest.approx(4.0, abs=0.5)
     with pytest.warns(CoregistrationWarning, match="shift"):
         build_volume_transforms(with_reference=True, on_failure="warn")(subject)
@@ -258,22 +292,24 @@ def test_coregistration_check_fails_a_map_shifted_by_4_mm(subject):
 # ---------------------------------------------------------------- volume pipeline
 
 
-@pytest.fixture(scope="module")
-def hand_volume(hand_study) -> dict:
-    """The processed validation subject (labels and references) of the hand-built study."""
-    return build_volume_dataset(hand_study, section="validation")[0]
+@pytest.fixture(scope="module", params=["hand_study", "tiny_study"])
+def validation_subject(request) -> tuple[dict, dict]:
+    """(entry, processed volume) of the first validation subject of the hand-built study and of the phantom."""
+    manifest = request.getfixturevalue(request.param)
+    return load_datalist(manifest, "validation")[0], build_volume_dataset(manifest, section="validation")[0]
 
 
-def test_volume_keys_shapes_and_t1w_geometry(hand_study, hand_volume):
-    t1w = nib.load(hand_study.parent / "sub-02" / "t1w.nii.gz")
-    assert set(hand_volume) == {"image", "label", "reference", "mask", "subject"}
-    assert hand_volume["subject"] == "sub-02"
+def test_volume_keys_shapes_and_t1w_geometry(validation_subject):
+    entry, volume = validation_subject
+    t1w = nib.load(entry["t1w"])
+    assert set(volume) == {"image", "label", "reference", "mask", "subject"}
+    assert volume["subject"] == entry["subject"]
     for key, channels in {"image": 3, "label": 3, "reference": 3, "mask": 1}.items():
-        assert hand_volume[key].shape == (channels, *t1w.shape)
-        assert hand_volume[key].dtype == torch.float32
-        np.testing.assert_allclose(hand_volume[key].affine.numpy(), t1w.affine, atol=1e-5)
-    assert hand_volume["image"].meta["filename_or_obj"] == str(hand_study.parent / "sub-02" / "t1w.nii.gz")
-    assert set(hand_volume["mask"].unique().tolist()) == {0.0, 1.0}
+        assert volume[key].shape == (channels, *t1w.shape)
+        assert volume[key].dtype == torch.float32
+        np.testing.assert_allclose(volume[key].affine.numpy(), t1w.affine, atol=1e-5)
+    assert volume["image"].meta["filename_or_obj"] == entry["t1w"]
+    assert set(volume["mask"].unique().tolist()) == {0.0, 1.0}
 
 
 def smooth_and_edge_regions(reference_t1: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -284,25 +320,27 @@ def smooth_and_edge_regions(reference_t1: np.ndarray, mask: np.ndarray) -> tuple
     return mask & (spread < 0.05), mask & (spread > 0.3)
 
 
-def test_resampled_labels_match_the_truth_where_smooth_and_are_blurred_at_edges(hand_volume):
-    label, reference = hand_volume["label"].numpy(), hand_volume["reference"].numpy()
-    smooth, edge = smooth_and_edge_regions(reference[0], hand_volume["mask"][0].numpy() > 0)
-    relative_error = np.abs(label[0] - reference[0]) / reference[0].clip(1e-6)
+def test_resampled_labels_match_the_truth_where_smooth_and_are_blurred_at_edges(validation_subject):
+    _, volume = validation_subject
+    label, reference = volume["label"][0].numpy(), volume["reference"][0].numpy()
+    smooth, edge = smooth_and_edge_regions(reference, volume["mask"][0].numpy() > 0)
+    relative_error = np.abs(label - reference) / reference.clip(1e-6)
     assert smooth.sum() > 1000 and edge.sum() > 500
     assert np.median(relative_error[smooth]) < 0.01
-    assert np.median(relative_error[edge]) > 0.05
+    assert np.median(relative_error[edge]) > max(0.02, 5 * np.median(relative_error[smooth]))
 
 
-def test_labels_in_network_units_and_normalised_intensities(hand_volume):
-    mask = hand_volume["mask"][0] > 0
-    smooth, _ = smooth_and_edge_regions(hand_volume["reference"][0].numpy(), mask.numpy())
-    white_matter = torch.isclose(hand_volume["reference"][0], torch.tensor(832 / MAP_UNIT_MS)) & torch.from_numpy(
-        smooth
-    )
-    assert float(hand_volume["label"][0][white_matter].median()) == pytest.approx(832 / MAP_UNIT_MS, rel=1e-3)
-    assert float(hand_volume["label"][1][white_matter].median()) == pytest.approx(79.2 / MAP_UNIT_MS, rel=1e-3)
-    for channel in (*hand_volume["image"], hand_volume["label"][2], hand_volume["reference"][2]):
-        assert np.percentile(channel[mask].numpy(), 99) == pytest.approx(1.0, abs=1e-4)
+def test_labels_in_network_units_and_normalised_intensities(validation_subject):
+    _, volume = validation_subject
+    mask = volume["mask"][0].numpy() > 0
+    label, reference = volume["label"].numpy(), volume["reference"].numpy()
+    smooth, _ = smooth_and_edge_regions(reference[0], mask)
+    white_matter = smooth & (np.abs(reference[0] * MAP_UNIT_MS - 832) < 0.15 * 832)
+    assert np.median(label[0][white_matter]) == pytest.approx(832 / MAP_UNIT_MS, rel=0.05)
+    assert np.median(label[1][white_matter]) == pytest.approx(np.median(reference[1][white_matter]), rel=0.01)
+    assert np.median(label[1][white_matter]) == pytest.approx(79.2 / MAP_UNIT_MS, rel=0.1)
+    for channel in (*volume["image"].numpy(), label[2], reference[2]):
+        assert np.percentile(channel[mask], 99) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_missing_mask_is_derived_from_the_t1w(subject):
@@ -347,3 +385,15 @@ def test_slice_dataset_items_skip_empty_slices_and_load_each_volume_once(hand_st
     assert batch["mask"].shape == (4, 1, *size)
     assert batch["subject"] == ["sub-02"] * 4 and batch["slice"].shape == (4,)
     assert len(loaded) == files  # serving slices never reloads a volume
+
+
+def test_phantom_training_slices_have_the_documented_keys(tiny_study):
+    entry = load_datalist(tiny_study, "training")[0]
+    dataset = build_slice_dataset(tiny_study, section="training", min_brain_fraction=0.1)
+    shape = nib.load(entry["t1w"]).shape
+    batch = next(iter(DataLoader(dataset, batch_size=2, collate_fn=list_data_collate)))
+    assert set(batch) == {"image", "label", "mask", "subject", "slice"}
+    assert batch["image"].shape == batch["label"].shape == (2, 3, *shape[1:])
+    assert batch["mask"].shape == (2, 1, *shape[1:])
+    assert batch["subject"] == [entry["subject"]] * 2
+    assert len(dataset) <= shape[0] * len(json.loads(tiny_study.read_text())["training"])

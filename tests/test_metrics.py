@@ -56,7 +56,9 @@ def test_hfen_matches_reference_square(square_case):
 def test_hfen_matches_scipy_convolution():
     estimate, reference = smooth_random_map(0), smooth_random_map(1)
     kernel = log_kernel().numpy()
-    difference = ndimage.convolve(estimate, kernel, mode="constant") - ndimage.convolve(reference, kernel, mode="constant")
+    difference = ndimage.convolve(estimate, kernel, mode="constant") - ndimage.convolve(
+        reference, kernel, mode="constant"
+    )
     unnormalised = np.linalg.norm(difference)
     assert hfen(estimate, reference, normalized=False) == pytest.approx(unnormalised, rel=1e-10)
     normaliser = np.linalg.norm(ndimage.convolve(reference, kernel, mode="constant"))
@@ -92,7 +94,12 @@ def test_hfen_metric_keeps_per_slice_values(normalized):
     metric(y_pred=torch.tensor(estimates[:2], dtype=torch.float32), y=torch.tensor(references[:2], dtype=torch.float32))
     metric(y_pred=torch.tensor(estimates[2:], dtype=torch.float32), y=torch.tensor(references[2:], dtype=torch.float32))
     per_slice = metric.get_buffer()
-    expected = np.array([[hfen(e, r, normalized) for e, r in zip(es, rs)] for es, rs in zip(estimates, references)])
+    expected = np.array(
+        [
+            [hfen(e, r, normalized) for e, r in zip(es, rs, strict=True)]
+            for es, rs in zip(estimates, references, strict=True)
+        ]
+    )
     assert per_slice.shape == (3, 2)
     np.testing.assert_allclose(per_slice.numpy(), expected, rtol=1e-5)
     assert float(metric.aggregate()) == pytest.approx(expected.mean(), rel=1e-5)
@@ -105,7 +112,7 @@ def test_mpe_metric_masks_background_and_skips_empty_slices():
     metric(y_pred=torch.tensor(estimates), y=torch.tensor(references))
     metric(y_pred=torch.ones(1, 1, 40, 36, dtype=torch.float64), y=torch.zeros(1, 1, 40, 36, dtype=torch.float64))
     per_slice = metric.get_buffer()
-    expected = [mpe(e[0], r[0]) for e, r in zip(estimates, references)]
+    expected = [mpe(e[0], r[0]) for e, r in zip(estimates, references, strict=True)]
     np.testing.assert_allclose(per_slice[:3, 0].numpy(), expected, rtol=1e-12)
     assert math.isnan(float(per_slice[3, 0]))
     assert float(metric.aggregate()) == pytest.approx(np.mean(expected), rel=1e-6)
@@ -115,10 +122,16 @@ def test_ssim_matches_scikit_image():
     estimates, references = batch_of_maps(n_channels=1)
     metric = map_ssim_metric(data_range=1.0, reduction="none")
     values = metric(y_pred=torch.tensor(estimates), y=torch.tensor(references))
-    for value, estimate, reference in zip(values[:, 0], estimates[:, 0], references[:, 0]):
+    for value, estimate, reference in zip(values[:, 0], estimates[:, 0], references[:, 0], strict=True):
         expected = structural_similarity(
-            reference, estimate, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-            K1=0.01, K2=0.03,
+            reference,
+            estimate,
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            K1=0.01,
+            K2=0.03,
         )
         assert float(value) == pytest.approx(expected, abs=1e-4)  # MONAI computes SSIM in float32
 
@@ -126,7 +139,7 @@ def test_ssim_matches_scikit_image():
 def test_psnr_matches_scikit_image():
     estimates, references = batch_of_maps(n_channels=1)
     values = map_psnr_metric(max_val=1.5, reduction="none")(y_pred=torch.tensor(estimates), y=torch.tensor(references))
-    for value, estimate, reference in zip(values[:, 0], estimates[:, 0], references[:, 0]):
+    for value, estimate, reference in zip(values[:, 0], estimates[:, 0], references[:, 0], strict=True):
         assert float(value) == pytest.approx(peak_signal_noise_ratio(reference, estimate, data_range=1.5), rel=1e-6)
 
 
@@ -139,7 +152,9 @@ def test_metrics_work_as_ignite_handlers():
     )
     IgniteMetricHandler(metric_fn=MPEMetric(), output_transform=lambda output: output).attach(engine, "mpe")
     state = engine.run(batches)
-    expected_hfen = np.mean([hfen(e[0], r[0]) for e, r in zip(estimates, references)])
+    expected_hfen = np.mean([hfen(e[0], r[0]) for e, r in zip(estimates, references, strict=True)])
     assert state.metrics["hfen"] == pytest.approx(expected_hfen, rel=1e-6)
     assert state.metric_details["hfen"].shape == (3, 1)
-    assert state.metrics["mpe"] == pytest.approx(np.mean([mpe(e[0], r[0]) for e, r in zip(estimates, references)]))
+    assert state.metrics["mpe"] == pytest.approx(
+        np.mean([mpe(e[0], r[0]) for e, r in zip(estimates, references, strict=True)])
+    )

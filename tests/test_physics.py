@@ -51,15 +51,22 @@ def test_mprage_reference_protocol_is_the_default(physics_reference):
     described = physics_reference["mprage"]["protocol"]
     default = MPRAGEProtocol()
     assert (default.tr, default.ti, default.te, default.flip_angle) == (
-        described["TR_ms"], described["TI_ms"], described["TE_ms"], described["flip_deg"]
+        described["TR_ms"],
+        described["TI_ms"],
+        described["TE_ms"],
+        described["flip_deg"],
     )
 
 
 @pytest.mark.parametrize(
     "protocol",
     [
-        MPRAGEProtocol(tr=2300.0, ti=1000.0, flip_angle=12.0, echo_spacing=8.0, n_excitations=120, inversion_efficiency=0.95),
-        MPRAGEProtocol(tr=2500.0, ti=1100.0, flip_angle=7.0, echo_spacing=6.5, n_excitations=191, inversion_efficiency=0.9),
+        MPRAGEProtocol(
+            tr=2300.0, ti=1000.0, flip_angle=12.0, echo_spacing=8.0, n_excitations=120, inversion_efficiency=0.95
+        ),
+        MPRAGEProtocol(
+            tr=2500.0, ti=1100.0, flip_angle=7.0, echo_spacing=6.5, n_excitations=191, inversion_efficiency=0.9
+        ),
     ],
 )
 def test_mprage_closed_form_equals_pulse_by_pulse_recursion(protocol):
@@ -78,7 +85,10 @@ def test_mprage_t2star_decay_and_m0_scaling():
 def test_tse_matches_reference(physics_reference):
     protocol = physics_reference["tse"]["protocol"]
     assert (TSEProtocol().tr, TSEProtocol().te, TSEProtocol().echo_spacing, TSEProtocol().echo_train_length) == (
-        protocol["TR_ms"], protocol["TE_eff_ms"], protocol["ESP_ms"], protocol["ETL"]
+        protocol["TR_ms"],
+        protocol["TE_eff_ms"],
+        protocol["ESP_ms"],
+        protocol["ETL"],
     )
     for case in physics_reference["tse"]["cases"]:
         signal = physics.tse(case["T1_ms"], case["T2_ms"], 1.0)

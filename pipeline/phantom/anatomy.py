@@ -4,7 +4,7 @@ nilearn ships the 1 mm MNI152 2009 T1 template with grey-matter (GM) and white-m
 maps and a brain mask (197 x 233 x 189 voxels, RAS, values 0..1), loadable offline. From them:
 
 * **brain mask**: the GM+WM tissue (> 0.5) with its sulci closed (a 3 mm ball, each hemisphere on its
-  own so that the interhemispheric fissure stays open) and its ventricles filled, dilated by one voxel
+  own, so that the interhemispheric fissure stays open) and its ventricles filled, dilated by one voxel
   for the partial-volume rim, inside the MNI brain mask. The fissure along the falx and the MNI mask's
   margin outside the cortex are background, not CSF.
 * **CSF fraction**: ``1 - GM - WM`` inside that mask (ventricles, sulci, cisterns), so that the classes
@@ -74,19 +74,19 @@ def brain_mask(grey: np.ndarray, white: np.ndarray, mni_mask: np.ndarray, midlin
     Args:
         grey, white: (X, Y, Z) GM and WM probability maps (0..1).
         mni_mask: (X, Y, Z) bool MNI brain mask.
-        midline_index: first X index of the right hemisphere (x = 0 mm).
+        midline_index: X index of the midsagittal plane (x = 0 mm), closed with neither hemisphere.
 
     Returns:
         (X, Y, Z) bool mask.
     """
     tissue = (grey + white) > 0.5
     radius = SULCUS_CLOSING_RADIUS_MM
-    envelope = np.zeros_like(tissue)
-    for hemisphere in (np.s_[:midline_index], np.s_[midline_index:]):
+    envelope = tissue.copy()
+    for hemisphere in (np.s_[:midline_index], np.s_[midline_index + 1 :]):
         # padding keeps the closing's erosion from eating the volume's faces
         padded = np.pad(tissue[hemisphere], radius + 1)
         closed = ndimage.binary_closing(padded, structure=_ball(radius))
-        envelope[hemisphere] = closed[(slice(radius + 1, -radius - 1),) * 3]
+        envelope[hemisphere] |= closed[(slice(radius + 1, -radius - 1),) * 3]
     envelope = ndimage.binary_fill_holes(envelope)
     return ndimage.binary_dilation(envelope) & mni_mask
 
@@ -109,7 +109,7 @@ def load_template_anatomy() -> TemplateAnatomy:
     white = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
     mni_mask = datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32) > 0.5
     full_grid = VoxelGrid(grey.shape, template.affine)
-    mask = brain_mask(grey, white, mni_mask, midline_index=int(round(full_grid.world_to_index(0, 0.0))))
+    mask = brain_mask(grey, white, mni_mask, midline_index=round(full_grid.world_to_index(0, 0.0)))
 
     corners = np.argwhere(mask)
     start, stop = np.maximum(corners.min(0) - 1, 0), np.minimum(corners.max(0) + 2, mask.shape)

@@ -40,7 +40,9 @@ def _null_location(magnitude, bounds: tuple[float, float], n_samples: int = 64) 
     samples = np.geomspace(*bounds, n_samples)
     values = np.array([magnitude(x) for x in samples])
     for i in np.flatnonzero((values[1:-1] <= values[:-2]) & (values[1:-1] <= values[2:])) + 1:
-        result = minimize_scalar(magnitude, bounds=(samples[i - 1], samples[i + 1]), method="bounded", options={"xatol": 1e-9})
+        result = minimize_scalar(
+            magnitude, bounds=(samples[i - 1], samples[i + 1]), method="bounded", options={"xatol": 1e-9}
+        )
         if result.fun <= 1e-6 * values.max():
             return float(result.x)
     return None
@@ -55,10 +57,14 @@ def protocols() -> dict[str, physics.MPRAGEProtocol | physics.TSEProtocol | phys
     null_ti = _null_location(
         lambda ti: float(physics.flair(csf.t1_ms, csf.t2_ms, 1.0, physics.FLAIRProtocol(ti=ti))), (1.0, latest_ti)
     )
-    return {"mprage": physics.MPRAGEProtocol(), "tse": physics.TSEProtocol(), "flair": physics.FLAIRProtocol(ti=null_ti)}
+    return {
+        "mprage": physics.MPRAGEProtocol(),
+        "tse": physics.TSEProtocol(),
+        "flair": physics.FLAIRProtocol(ti=null_ti),
+    }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def null_t1_ms(contrast: str) -> float:
     """T1 (ms) whose signal ``contrast`` nulls (sign change of Mz at the k-space centre); ``inf`` if none."""
     protocol = protocols()[contrast]
@@ -81,7 +87,7 @@ def signed_signal(contrast: str, t1_ms: np.ndarray, t2_ms: np.ndarray, pd: np.nd
     return magnitude * sign * np.float32(intensity_scale(contrast))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def intensity_scale(contrast: str) -> float:
     """Factor from signal (M0 units) to image intensity: nominal white matter → :data:`WHITE_MATTER_INTENSITY`."""
     white = TISSUES_3T["white_matter"]

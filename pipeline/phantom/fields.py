@@ -57,14 +57,20 @@ class SmoothRandomField:
     @classmethod
     def draw(cls, rng: np.random.Generator, spacing_mm: float, n_fields: int = 1) -> SmoothRandomField:
         """Draw ``n_fields`` fields from ``rng`` (the number of draws depends only on the spacing)."""
-        shape = [bspline_basis(np.array([low]), axis, spacing_mm).shape[1] for axis, (low, _) in enumerate(FIELD_DOMAIN_MM)]
+        shape = [
+            bspline_basis(np.array([low]), axis, spacing_mm).shape[1] for axis, (low, _) in enumerate(FIELD_DOMAIN_MM)
+        ]
         return cls(spacing_mm, rng.standard_normal((n_fields, *shape), dtype=np.float32))
 
     def __call__(self, grid: VoxelGrid) -> np.ndarray:
         """The fields at the voxel centres of ``grid``: (F, X, Y, Z) float32 (a transposed view)."""
-        basis_x, basis_y, basis_z = (bspline_basis(mm, axis, self.spacing_mm) for axis, mm in enumerate(grid.axes_mm()))
+        bases = [bspline_basis(mm, axis, self.spacing_mm) for axis, mm in enumerate(grid.axes_mm())]
+        # only the B-splines whose support meets the grid contribute
+        support = [slice(used[0], used[-1] + 1) for used in (np.flatnonzero(basis.any(axis=0)) for basis in bases)]
+        basis_x, basis_y, basis_z = (basis[:, columns] for basis, columns in zip(bases, support))
+        coefficients = self.coefficients[(slice(None), *support)]
         # separable sum over the knot lattice, one matrix product per axis
-        unit_variance = self.coefficients / np.float32(CUBIC_BSPLINE_MEAN_SQUARE**1.5)
+        unit_variance = coefficients / np.float32(CUBIC_BSPLINE_MEAN_SQUARE**1.5)
         lattice = np.tensordot(unit_variance, basis_z, axes=(3, 1))  # (F, Mx, My, Z)
         lattice = np.tensordot(basis_x, lattice, axes=(1, 1))  # (X, F, My, Z)
         values = np.tensordot(basis_y, lattice, axes=(1, 2))  # (Y, X, F, Z)

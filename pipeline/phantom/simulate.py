@@ -11,7 +11,7 @@ Steps (all per voxel of the output grid):
 1. **deformation**: a smooth random displacement (a few mm) maps each voxel to a template position,
    where the tissue fractions of :func:`~pipeline.phantom.anatomy.load_template_anatomy` are sampled
    (linear interpolation); the brain mask is where the sampled fractions sum to >= 0.5.
-2. **lesions** (optional): small ellipsoids (2-8 mm) in deep white matter, placed in template space and
+2. **lesions** (optional): small irregular blobs (2-8 mm) in deep white matter, placed in template space and
    deformed with the anatomy, replace their share of the white-matter fraction.
 3. **tissue values**: per compartment, nominal 3 T values x per-subject factor x smooth texture.
 4. **maps**: partial volumes mixed in relaxation *rates*, ``1/T1 = sum_k f_k / T1_k`` (same for T2), and
@@ -49,13 +49,17 @@ LESION_DIAMETER_RANGE_MM = (2.0, 8.0)
 """Range of lesion diameters (uniform)."""
 LESION_ELONGATION = 0.2
 """Relative spread of a lesion's three semi-axes around its radius."""
+LESION_IRREGULARITY = 0.25
+"""Relative standard deviation of a lesion's radius over its surface (smooth field, clipped at 2 sigma)."""
+LESION_SHAPE_SPACING_MM = 3.0
+"""Knot spacing of the field that makes lesion outlines irregular."""
 PARAMETERS = ("t1_ms", "t2_ms", "pd")
 """Tissue parameters, in the order of the last axis of per-compartment value arrays."""
 
 
 @dataclass(frozen=True)
 class Lesion:
-    """A white-matter lesion: an axis-aligned ellipsoid in template space.
+    """A white-matter lesion: an irregular, roughly ellipsoidal blob in template space.
 
     Attributes:
         centre_mm: (3,) RAS template-space centre.
@@ -65,21 +69,35 @@ class Lesion:
     centre_mm: np.ndarray
     semi_axes_mm: np.ndarray
 
-    def fraction(self, position_mm: np.ndarray) -> np.ndarray:
-        """Lesion fraction (0..1) at template positions ``position_mm`` (3, N): 1 inside, linear 1 mm edge."""
+    def fraction(self, position_mm: np.ndarray, shape_field: np.ndarray) -> np.ndarray:
+        """Lesion fraction (0..1) at N voxels: 1 inside, 0 outside, linear over ~1 mm across the outline.
+
+        Args:
+            position_mm: (3, N) template positions of the voxels.
+            shape_field: (N,) unit-variance smooth field at the voxels; the outline lies at
+                ``1 + LESION_IRREGULARITY * clip(shape_field, -2, 2)`` times the ellipsoid's radius.
+        """
         offset = (position_mm - self.centre_mm[:, None]) / self.semi_axes_mm[:, None]
-        normalised_radius = np.sqrt(np.sum(offset**2, axis=0))
+        outline = 1.0 + LESION_IRREGULARITY * np.clip(shape_field, -2.0, 2.0)
+        normalised_radius = np.sqrt(np.sum(offset**2, axis=0)) / outline
         return np.clip(0.5 + (1.0 - normalised_radius) * self.semi_axes_mm.mean(), 0.0, 1.0)
+
+    @property
+    def reach_mm(self) -> np.ndarray:
+        """(3,) half-extent of the box that holds every voxel with a non-zero fraction."""
+        return self.semi_axes_mm * (1.0 + 2.0 * LESION_IRREGULARITY) + 1.0
 
 
 def draw_lesions(rng: np.random.Generator, anatomy: TemplateAnatomy) -> list[Lesion]:
     """Lesions in template space whose centres lie at least ``radius + 1`` mm deep inside pure white matter."""
+    sites = np.argwhere(anatomy.white_matter_depth_mm >= LESION_DIAMETER_RANGE_MM[0] / 2 + 1.0)
+    site_depths = anatomy.white_matter_depth_mm[tuple(sites.T)]
     lesions = []
     for _ in range(rng.integers(LESION_COUNT_RANGE[0], LESION_COUNT_RANGE[1] + 1)):
         radius = rng.uniform(*LESION_DIAMETER_RANGE_MM) / 2.0
         semi_axes = radius * (1.0 + LESION_ELONGATION * rng.uniform(-1.0, 1.0, 3))
-        sites = np.argwhere(anatomy.white_matter_depth_mm >= semi_axes.max() + 1.0)
-        site = sites[rng.integers(len(sites))]
+        deep_enough = sites[site_depths >= semi_axes.max() + 1.0]
+        site = deep_enough[rng.integers(len(deep_enough))]
         centre = anatomy.grid.affine[:3, :3] @ site + anatomy.grid.affine[:3, 3]
         lesions.append(Lesion(centre.astype(np.float32), semi_axes.astype(np.float32)))
     return lesions
@@ -95,6 +113,7 @@ class SubjectParameters:
         deformation: 3 fields (x, y, z displacement, unit variance).
         bias: 1 field (log receive bias, unit variance).
         texture: 3K fields (compartment-major, then T1, T2, PD; unit variance).
+        lesion_shape: 1 field (irregularity of lesion outlines, unit variance).
         lesions: white-matter lesions (empty without lesions).
     """
 
@@ -104,6 +123,7 @@ class SubjectParameters:
     deformation: SmoothRandomField
     bias: SmoothRandomField
     texture: SmoothRandomField
+    lesion_shape: SmoothRandomField
     lesions: list[Lesion]
 
     @classmethod
@@ -118,6 +138,7 @@ class SubjectParameters:
             deformation=SmoothRandomField.draw(rng, DEFORMATION_SPACING_MM, 3),
             bias=SmoothRandomField.draw(rng, BIAS_SPACING_MM, 1),
             texture=SmoothRandomField.draw(rng, TEXTURE_SPACING_MM, len(COMPARTMENTS) * len(PARAMETERS)),
+            lesion_shape=SmoothRandomField.draw(rng, LESION_SHAPE_SPACING_MM, 1),
             lesions=draw_lesions(rng, anatomy) if lesions else [],
         )
 
@@ -183,12 +204,12 @@ def compartment_values(parameters: SubjectParameters, grid: VoxelGrid, mask: np.
 
 
 def lesion_fraction(
-    lesions: list[Lesion], grid: VoxelGrid, displacement: np.ndarray, positions_mm: np.ndarray
+    parameters: SubjectParameters, grid: VoxelGrid, displacement: np.ndarray, positions_mm: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lesion fraction (union of all lesions) on ``grid`` and the centroids of the lesions it shows.
 
     Args:
-        lesions: the subject's lesions (template space).
+        parameters: the subject's lesions and lesion-shape field.
         grid: the output grid.
         displacement, positions_mm: (3, X, Y, Z) displacement and template positions of the voxels.
 
@@ -197,21 +218,25 @@ def lesion_fraction(
     """
     fraction = np.zeros(grid.shape, dtype=np.float32)
     largest_shift = np.abs(displacement).max(axis=(1, 2, 3))
-    axes = grid.axes_mm()
     centres = []
-    for lesion in lesions:
-        # only voxels whose world position lies within the lesion's reach plus the largest displacement
-        reach = lesion.semi_axes_mm + 1.0 + largest_shift
-        box = tuple(
-            slice(max(int(np.floor(grid.world_to_index(d, lesion.centre_mm[d] - reach[d]))), 0),
-                  max(int(np.ceil(grid.world_to_index(d, lesion.centre_mm[d] + reach[d]))) + 1, 0))
-            for d in range(3)
+    for lesion in parameters.lesions:
+        # the voxels whose world position lies within the lesion's reach plus the largest displacement
+        reach = lesion.reach_mm + largest_shift
+        low, high = (
+            [grid.world_to_index(d, lesion.centre_mm[d] + side * reach[d]) for d in range(3)] for side in (-1, 1)
         )
-        box_positions = positions_mm[(slice(None), *box)]
-        share = lesion.fraction(box_positions.reshape(3, -1)).reshape(box_positions.shape[1:])
+        start = np.clip(np.floor(low).astype(int), 0, grid.shape)
+        stop = np.clip(np.ceil(high).astype(int) + 1, 0, grid.shape)
+        if np.any(stop <= start):
+            continue
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        box_grid = grid.subgrid(tuple(start), tuple(stop - start))
+        box_positions = positions_mm[(slice(None), *box)].reshape(3, -1)
+        shape_field = parameters.lesion_shape(box_grid)[0].reshape(-1)
+        share = lesion.fraction(box_positions, shape_field).reshape(box_grid.shape)
         if share.sum() > 0:
             fraction[box] = np.maximum(fraction[box], share)
-            world = np.stack(np.meshgrid(*(axis[part] for axis, part in zip(axes, box)), indexing="ij"))
+            world = np.stack(np.meshgrid(*box_grid.axes_mm(), indexing="ij"))
             centres.append(np.sum(world * share, axis=(1, 2, 3)) / share.sum())
     return fraction, np.reshape(centres, (-1, 3))
 
@@ -224,7 +249,7 @@ def rician_noise(image: np.ndarray, grid: VoxelGrid, parameters: SubjectParamete
     """
     noisy = np.empty_like(image)
     for i, x_mm in enumerate(grid.axes_mm()[0]):
-        plane = int(round(x_mm - FIELD_DOMAIN_MM[0][0]))
+        plane = round(x_mm - FIELD_DOMAIN_MM[0][0])
         rng = np.random.default_rng((parameters.seed, parameters.subject_index, stream, plane))
         real, imaginary = sigma * rng.standard_normal((2, *image.shape[1:]), dtype=np.float32)
         noisy[i] = np.hypot(image[i] + real, imaginary)
@@ -291,7 +316,7 @@ def simulate_subject(
     mask = total >= 0.5
     inside = np.zeros((len(COMPARTMENTS), int(mask.sum())), dtype=np.float32)
     inside[: len(anatomical)] = anatomical[:, mask] / total[mask]
-    lesion, lesion_centres = lesion_fraction(parameters.lesions, grid, displacement, positions)
+    lesion, lesion_centres = lesion_fraction(parameters, grid, displacement, positions)
     lesion_share = lesion[mask] * inside[0]
     inside[COMPARTMENTS.index("lesion")] = lesion_share
     inside[0] -= lesion_share

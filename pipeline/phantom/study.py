@@ -64,7 +64,9 @@ def study_grid(
     n_slabs = np.ceil(shape[slab_axis] / slab_thickness_mm)
     shape[slab_axis] = int(np.ceil(n_slabs * slab_thickness_mm - 1e-9))
     if sagittal_slices is not None:
-        centre = int(round(anatomy.grid.world_to_index(0, HEMISPHERE_PLANES_CENTRE_MM)))
+        if sagittal_slices > shape[0]:
+            raise ValueError(f"sagittal_slices must be at most the study's {shape[0]} planes, got {sagittal_slices}")
+        centre = round(anatomy.grid.world_to_index(0, HEMISPHERE_PLANES_CENTRE_MM))
         start[0], shape[0] = centre - sagittal_slices // 2, sagittal_slices
     return anatomy.grid.subgrid(tuple(start), tuple(shape))
 
@@ -85,7 +87,12 @@ def split_of(index: int, n_subjects: int) -> str:
 
 
 def _generator_parameters(
-    n_subjects: int, seed: int, snr: float, sagittal_slices: int | None, slab_thickness_mm: float, slab_axis: int,
+    n_subjects: int,
+    seed: int,
+    snr: float,
+    sagittal_slices: int | None,
+    slab_thickness_mm: float,
+    slab_axis: int,
     lesions: bool,
 ) -> dict:
     """Validated, JSON-normalised keyword arguments of :func:`generate_study`."""
@@ -130,7 +137,8 @@ def study_manifest(
         "description": (
             "Simulated 3T brain study from nilearn's MNI152 2009 templates: T1w MPRAGE, T2w TSE and T2w FLAIR at "
             f"1 mm, T1/T2/M0 label maps in {generator['slab_thickness_mm']:g} mm slabs, 1 mm reference maps for "
-            "validation and testing subjects. Regenerate with pipeline.phantom.generate_study(**generator)."
+            "validation and testing subjects. The generator record, without 'module', holds the keyword arguments of "
+            "pipeline.phantom.generate_study that regenerate the study."
         ),
         "map_units": {"t1_map": "ms", "t2_map": "ms", "m0_map": "a.u."},
         "generator": {"module": "pipeline.phantom", **generator},
@@ -259,8 +267,13 @@ def generate_study(
     """
     out_dir = pathlib.Path(out_dir)
     manifest = study_manifest(
-        n_subjects, seed, snr, sagittal_slices=sagittal_slices, slab_thickness_mm=slab_thickness_mm,
-        slab_axis=slab_axis, lesions=lesions,
+        n_subjects,
+        seed,
+        snr,
+        sagittal_slices=sagittal_slices,
+        slab_thickness_mm=slab_thickness_mm,
+        slab_axis=slab_axis,
+        lesions=lesions,
     )
     manifest_path = out_dir / MANIFEST_NAME
     if manifest_path.exists():

@@ -40,23 +40,43 @@ class TissueProperties:
 
 TISSUES_3T: dict[str, TissueProperties] = {
     "white_matter": TissueProperties(
-        t1_ms=832.0, t2_ms=79.2, pd=0.69, subject_cv=0.03, texture_cv=0.03,
+        t1_ms=832.0,
+        t2_ms=79.2,
+        pd=0.69,
+        subject_cv=0.03,
+        texture_cv=0.03,
         source="Wansapura et al. 1999, JMRI 9:531 (T1, T2)",
     ),
     "cortical_grey_matter": TissueProperties(
-        t1_ms=1331.0, t2_ms=110.0, pd=0.82, subject_cv=0.03, texture_cv=0.03,
+        t1_ms=1331.0,
+        t2_ms=110.0,
+        pd=0.82,
+        subject_cv=0.03,
+        texture_cv=0.03,
         source="Wansapura et al. 1999, JMRI 9:531 (T1, T2)",
     ),
     "deep_grey_matter": TissueProperties(
-        t1_ms=1200.0, t2_ms=72.0, pd=0.80, subject_cv=0.03, texture_cv=0.03,
+        t1_ms=1200.0,
+        t2_ms=72.0,
+        pd=0.80,
+        subject_cv=0.03,
+        texture_cv=0.03,
         source="mid-range of 3 T reports for putamen / thalamus / caudate (T2 shortened by iron)",
     ),
     "csf": TissueProperties(
-        t1_ms=4000.0, t2_ms=2000.0, pd=1.0, subject_cv=0.003, texture_cv=0.002,
+        t1_ms=4000.0,
+        t2_ms=2000.0,
+        pd=1.0,
+        subject_cv=0.003,
+        texture_cv=0.002,
         source="Lu et al. 2005 (T1 3800-4300 ms); T2 reports 500-2000 ms",
     ),
     "lesion": TissueProperties(
-        t1_ms=1450.0, t2_ms=160.0, pd=0.80, subject_cv=0.08, texture_cv=0.05,
+        t1_ms=1450.0,
+        t2_ms=160.0,
+        pd=0.80,
+        subject_cv=0.08,
+        texture_cv=0.05,
         source="mid-range of 3 T reports for white-matter lesions (T1 1200-1700 ms, T2 120-200 ms)",
     ),
 }

@@ -1,0 +1,181 @@
+"""The MONAI bundle run as users run it (``python -m monai.bundle run ...``) on the tiny phantom study."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from pipeline.engine import latest_checkpoint
+
+BUNDLE = pathlib.Path(__file__).resolve().parents[1] / "bundles" / "qmap_hybrid"
+CONFIGS = BUNDLE / "configs"
+RUN_TIMEOUT_S = 300
+
+
+def bundle_run(run_id, config_files, timeout=RUN_TIMEOUT_S, launcher=(sys.executable, "-m"), **overrides):
+    """Run ``monai.bundle run <run_id>`` in a subprocess; returns the CompletedProcess (output captured)."""
+    configs = [str(CONFIGS / name) for name in config_files]
+    command = [*launcher, "monai.bundle", "run", run_id, "--meta_file", str(CONFIGS / "metadata.json")]
+    command += ["--config_file", configs[0] if len(configs) == 1 else repr(configs)]
+    for key, value in overrides.items():
+        command += [f"--{key}", str(value)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def check(result):
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def study(tiny_study):
+    return {"datalist": tiny_study, "dataset_dir": tiny_study.parent}
+
+
+@pytest.fixture(scope="module")
+def trained(study, tmp_path_factory):
+    """One epoch of hybrid training on the tiny study; returns the run's folders."""
+    root = tmp_path_factory.mktemp("bundle")
+    dirs = {"bundle_root": BUNDLE, "ckpt_dir": root / "models", "log_dir": root / "logs"}
+    check(bundle_run("training", ["train.json"], max_epochs=1, val_interval=1, **study, **dirs))
+    return dirs
+
+
+def test_metadata_has_model_zoo_keys_and_matches_network():
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "task", "description", "authors",
+                "network_data_format", "intended_use", "references"):
+        assert key in metadata, key
+    assert metadata["version"] in metadata["changelog"]
+    inputs = metadata["network_data_format"]["inputs"]["image"]
+    outputs = metadata["network_data_format"]["outputs"]["pred"]
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser["device"] = "$torch.device('cpu')"
+    network = parser.get_parsed_content("network")
+    height, width = 32, 48  # "16*n" slices
+    with torch.no_grad():
+        pred = network(torch.randn(2, inputs["num_channels"], height, width))
+    assert pred.shape == (2, outputs["num_channels"], height, width)
+    assert len(inputs["channel_def"]) == inputs["num_channels"] and len(outputs["channel_def"]) == outputs["num_channels"]
+    assert torch.all(pred > 0), "softplus output: maps are positive"
+
+
+def test_supervised_override_only_sets_lambda_zero():
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "train_supervised.json")])
+    assert parser.get_parsed_content("loss").lambda_self == 0.0
+    assert json.loads((CONFIGS / "train_supervised.json").read_text()) == {"lambda_self": 0.0}
+
+
+def test_training_writes_best_model_and_state(trained):
+    assert (trained["ckpt_dir"] / "model.pt").is_file()
+    state = torch.load(next(trained["ckpt_dir"].glob("checkpoint*.pt")), weights_only=False)
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
+    assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch
+    metrics = (trained["log_dir"] / "metrics.csv").read_text()
+    for name in ("val_t1_ssim", "val_t2_ssim", "val_t1_psnr", "val_t1_hfen", "val_t1_mpe"):
+        assert name in metrics
+
+
+def test_training_resumes_from_latest_state(study, trained, tmp_path):
+    ckpt_dir = tmp_path / "models"
+    ckpt_dir.mkdir()
+    first = next(trained["ckpt_dir"].glob("checkpoint*.pt"))
+    (ckpt_dir / first.name).write_bytes(first.read_bytes())
+    iterations = torch.load(first, weights_only=False)["trainer"]["iteration"]
+
+    result = check(bundle_run("training", ["train.json"], max_epochs=2, val_interval=5, resume="true",
+                              bundle_root=BUNDLE, ckpt_dir=ckpt_dir, log_dir=tmp_path / "logs", **study))
+    log = result.stdout + result.stderr
+    assert "Restored all variables" in log and "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
+    resumed = torch.load(latest_checkpoint(ckpt_dir), weights_only=False)["trainer"]
+    assert resumed["iteration"] == 2 * iterations
+
+
+def test_resume_without_state_is_a_clear_error(study, tmp_path):
+    result = bundle_run("training", ["train.json"], max_epochs=1, resume="true", bundle_root=BUNDLE,
+                        ckpt_dir=tmp_path / "empty", log_dir=tmp_path / "logs", **study)
+    assert result.returncode != 0
+    assert "no training state" in result.stderr and str(tmp_path / "empty") in result.stderr
+
+
+def _reoriented_copy(entry_dir, out_dir):
+    """The test subject's weighted images and mask flipped to LPS storage (a different affine)."""
+    out_dir.mkdir()
+    for name in ("t1w", "t2w", "flair", "mask"):
+        image = nib.load(entry_dir / f"{name}.nii.gz")
+        ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(image.affine),
+                                               nib.orientations.axcodes2ornt(("L", "P", "S")))
+        nib.save(image.as_reoriented(ornt), out_dir / f"{name}.nii.gz")
+    entry = {"subject": "lps", **{name: f"{name}.nii.gz" for name in ("t1w", "t2w", "flair", "mask")}}
+    (out_dir / "dataset.json").write_text(json.dumps({"testing": [entry]}))
+    return out_dir / "dataset.json"
+
+
+def test_inference_writes_maps_in_input_geometry_and_refuses_overwrite(study, trained, tmp_path):
+    manifest = json.loads(study["datalist"].read_text())
+    test_dir = study["dataset_dir"] / manifest["testing"][0]["subject"]
+    lps_manifest = _reoriented_copy(test_dir, tmp_path / "lps_input")
+    output_dir = tmp_path / "maps"
+    run = dict(bundle_root=BUNDLE, datalist=lps_manifest, dataset_dir=lps_manifest.parent,
+               checkpoint=trained["ckpt_dir"] / "model.pt", output_dir=output_dir)
+    check(bundle_run("inference", ["inference.json"], **run))
+
+    t1w = nib.load(lps_manifest.parent / "t1w.nii.gz")
+    mask = nib.load(lps_manifest.parent / "mask.nii.gz").get_fdata() > 0
+    assert nib.aff2axcodes(t1w.affine) == ("L", "P", "S")
+    for name in ("t1_map", "t2_map", "m0_map"):
+        written = nib.load(output_dir / "lps" / f"{name}.nii.gz")
+        assert written.shape == t1w.shape
+        np.testing.assert_allclose(written.affine, t1w.affine, atol=1e-5)
+        data = written.get_fdata(dtype=np.float32)
+        assert written.get_data_dtype() == np.float32
+        assert np.isfinite(data).all() and np.all(data[~mask] == 0) and np.all(data[mask] > 0)
+    t1 = nib.load(output_dir / "lps" / "t1_map.nii.gz").get_fdata()[mask]
+    assert 50 < np.median(t1) < 10000, "T1 written in ms"
+
+    before = (output_dir / "lps" / "t1_map.nii.gz").read_bytes()
+    again = bundle_run("inference", ["inference.json"], **run)
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr
+    assert (output_dir / "lps" / "t1_map.nii.gz").read_bytes() == before
+
+
+def test_evaluation_writes_reports(study, trained, tmp_path):
+    maps = tmp_path / "maps"
+    check(bundle_run("inference", ["inference.json"], bundle_root=BUNDLE, checkpoint=trained["ckpt_dir"] / "model.pt",
+                     output_dir=maps, **study))
+    reports = tmp_path / "reports"
+    result = check(bundle_run("evaluating", ["evaluate.json"], bundle_root=BUNDLE, predictions_dir=maps,
+                              baseline_dir=maps, output_dir=reports, **study))
+    per_slice = pd.read_csv(reports / "per_slice.csv")
+    assert list(per_slice.columns) == ["model", "subject", "slice", "map", "MPE", "HFEN", "PSNR", "SSIM"]
+    assert set(per_slice["model"]) == {"hybrid", "supervised"} and set(per_slice["map"]) == {"T1", "T2"}
+    assert list(pd.read_csv(reports / "per_subject.csv").columns) == ["model", "subject", "map", "MPE", "HFEN",
+                                                                       "PSNR", "SSIM"]
+    summary = pd.read_csv(reports / "summary.csv")
+    assert {"metric", "map", "supervised", "hybrid", "p_value"} <= set(summary.columns)
+    assert (reports / "figure.png").stat().st_size > 10_000
+    assert "summary.csv" in result.stdout
+
+
+def test_multi_gpu_config_runs_two_processes_on_cpu(study, tmp_path):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m")
+    result = check(bundle_run("training", ["train.json", "multi_gpu_train.json"], launcher=launcher, timeout=240,
+                              max_epochs=1, val_interval=1, bundle_root=BUNDLE, ckpt_dir=tmp_path / "models",
+                              log_dir=tmp_path / "logs", **study))
+    assert (tmp_path / "models" / "model.pt").is_file()
+    state = torch.load(next((tmp_path / "models").glob("checkpoint*.pt")), weights_only=False)
+    assert not any(key.startswith("module.") for key in state["model"]), "DDP wrapper is not saved"
+    assert "val_t1_ssim" in (tmp_path / "logs" / "metrics.csv").read_text()
+    assert "Engine run finished" in result.stdout + result.stderr
