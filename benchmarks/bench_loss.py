@@ -24,21 +24,34 @@ from pipeline.physics import MAP_UNIT_MS, synthesize
 UNET_FEATURES = (32, 32, 64, 128, 256, 32)
 
 
-def interleaved_times_ms(steps: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Wall times (ms) of each step in ``repeats`` timed rounds after ``warmup`` untimed ones.
+def interleaved_times_ms(
+    steps: dict[str, Callable[[], None]], warmup: int, repeats: int
+) -> dict[str, dict[str, list[float]]]:
+    """Wall and process-CPU times (ms) of each step in ``repeats`` timed rounds after ``warmup`` untimed ones.
 
     The steps take turns within every round (in alternating order), so drifts of the machine's load
-    (other processes, thermal state) hit all of them alike instead of biasing their ratio.
+    (other processes, thermal state) hit all of them alike instead of biasing their ratio. Process CPU
+    time (summed over this process's threads) is reported too: on a shared machine it excludes the
+    time spent waiting for a core, which wall time does not.
+
+    Returns:
+        ``{step name: {"wall": [...], "cpu": [...]}}``.
     """
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    times = {name: {"wall": [], "cpu": []} for name in steps}
     for round_index in range(warmup + repeats):
         order = list(steps) if round_index % 2 == 0 else list(reversed(steps))
         for name in order:
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             steps[name]()
             if round_index >= warmup:
-                times[name].append(1e3 * (time.perf_counter() - start))
+                times[name]["wall"].append(1e3 * (time.perf_counter() - wall))
+                times[name]["cpu"].append(1e3 * (time.process_time() - cpu))
     return times
+
+
+def paired_ratio(times: list[float], baseline: list[float]) -> float:
+    """Median over rounds of ``times / baseline``."""
+    return statistics.median(t / b for t, b in zip(times, baseline, strict=True))
 
 
 def make_batch(batch: int, height: int, width: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -98,19 +111,24 @@ def main() -> None:
     baseline = step_times[next(iter(losses))]
     print(
         f"batch {args.batch}x3x{args.height}x{args.width}, BasicUNet features {UNET_FEATURES}, "
-        f"torch threads {torch.get_num_threads()}, median of {args.repeats} interleaved rounds "
-        f"after {args.warmup} warm-up"
+        f"torch threads {torch.get_num_threads()}, medians of {args.repeats} interleaved rounds "
+        f"after {args.warmup} warm-up; ratios are medians of per-round ratios to the supervised step"
     )
-    print(
-        f"| {'loss':<34} | {'UNet fwd+bwd step (ms)':>22} | {'ratio (paired median)':>21} "
-        f"| {'loss alone fwd+bwd (ms)':>23} |"
-    )
-    print(f"|{'-' * 36}|{'-' * 24}|{'-' * 23}|{'-' * 25}|")
+    columns = ("step wall (ms)", "ratio wall", "step CPU (ms)", "ratio CPU", "loss alone wall (ms)")
+    print(f"| {'loss':<34} | " + " | ".join(columns) + " |")
+    print(f"|{'-' * 36}|" + "|".join("-" * (len(column) + 2) for column in columns) + "|")
     for name in losses:
-        ratio = statistics.median(t / b for t, b in zip(step_times[name], baseline, strict=True))
+        values = (
+            f"{statistics.median(step_times[name]['wall']):.0f}",
+            f"{paired_ratio(step_times[name]['wall'], baseline['wall']):.3f}",
+            f"{statistics.median(step_times[name]['cpu']):.0f}",
+            f"{paired_ratio(step_times[name]['cpu'], baseline['cpu']):.3f}",
+            f"{statistics.median(loss_times[name]['wall']):.1f}",
+        )
         print(
-            f"| {name:<34} | {statistics.median(step_times[name]):>22.1f} | {ratio:>21.3f} "
-            f"| {statistics.median(loss_times[name]):>23.2f} |"
+            f"| {name:<34} | "
+            + " | ".join(value.rjust(len(column)) for value, column in zip(values, columns, strict=True))
+            + " |"
         )
 
 

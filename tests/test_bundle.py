@@ -110,14 +110,16 @@ def test_resume_without_state_is_a_clear_error(study, tmp_path):
     assert "no training state" in result.stderr and str(tmp_path / "empty") in result.stderr
 
 
-def _reoriented_copy(entry_dir, out_dir):
-    """The test subject's weighted images and mask flipped to LPS storage (a different affine)."""
+def _reoriented_copy(entry_dir, out_dir, voxel_size_mm=1.2):
+    """The test subject's weighted images and mask stored LPS with ``voxel_size_mm`` voxels (another grid)."""
     out_dir.mkdir()
     for name in ("t1w", "t2w", "flair", "mask"):
         image = nib.load(entry_dir / f"{name}.nii.gz")
         ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(image.affine),
                                                nib.orientations.axcodes2ornt(("L", "P", "S")))
-        nib.save(image.as_reoriented(ornt), out_dir / f"{name}.nii.gz")
+        image = image.as_reoriented(ornt)
+        affine = image.affine @ np.diag([voxel_size_mm] * 3 + [1])
+        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), affine), out_dir / f"{name}.nii.gz")
     entry = {"subject": "lps", **{name: f"{name}.nii.gz" for name in ("t1w", "t2w", "flair", "mask")}}
     (out_dir / "dataset.json").write_text(json.dumps({"testing": [entry]}))
     return out_dir / "dataset.json"
@@ -134,7 +136,7 @@ def test_inference_writes_maps_in_input_geometry_and_refuses_overwrite(study, tr
 
     t1w = nib.load(lps_manifest.parent / "t1w.nii.gz")
     mask = nib.load(lps_manifest.parent / "mask.nii.gz").get_fdata() > 0
-    assert nib.aff2axcodes(t1w.affine) == ("L", "P", "S")
+    assert nib.aff2axcodes(t1w.affine) == ("L", "P", "S") and np.allclose(t1w.header.get_zooms(), 1.2)
     for name in ("t1_map", "t2_map", "m0_map"):
         written = nib.load(output_dir / "lps" / f"{name}.nii.gz")
         assert written.shape == t1w.shape

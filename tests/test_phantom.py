@@ -324,13 +324,13 @@ def test_subjects_differ_and_generation_is_byte_reproducible(tiny_study, tmp_pat
 
 
 def test_refuses_to_overwrite_a_different_study(tmp_path):
-    first = generate_study(tmp_path, n_subjects=3, seed=1, sagittal_slices=2)
-    assert generate_study(tmp_path, n_subjects=3, seed=1, sagittal_slices=2) == first  # same parameters: fine
+    first = generate_study(tmp_path, n_subjects=2, seed=1, sagittal_slices=2)
+    assert generate_study(tmp_path, n_subjects=2, seed=1, sagittal_slices=2) == first  # same parameters: fine
     with pytest.raises(FileExistsError, match="different study"):
-        generate_study(tmp_path, n_subjects=2, seed=1, sagittal_slices=2)
-    generate_study(tmp_path, n_subjects=2, seed=1, sagittal_slices=2, overwrite=True)
-    assert json.loads(first.read_text())["generator"]["n_subjects"] == 2
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["dataset.json", "sub-01", "sub-02"]
+        generate_study(tmp_path, n_subjects=1, seed=1, sagittal_slices=2)
+    generate_study(tmp_path, n_subjects=1, seed=1, sagittal_slices=2, overwrite=True)
+    assert json.loads(first.read_text())["generator"]["n_subjects"] == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["dataset.json", "sub-01"]
 
 
 def test_cli_writes_study_and_figure(tmp_path):

@@ -14,7 +14,9 @@ from pipeline.phantom.study import DEFAULT_SNR, generate_study
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.phantom", description="Generate the digital brain phantom study.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.phantom", description="Generate the digital brain phantom study."
+    )
     parser.add_argument("--out", required=True, help="dataset folder to write (dataset.json + sub-XX/)")
     parser.add_argument(
         "--subjects", type=int, default=5, help="number of subjects (last: testing, one before: validation)"

@@ -3,8 +3,8 @@
 ``python -m pipeline.phantom.figure DATASET_JSON PNG [--subject sub-05] [--x-mm 25]``
 
 Every panel is drawn in world millimetres (true aspect): the 3.5 mm label slabs show as the blocks the
-network's labels are made of. The default plane goes through the lesion nearest to x = +25 mm (right
-hemisphere) listed in the subject's ``phantom.json``.
+network's labels are made of. The default plane goes through the largest lesion listed in the
+subject's ``phantom.json``.
 """
 
 from __future__ import annotations
@@ -45,12 +45,15 @@ def _sagittal_plane(path: pathlib.Path, x_mm: float) -> tuple[np.ndarray, tuple[
 
 
 def default_plane_mm(subject_dir: pathlib.Path, t1w: pathlib.Path) -> float:
-    """World x of the lesion nearest to :data:`HEMISPHERE_PLANES_CENTRE_MM` on the grid, else the nearest plane."""
+    """World x of the plane through the subject's largest lesion, else of the plane nearest +25 mm."""
     image = nib.load(t1w)
     x_axis = VoxelGrid(image.shape, image.affine).axes_mm()[0]
-    lesions = json.loads((subject_dir / "phantom.json").read_text())["lesion_centres_mm"]
-    candidates = [centre[0] for centre in lesions] or list(x_axis)
-    target = min(candidates, key=lambda x: abs(x - HEMISPHERE_PLANES_CENTRE_MM))
+    lesions = json.loads((subject_dir / "phantom.json").read_text())["lesions"]
+    target = (
+        max(lesions, key=lambda lesion: lesion["volume_mm3"])["centre_mm"][0]
+        if lesions
+        else HEMISPHERE_PLANES_CENTRE_MM
+    )
     return float(x_axis[np.argmin(np.abs(x_axis - target))])
 
 
@@ -115,7 +118,9 @@ def save_slice_figure(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.phantom.figure", description="Draw one sagittal slice set of a phantom subject.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.phantom.figure", description="Draw one sagittal slice set of a phantom subject."
+    )
     parser.add_argument("manifest", help="the study's dataset.json")
     parser.add_argument("png", help="output PNG")
     parser.add_argument("--subject", default=None, help="subject (default: the first testing subject)")

@@ -54,7 +54,7 @@ LESION_IRREGULARITY = 0.25
 LESION_SHAPE_SPACING_MM = 3.0
 """Knot spacing of the field that makes lesion outlines irregular."""
 PARAMETERS = ("t1_ms", "t2_ms", "pd")
-"""Tissue parameters, in the order of the last axis of per-compartment value arrays."""
+"""Tissue parameters, in the order of the parameter axis of per-compartment values ((K, 3) and (K, 3, N))."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class SubjectParameters:
         tissue_factors: (K, 3) per-subject factors on the nominal T1, T2, PD of :data:`COMPARTMENTS`.
         deformation: 3 fields (x, y, z displacement, unit variance).
         bias: 1 field (log receive bias, unit variance).
-        texture: 3K fields (compartment-major, then T1, T2, PD; unit variance).
+        texture: K fields (texture of each compartment, unit variance).
         lesion_shape: 1 field (irregularity of lesion outlines, unit variance).
         lesions: white-matter lesions (empty without lesions).
     """
@@ -137,7 +137,7 @@ class SubjectParameters:
             tissue_factors=np.exp(subject_cv * rng.standard_normal((len(COMPARTMENTS), len(PARAMETERS)))),
             deformation=SmoothRandomField.draw(rng, DEFORMATION_SPACING_MM, 3),
             bias=SmoothRandomField.draw(rng, BIAS_SPACING_MM, 1),
-            texture=SmoothRandomField.draw(rng, TEXTURE_SPACING_MM, len(COMPARTMENTS) * len(PARAMETERS)),
+            texture=SmoothRandomField.draw(rng, TEXTURE_SPACING_MM, len(COMPARTMENTS)),
             lesion_shape=SmoothRandomField.draw(rng, LESION_SHAPE_SPACING_MM, 1),
             lesions=draw_lesions(rng, anatomy) if lesions else [],
         )
@@ -161,6 +161,7 @@ class SubjectVolumes:
         weighted: contrast name (:data:`CONTRASTS`) → float32 noisy magnitude image (nominal WM = 1000).
         noise_sigma: standard deviation of the Gaussian noise in each real/imaginary channel.
         lesion_centres_mm: (L, 3) RAS centroid of each lesion visible on the grid (subject space).
+        lesion_volumes_mm3: (L,) volume of each of these lesions on the grid.
     """
 
     grid: VoxelGrid
@@ -172,6 +173,7 @@ class SubjectVolumes:
     weighted: dict[str, np.ndarray]
     noise_sigma: float
     lesion_centres_mm: np.ndarray
+    lesion_volumes_mm3: np.ndarray
 
 
 def displacement_mm(grid: VoxelGrid, parameters: SubjectParameters) -> np.ndarray:
@@ -193,20 +195,19 @@ def deformed_fractions(anatomy: TemplateAnatomy, positions_mm: np.ndarray) -> np
 def compartment_values(parameters: SubjectParameters, grid: VoxelGrid, mask: np.ndarray) -> np.ndarray:
     """(K, 3, N) float32 T1 (ms), T2 (ms), PD of every compartment at the N mask voxels, with texture.
 
-    Texture is log-normal: ``value = subject value * exp(cv * field)`` with the compartment's
+    Texture is log-normal, one field per compartment shared by T1, T2 and PD (tissue water content moves
+    them together): ``value = subject value * exp(cv * field)`` with the compartment's
     :attr:`~pipeline.phantom.tissues.TissueProperties.texture_cv`.
     """
-    n_parameters = len(PARAMETERS)
-    texture = parameters.texture(grid)[:, mask].reshape(len(COMPARTMENTS), n_parameters, -1)
     cv = np.array([TISSUES_3T[name].texture_cv for name in COMPARTMENTS], dtype=np.float32)
-    values = parameters.tissue_values().astype(np.float32)
-    return values[:, :, None] * np.exp(cv[:, None, None] * texture)
+    texture = np.exp(cv[:, None] * parameters.texture(grid)[:, mask])
+    return parameters.tissue_values().astype(np.float32)[:, :, None] * texture[:, None, :]
 
 
 def lesion_fraction(
     parameters: SubjectParameters, grid: VoxelGrid, displacement: np.ndarray, positions_mm: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lesion fraction (union of all lesions) on ``grid`` and the centroids of the lesions it shows.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lesion fraction (union of all lesions) on ``grid``, and centroids and volumes of the lesions it shows.
 
     Args:
         parameters: the subject's lesions and lesion-shape field.
@@ -214,11 +215,12 @@ def lesion_fraction(
         displacement, positions_mm: (3, X, Y, Z) displacement and template positions of the voxels.
 
     Returns:
-        (X, Y, Z) float32 fraction in [0, 1] and (L, 3) RAS centroids (subject space) of the visible lesions.
+        (X, Y, Z) float32 fraction in [0, 1]; (L, 3) RAS centroids (subject space) and (L,) volumes (mm^3)
+        of the lesions on the grid.
     """
     fraction = np.zeros(grid.shape, dtype=np.float32)
     largest_shift = np.abs(displacement).max(axis=(1, 2, 3))
-    centres = []
+    centres, volumes = [], []
     for lesion in parameters.lesions:
         # the voxels whose world position lies within the lesion's reach plus the largest displacement
         reach = lesion.reach_mm + largest_shift
@@ -238,7 +240,8 @@ def lesion_fraction(
             fraction[box] = np.maximum(fraction[box], share)
             world = np.stack(np.meshgrid(*box_grid.axes_mm(), indexing="ij"))
             centres.append(np.sum(world * share, axis=(1, 2, 3)) / share.sum())
-    return fraction, np.reshape(centres, (-1, 3))
+            volumes.append(share.sum() * np.prod(grid.spacing_mm))
+    return fraction, np.reshape(centres, (-1, 3)), np.array(volumes)
 
 
 def rician_noise(image: np.ndarray, grid: VoxelGrid, parameters: SubjectParameters, stream: int, sigma: float):
@@ -316,7 +319,7 @@ def simulate_subject(
     mask = total >= 0.5
     inside = np.zeros((len(COMPARTMENTS), int(mask.sum())), dtype=np.float32)
     inside[: len(anatomical)] = anatomical[:, mask] / total[mask]
-    lesion, lesion_centres = lesion_fraction(parameters, grid, displacement, positions)
+    lesion, lesion_centres, lesion_volumes = lesion_fraction(parameters, grid, displacement, positions)
     lesion_share = lesion[mask] * inside[0]
     inside[COMPARTMENTS.index("lesion")] = lesion_share
     inside[0] -= lesion_share
@@ -339,4 +342,5 @@ def simulate_subject(
         weighted=weighted,
         noise_sigma=sigma,
         lesion_centres_mm=lesion_centres,
+        lesion_volumes_mm3=lesion_volumes,
     )

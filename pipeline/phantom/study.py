@@ -215,7 +215,10 @@ def write_subject(
         "tissues": {
             name: dict(zip(PARAMETERS, map(float, values))) for name, values in zip(COMPARTMENTS, tissue_values)
         },
-        "lesion_centres_mm": volumes.lesion_centres_mm.round(2).tolist(),
+        "lesions": [
+            {"centre_mm": centre.round(2).tolist(), "volume_mm3": round(float(volume), 2)}
+            for centre, volume in zip(volumes.lesion_centres_mm, volumes.lesion_volumes_mm3)
+        ],
         "protocols": {contrast: protocol.to_dict() for contrast, protocol in protocols().items()},
         "weighted_image_units": f"nominal pure white matter = {WHITE_MATTER_INTENSITY:g} before receive bias",
         "noise_sigma": volumes.noise_sigma,
@@ -259,8 +262,9 @@ def generate_study(
         slab_thickness_mm: thickness of the label slabs.
         slab_axis: axis of the label slabs (2 = z, S-I).
         lesions: add white-matter lesions.
-        overwrite: replace an existing study generated with different parameters; without it a
-            different study in ``out_dir`` raises :class:`FileExistsError` (same parameters regenerate).
+        overwrite: replace a study generated with different parameters (another ``generator`` record);
+            without it such a study in ``out_dir`` raises :class:`FileExistsError`. A study with the same
+            parameters is regenerated in place.
 
     Returns:
         path of ``out_dir/dataset.json``.
@@ -281,7 +285,7 @@ def generate_study(
             existing = json.loads(manifest_path.read_text())
         except json.JSONDecodeError:
             existing = {}
-        if existing != manifest:
+        if existing.get("generator") != manifest["generator"]:
             if not overwrite:
                 raise FileExistsError(
                     f"{manifest_path} holds a different study (generator: {existing.get('generator')}); "

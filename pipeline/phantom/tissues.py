@@ -26,7 +26,7 @@ class TissueProperties:
         subject_cv: coefficient of variation of the per-subject factor on each of T1, T2 and PD
             (log-normal).
         texture_cv: coefficient of variation of the smooth, spatially varying texture inside the tissue
-            (applied to T1, T2 and PD independently, log-normally).
+            (one log-normal factor on T1, T2 and PD together).
         source: where the nominal values come from.
     """
 
