@@ -33,12 +33,12 @@ from pipeline.phantom.fields import FIELD_DOMAIN_MM, SmoothRandomField
 from pipeline.phantom.grid import VoxelGrid
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
 
-DEFORMATION_STD_MM = 2.0
-"""Standard deviation of each displacement component (maximum displacements reach ~5 mm)."""
+DEFORMATION_STD_MM = 1.5
+"""Standard deviation of each displacement component (displacements are typically 2-3 mm, at most ~7 mm)."""
 DEFORMATION_SPACING_MM = 32.0
 """Knot spacing of the displacement field (its correlation length)."""
-BIAS_LOG_STD = 0.08
-"""Standard deviation of the log receive-bias field (intensity varies by ~±15 % over the brain)."""
+BIAS_LOG_STD = 0.05
+"""Standard deviation of the log receive-bias field (intensity varies by ~15-25 % over a brain)."""
 BIAS_SPACING_MM = 64.0
 """Knot spacing of the receive-bias field."""
 TEXTURE_SPACING_MM = 8.0
