@@ -15,7 +15,7 @@ from pipeline.phantom.__main__ import main as phantom_cli
 from pipeline.phantom.anatomy import load_template_anatomy
 from pipeline.phantom.contrasts import WHITE_MATTER_INTENSITY, signed_signal
 from pipeline.phantom.labels import slab_affine
-from pipeline.phantom.simulate import SubjectParameters, mix_relaxation_rates, simulate_subject
+from pipeline.phantom.simulate import SubjectParameters, mix_relaxation_rates, mix_signals, simulate_subject
 from pipeline.phantom.study import study_grid
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
 
@@ -166,6 +166,21 @@ def test_flair_nulls_nominal_csf():
     )
 
 
+def test_inverted_compartments_cancel_in_partial_volumes():
+    csf = TISSUES_3T["csf"]
+
+    def flair(t1_ms):
+        return float(signed_signal("flair", np.float32(t1_ms), np.float32(csf.t2_ms), np.float32(csf.pd)))
+
+    # a fluid with T1 beyond the nulled one is still inverted at the excitation: negative signal
+    assert flair(1.1 * csf.t1_ms) < 0 < flair(0.9 * csf.t1_ms)
+    fractions = np.array([[0.5], [0.0], [0.0], [0.5], [0.0]], np.float32)
+    values = np.array([[[832.0], [79.2], [0.69]]] * 5, np.float32)
+    values[3, :, 0] = (1.1 * csf.t1_ms, csf.t2_ms, csf.pd)
+    mixed = mix_signals(fractions, values)["flair"][0]
+    assert mixed == pytest.approx(abs(0.5 * WHITE_MATTER_INTENSITY + 0.5 * flair(1.1 * csf.t1_ms)), rel=1e-3)
+
+
 def test_noise_level_matches_requested_snr(subject):
     _, volumes = subject
     snr = 30.0
@@ -211,7 +226,7 @@ def test_label_geometry(tiny_study):
         label, label_image = _load(tiny_study, entry[key])
         assert label_image.header.get_zooms() == pytest.approx((1.0, 1.0, 3.5))
         assert label.shape == (t1w.shape[0], t1w.shape[1], int(np.ceil(t1w.shape[2] / 3.5)))
-        # slab j covers 1 mm voxels [3.5 j, 3.5 j + 3.5) (voxel i spans [i - 0.5, i + 0.5)): centre at 3.5 j + 1.25
+        # slab j covers [3.5 j, 3.5 (j + 1)) mm from the grid's first voxel edge (index -0.5): centre 3.5 j + 1.25
         for j in (0, 7, label.shape[2] - 1):
             centre = label_image.affine @ [2, 5, j, 1]
             assert centre == pytest.approx(t1w_image.affine @ [2, 5, 3.5 * j + 1.25, 1])
@@ -307,6 +322,13 @@ def test_top_level_manifest_is_the_default_study():
     assert study_manifest(**generator) == committed  # the record regenerates the same study
 
 
+@pytest.mark.parametrize("n_subjects, sizes", [(1, [0, 0, 1]), (2, [1, 0, 1]), (3, [1, 1, 1]), (6, [4, 1, 1])])
+def test_split_last_subject_tests_the_one_before_validates(n_subjects, sizes):
+    manifest = study_manifest(n_subjects)
+    assert [len(manifest[section]) for section in SECTIONS] == sizes
+    assert manifest["testing"][0]["subject"] == f"sub-{n_subjects:02d}"
+
+
 def test_subjects_differ_and_generation_is_byte_reproducible(tiny_study, tmp_path):
     masks = [_load(tiny_study, _entry(tiny_study, section)["mask"])[0] > 0 for section in SECTIONS]
     for first, second in ((0, 1), (1, 2)):
@@ -331,6 +353,11 @@ def test_refuses_to_overwrite_a_different_study(tmp_path):
     generate_study(tmp_path, n_subjects=1, seed=1, sagittal_slices=2, overwrite=True)
     assert json.loads(first.read_text())["generator"]["n_subjects"] == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dataset.json", "sub-01"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "dataset.json").write_text('{"training": [{"t1w": "precious.nii.gz"}]}')
+    with pytest.raises(FileExistsError, match="not a pipeline.phantom study"):
+        generate_study(foreign, n_subjects=1, sagittal_slices=2, overwrite=True)
 
 
 def test_cli_writes_study_and_figure(tmp_path):

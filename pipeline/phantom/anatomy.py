@@ -9,7 +9,7 @@ maps and a brain mask (197 x 233 x 189 voxels, RAS, values 0..1), loadable offli
   margin outside the cortex are background, not CSF.
 * **CSF fraction**: ``1 - GM - WM`` inside that mask (ventricles, sulci, cisterns), so that the classes
   sum to 1 in the mask.
-* **deep grey matter**: the GM fraction inside a smooth ellipsoid around the basal ganglia and thalami,
+* **deep grey matter**: the GM fraction inside a soft-edged ellipsoid around the basal ganglia and thalami,
   a class of its own (shorter T1/T2 than cortex); the rest of the GM is cortical (incl. cerebellar).
 """
 
@@ -23,9 +23,10 @@ from nilearn import datasets
 from scipy import ndimage
 
 from pipeline.phantom.grid import VoxelGrid
+from pipeline.phantom.tissues import COMPARTMENTS
 
-ANATOMICAL_CLASSES = ("white_matter", "cortical_grey_matter", "deep_grey_matter", "csf")
-"""Order of the anatomical fraction volumes (the first compartments of :data:`pipeline.phantom.tissues.COMPARTMENTS`)."""
+ANATOMICAL_CLASSES = tuple(name for name in COMPARTMENTS if name != "lesion")
+"""Order of the anatomical fraction volumes: the compartments of the tissue table except lesions."""
 
 SULCUS_CLOSING_RADIUS_MM = 3
 """Radius of the ball that closes sulci (CSF between gyri) into the brain mask."""
@@ -118,8 +119,15 @@ def load_template_anatomy() -> TemplateAnatomy:
     grey, white, mask = grey[box], white[box], mask[box]
 
     deep = deep_grey_weight(grid)
-    fractions = np.stack([white, grey * (1.0 - deep), grey * deep, np.clip(1.0 - grey - white, 0.0, 1.0)])
+    classes = {
+        "white_matter": white,
+        "cortical_grey_matter": grey * (1.0 - deep),
+        "deep_grey_matter": grey * deep,
+        "csf": np.clip(1.0 - grey - white, 0.0, 1.0),
+    }
+    fractions = np.stack([classes[name] for name in ANATOMICAL_CLASSES])
     fractions[fractions < TEMPLATE_NOISE_FRACTION] = 0.0
     fractions *= mask / fractions.sum(0)  # the sum is never 0: where GM and WM are noise, CSF is ~1
-    depth = ndimage.distance_transform_edt(fractions[0] > PURE_WHITE_MATTER).astype(np.float32)
-    return TemplateAnatomy(fractions.astype(np.float32), grid, depth)
+    pure_white = fractions[ANATOMICAL_CLASSES.index("white_matter")] > PURE_WHITE_MATTER
+    depth = ndimage.distance_transform_edt(pure_white)
+    return TemplateAnatomy(fractions.astype(np.float32), grid, depth.astype(np.float32))

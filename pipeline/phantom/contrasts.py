@@ -66,7 +66,10 @@ def protocols() -> dict[str, physics.MPRAGEProtocol | physics.TSEProtocol | phys
 
 @functools.cache
 def null_t1_ms(contrast: str) -> float:
-    """T1 (ms) whose signal ``contrast`` nulls (sign change of Mz at the k-space centre); ``inf`` if none."""
+    """T1 (ms) whose signal ``contrast`` nulls (sign change of Mz at the k-space centre); ``inf`` if none.
+
+    T2 only scales these signals, so the null is searched at a fixed T2 of 100 ms.
+    """
     protocol = protocols()[contrast]
     null = _null_location(lambda t1: float(physics.synthesize(contrast, t1, 100.0, 1.0, protocol)), T1_SEARCH_RANGE_MS)
     return np.inf if null is None else null

@@ -320,9 +320,10 @@ def simulate_subject(
     inside = np.zeros((len(COMPARTMENTS), int(mask.sum())), dtype=np.float32)
     inside[: len(anatomical)] = anatomical[:, mask] / total[mask]
     lesion, lesion_centres, lesion_volumes = lesion_fraction(parameters, grid, displacement, positions)
-    lesion_share = lesion[mask] * inside[0]
+    white = COMPARTMENTS.index("white_matter")
+    lesion_share = lesion[mask] * inside[white]
     inside[COMPARTMENTS.index("lesion")] = lesion_share
-    inside[0] -= lesion_share
+    inside[white] -= lesion_share
 
     values = compartment_values(parameters, grid, mask)
     t1_ms, t2_ms, m0 = mix_relaxation_rates(inside, values)

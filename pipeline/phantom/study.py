@@ -196,7 +196,8 @@ def write_subject(
     subject_dir.mkdir(parents=True, exist_ok=True)
     affine = volumes.grid.affine
     for stem, contrast in WEIGHTED_FILES.items():
-        write_nifti(subject_dir / f"{stem}.nii.gz", np.rint(volumes.weighted[contrast]).astype(np.int16), affine)
+        intensities = np.clip(np.rint(volumes.weighted[contrast]), 0, np.iinfo(np.int16).max).astype(np.int16)
+        write_nifti(subject_dir / f"{stem}.nii.gz", intensities, affine)
     write_nifti(subject_dir / "mask.nii.gz", volumes.mask.astype(np.uint8), affine)
     thickness_voxels = slab_thickness_mm / volumes.grid.spacing_mm[slab_axis]
     maps = [getattr(volumes, attribute) for attribute in MAP_STEMS.values()]
@@ -263,8 +264,8 @@ def generate_study(
         slab_axis: axis of the label slabs (2 = z, S-I).
         lesions: add white-matter lesions.
         overwrite: replace a study generated with different parameters (another ``generator`` record);
-            without it such a study in ``out_dir`` raises :class:`FileExistsError`. A study with the same
-            parameters is regenerated in place.
+            without it such a study in ``out_dir`` raises :class:`FileExistsError`, as does any other
+            ``dataset.json`` there. A study with the same parameters is regenerated in place.
 
     Returns:
         path of ``out_dir/dataset.json``.
@@ -284,13 +285,16 @@ def generate_study(
         try:
             existing = json.loads(manifest_path.read_text())
         except json.JSONDecodeError:
-            existing = {}
-        if existing.get("generator") != manifest["generator"]:
+            existing = None
+        existing_generator = existing.get("generator") if isinstance(existing, dict) else None
+        if existing_generator != manifest["generator"]:
             if not overwrite:
                 raise FileExistsError(
-                    f"{manifest_path} holds a different study (generator: {existing.get('generator')}); "
+                    f"{manifest_path} holds a different study (generator: {existing_generator}); "
                     "pass overwrite=True (CLI: --overwrite) to replace it"
                 )
+            if not isinstance(existing_generator, dict) or existing_generator.get("module") != "pipeline.phantom":
+                raise FileExistsError(f"{manifest_path} is not a pipeline.phantom study: not deleting its files")
             _remove_study(out_dir, existing)
 
     anatomy = load_template_anatomy()
