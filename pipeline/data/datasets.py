@@ -1,0 +1,114 @@
+"""Config-friendly builders: manifest (or datalist) → cached volume dataset → 2D slice dataset.
+
+Every argument is a plain value, so MONAI bundle configs can call these with ``_target_``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from monai.data import CacheDataset
+
+from pipeline.data.errors import InvalidInputError, MissingFilesError
+from pipeline.data.manifest import LABEL_KEYS, MASK_KEY, REFERENCE_KEYS, check_datalist, load_datalist
+from pipeline.data.slices import SliceDataset
+from pipeline.data.transforms import build_volume_transforms
+
+
+def _has_keys(datalist: Sequence[dict], keys: Sequence[str], what: str) -> bool:
+    """Whether every entry has ``keys``; False if none has; :class:`InvalidInputError` if only some have."""
+    having = [all(key in entry for key in keys) for entry in datalist]
+    if any(having) and not all(having):
+        lacking = [entry["subject"] for entry, has in zip(datalist, having) if not has]
+        raise InvalidInputError(f"some entries have {what} ({list(keys)}) and others not: {lacking} lack them")
+    return all(having)
+
+
+def _input_error(error: RuntimeError) -> Exception | None:
+    """The data error behind MONAI's ``RuntimeError("applying transform ...")`` wrappers, or None.
+
+    MONAI re-raises a transform's exception as a ``RuntimeError`` from it, once per nesting level, so the clear
+    message would otherwise only show in the chained traceback.
+    """
+    cause = error
+    while cause.__cause__ is not None and str(cause).startswith("applying transform"):
+        cause = cause.__cause__
+    return cause if isinstance(cause, (InvalidInputError, MissingFilesError)) else None
+
+
+def build_volume_dataset(
+    datalist: str | os.PathLike | Sequence[dict],
+    dataset_dir: str | os.PathLike | None = None,
+    section: str = "training",
+    with_labels: bool | None = None,
+    with_reference: bool | None = None,
+    with_mask: bool | None = None,
+    cache_num_workers: int = 0,
+    progress: bool = False,
+    **transform_options,
+) -> CacheDataset:
+    """Processed volumes of a datalist, each computed once and cached in memory.
+
+    Args:
+        datalist: manifest path (``section`` of it is loaded with :func:`~pipeline.data.manifest.load_datalist`)
+            or a list of entry dicts whose paths are used as they are (checked by
+            :func:`~pipeline.data.manifest.check_datalist`).
+        dataset_dir: folder of the manifest's relative paths; default the manifest's folder (unused for lists).
+        section: manifest section.
+        with_labels, with_reference, with_mask: which optional files to use; default (None): those every entry has.
+        cache_num_workers: threads computing the volumes.
+        progress: show a progress bar while caching.
+        transform_options: further keyword arguments of
+            :func:`~pipeline.data.transforms.build_volume_transforms` (``max_shift_mm``, ``on_failure``, ...).
+
+    Returns:
+        a ``CacheDataset`` of dicts ``image`` (3, X, Y, Z), ``mask`` (1, X, Y, Z), [``label``], [``reference``]
+        (3, X, Y, Z), ``subject``. Bad input raises the data error itself (not MONAI's RuntimeError wrapper).
+    """
+    if isinstance(datalist, (str, os.PathLike)):
+        entries = load_datalist(datalist, section, dataset_dir)
+    else:
+        entries = check_datalist(datalist)
+    transforms = build_volume_transforms(
+        with_labels=_has_keys(entries, LABEL_KEYS, "labels") if with_labels is None else with_labels,
+        with_reference=_has_keys(entries, REFERENCE_KEYS, "references") if with_reference is None else with_reference,
+        with_mask=_has_keys(entries, (MASK_KEY,), "a mask") if with_mask is None else with_mask,
+        **transform_options,
+    )
+    try:
+        return CacheDataset(
+            entries, transforms, cache_rate=1.0, num_workers=cache_num_workers, progress=progress, copy_cache=False
+        )
+    except RuntimeError as error:
+        input_error = _input_error(error)
+        if input_error is None:
+            raise
+    raise input_error  # outside the except clause, so it is not chained to MONAI's wrapper
+
+
+def build_slice_dataset(
+    datalist: str | os.PathLike | Sequence[dict],
+    dataset_dir: str | os.PathLike | None = None,
+    section: str = "training",
+    slice_transforms: Sequence[Callable] | Callable | None = None,
+    min_brain_fraction: float = 0.1,
+    axis: int = 0,
+    **volume_options,
+) -> SliceDataset:
+    """2D slices (sagittal by default) of the cached volumes of a datalist.
+
+    Args:
+        datalist, dataset_dir, section: as in :func:`build_volume_dataset`.
+        slice_transforms: applied to every slice item, e.g. ``ResizeWithPadOrCropd`` to a fixed (H, W), flips.
+        min_brain_fraction: slices with a smaller fraction of mask pixels are skipped.
+        axis: spatial axis sliced (0 = X: sagittal).
+        volume_options: further keyword arguments of :func:`build_volume_dataset` (``with_reference``,
+            ``cache_num_workers``, ``max_shift_mm``, ...).
+
+    Returns:
+        a :class:`~pipeline.data.slices.SliceDataset` of items ``image`` (3, H, W), ``mask`` (1, H, W),
+        [``label``, ``reference`` (3, H, W)], ``subject``, ``slice``.
+    """
+    volumes = build_volume_dataset(datalist, dataset_dir, section, **volume_options)
+    return SliceDataset(volumes, axis=axis, min_brain_fraction=min_brain_fraction, transform=slice_transforms)

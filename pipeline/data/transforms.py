@@ -1,0 +1,123 @@
+"""The volume pipeline: one manifest entry (file paths) → normalised channel-first tensors on the T1w's 1 mm grid.
+
+Steps (each a MONAI transform):
+
+1. load every file (float32, channel first), check it is one finite 3D volume, reorient to RAS; optionally resample
+   the T1w to the model's voxel size (``voxel_size_mm``);
+2. co-registration check against the T1w (geometry for every file, translation registration for
+   ``registration_keys``);
+3. resample T2w, FLAIR, maps, references and mask onto the T1w grid (bilinear for images and maps, which keep the
+   blur of their 3.5 mm slabs; nearest for the mask); binarise the mask, or derive a foreground mask from the T1w
+   when the entry has none; check the mask is not empty;
+4. check T1/T2 maps are in ms; divide each weighted image and M0 map by its 99th percentile inside the mask
+   (:mod:`pipeline.data.normalization`); T1/T2 from ms to network units (÷ ``MAP_UNIT_MS``, i.e. units of 3 s);
+5. concatenate: ``image`` (3, X, Y, Z) = (T1w, T2w, FLAIR); ``label`` (3, X, Y, Z) = (T1, T2, M0) low-resolution
+   labels; ``reference`` (3, X, Y, Z) = 1 mm (T1, T2, M0); ``mask`` (1, X, Y, Z) float32 {0, 1}; ``subject`` is kept.
+   ``image`` carries the T1w's meta (affine, ``filename_or_obj``), so predictions can be written in its geometry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    ConcatItemsd,
+    DeleteItemsd,
+    NormalizeIntensityd,
+    Orientationd,
+    ResampleToMatchd,
+    Spacingd,
+)
+
+from pipeline.data.checks import CheckMapUnitsd, CheckMaskd, CheckVolumed, LoadVolumesd
+from pipeline.data.coregistration import CheckCoregistrationd
+from pipeline.data.foreground import ForegroundMaskd
+from pipeline.data.manifest import IMAGE_KEYS, LABEL_KEYS, MASK_KEY, REFERENCE_KEYS
+from pipeline.data.normalization import ScaleByMaskedPercentiled
+from pipeline.physics import MAP_UNIT_MS
+
+T1_MEDIAN_RANGE_MS = (100.0, 10000.0)
+"""Plausible median of a brain T1 map in ms: a median below 100 looks like seconds, above 10000 like µs."""
+T2_MEDIAN_RANGE_MS = (10.0, 5000.0)
+"""Plausible median of a brain T2 map in ms."""
+
+
+def build_volume_transforms(
+    with_labels: bool = True,
+    with_reference: bool = False,
+    with_mask: bool = True,
+    registration_keys: Sequence[str] | None = None,
+    max_shift_mm: float = 2.0,
+    min_overlap: float = 0.5,
+    on_failure: str = "raise",
+    percentile: float = 99.0,
+    reader: str | None = None,
+    voxel_size_mm: float | None = None,
+) -> Compose:
+    """The composed volume pipeline (see the module docstring) for entries of :func:`~pipeline.data.load_datalist`.
+
+    Args:
+        with_labels: the entries have low-resolution maps ``t1_map``, ``t2_map``, ``m0_map`` → output ``label``.
+        with_reference: the entries have 1 mm maps ``t1_ref``, ``t2_ref``, ``m0_ref`` → output ``reference``.
+        with_mask: the entries have a ``mask``; otherwise it is derived from the T1w
+            (:class:`~pipeline.data.foreground.ForegroundMaskd`).
+        registration_keys: files whose content is registered to the T1w; default ``("t1_map",)`` with labels,
+            else ``("t2w", "flair")``.
+        max_shift_mm: largest tolerated residual shift of the co-registration check.
+        min_overlap: smallest tolerated world-space bounding-box overlap with the T1w.
+        on_failure: ``"raise"`` or ``"warn"`` on co-registration failure.
+        percentile: intensity percentile inside the mask that is scaled to 1 (weighted images, M0).
+        reader: MONAI image reader name (default: chosen by file extension).
+        voxel_size_mm: if given, the T1w (and with it every other file) is first resampled (bilinear) to this
+            isotropic voxel size: the model's grid for inputs of another resolution. ``None`` keeps the T1w's grid.
+
+    Returns:
+        a ``Compose`` mapping an entry dict (file paths, ``subject``) to a dict with ``image``, ``mask``,
+        [``label``], [``reference``], ``subject`` (shapes and units in the module docstring).
+    """
+    # (maps, output key) per present group; each group's maps are in channel order (T1, T2, M0)
+    map_groups = ([(LABEL_KEYS, "label")] if with_labels else []) + (
+        [(REFERENCE_KEYS, "reference")] if with_reference else []
+    )
+    t1_keys, t2_keys, m0_keys = ([keys[channel] for keys, _ in map_groups] for channel in range(3))
+    map_keys = tuple(key for keys, _ in map_groups for key in keys)
+    loaded_keys = IMAGE_KEYS + map_keys + ((MASK_KEY,) if with_mask else ())
+    moved_keys = loaded_keys[1:]  # every file but the T1w goes onto the T1w grid
+    if registration_keys is None:
+        registration_keys = ("t1_map",) if with_labels else ("t2w", "flair")
+    transforms = [
+        LoadVolumesd(loaded_keys, reader=reader),
+        CheckVolumed(loaded_keys),
+        Orientationd(loaded_keys, axcodes="RAS", labels=None),  # labels=None: axis codes in the loaded space (RAS)
+        *([Spacingd(IMAGE_KEYS[0], pixdim=voxel_size_mm, mode="bilinear")] if voxel_size_mm else []),
+        CheckCoregistrationd(
+            loaded_keys,
+            reference_key=IMAGE_KEYS[0],
+            registration_keys=registration_keys,
+            max_shift_mm=max_shift_mm,
+            min_overlap=min_overlap,
+            on_failure=on_failure,
+        ),
+        ResampleToMatchd(
+            moved_keys,
+            key_dst=IMAGE_KEYS[0],
+            mode=["nearest" if key == MASK_KEY else "bilinear" for key in moved_keys],
+            # border: the 1 mm grid reaches half a slab beyond the outermost label slab centres
+            padding_mode=["zeros" if key == MASK_KEY else "border" for key in moved_keys],
+        ),
+        AsDiscreted(MASK_KEY, threshold=0.5) if with_mask else ForegroundMaskd(IMAGE_KEYS[0], mask_key=MASK_KEY),
+        CheckMaskd(MASK_KEY),
+        ScaleByMaskedPercentiled(IMAGE_KEYS + tuple(m0_keys), mask_key=MASK_KEY, percentile=percentile),
+        ConcatItemsd(IMAGE_KEYS, "image"),
+    ]
+    if map_groups:
+        transforms += [
+            CheckMapUnitsd(t1_keys, T1_MEDIAN_RANGE_MS, mask_key=MASK_KEY),
+            CheckMapUnitsd(t2_keys, T2_MEDIAN_RANGE_MS, mask_key=MASK_KEY),
+            NormalizeIntensityd(t1_keys + t2_keys, subtrahend=0.0, divisor=MAP_UNIT_MS),
+            *(ConcatItemsd(keys, name) for keys, name in map_groups),
+        ]
+    transforms.append(DeleteItemsd(IMAGE_KEYS + map_keys))
+    return Compose(transforms)
