@@ -64,17 +64,21 @@ class PrepareMapBatch:
         return image, target
 
 
-def map_channel_output(channel: int, keys: Sequence[str] = ("pred", "label")):
-    """Ignite ``output_transform`` giving ``([pred[c:c+1]...], [label[c:c+1]...])`` of decollated items.
+def map_channel_output(channels: int | Sequence[int], keys: Sequence[str] = ("pred", "label")):
+    """Ignite ``output_transform`` giving ``([pred[channels]...], [label[channels]...])`` of decollated items.
+
+    MONAI's SSIM/PSNR metrics average over channels, so a metric of one map selects its channel here.
 
     Args:
-        channel: 0 for T1, 1 for T2, 2 for M0.
+        channels: 0 for T1, 1 for T2, 2 for M0, or a sequence of them (e.g. ``[0, 1]``: a metric averaged
+            over T1 and T2).
         keys: engine-output keys to read (prediction first).
     """
     read = from_engine(list(keys))
+    selected = [channels] if isinstance(channels, int) else list(channels)
 
     def select(output):
-        return tuple([item[channel : channel + 1] for item in items] for items in read(output))
+        return tuple([item[selected] for item in items] for items in read(output))
 
     return select
 

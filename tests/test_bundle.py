@@ -84,7 +84,7 @@ def test_training_writes_best_model_and_state(trained):
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch
     metrics = (trained["log_dir"] / "metrics.csv").read_text()
-    for name in ("val_t1_ssim", "val_t2_ssim", "val_t1_psnr", "val_t1_hfen", "val_t1_mpe"):
+    for name in ("val_t1_t2_ssim", "val_t1_ssim", "val_t2_ssim", "val_t1_psnr", "val_t1_hfen", "val_t1_mpe"):
         assert name in metrics
 
 
