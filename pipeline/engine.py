@@ -12,6 +12,7 @@
 * :func:`loss_terms_output` -- what the training stats handlers log: total loss and its terms.
 * :func:`slice_names` -- row names (``<subject>/slice_<n>``) for MONAI's ``MetricsSaver``.
 * :func:`latest_checkpoint` -- the newest full training state, for resuming.
+* :func:`check_new_run` -- refuses to train over an earlier run's checkpoints by accident.
 * :func:`as_flag` -- a command-line override (``--resume true``) as a bool.
 """
 
@@ -202,6 +203,23 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
     if not candidates:
         raise FileNotFoundError(f"no training state '{prefix}*.pt' to resume from in {ckpt_dir}.")
     return str(candidates[-1])
+
+
+def check_new_run(ckpt_dir: str | os.PathLike, resume: bool | str = False, overwrite: bool | str = False) -> None:
+    """Refuse to start a new training run in a ``ckpt_dir`` that holds an earlier run's ``*.pt`` files.
+
+    Raises:
+        FileExistsError: naming the folder and the two ways on (``--resume true`` continues the earlier
+            run; ``--overwrite true`` starts over and replaces its checkpoints).
+    """
+    if as_flag(resume) or as_flag(overwrite):
+        return
+    existing = sorted(str(path) for path in pathlib.Path(ckpt_dir).glob("*.pt"))
+    if existing:
+        raise FileExistsError(
+            f"{ckpt_dir} already holds checkpoints of an earlier run {existing}: pass --resume true to continue "
+            "it, --overwrite true to start over and replace them, or choose another --ckpt_dir."
+        )
 
 
 def as_flag(value: bool | str | int) -> bool:

@@ -14,9 +14,9 @@ out=${QMAP_OUT:-runs/phantom_study}
 run() { python -m monai.bundle run "$1" --meta_file $configs/metadata.json --logging_file $configs/logging.conf \
           --bundle_root $bundle "${@:2}"; }
 
-run training --config_file $configs/train.json --ckpt_dir $out/hybrid/models --log_dir $out/hybrid/logs "$@"
+run training --config_file $configs/train.json --ckpt_dir $out/hybrid/models --log_dir $out/hybrid/logs --overwrite true "$@"
 run training --config_file "['$configs/train.json','$configs/train_supervised.json']" \
-  --ckpt_dir $out/supervised/models --log_dir $out/supervised/logs "$@"
+  --ckpt_dir $out/supervised/models --log_dir $out/supervised/logs --overwrite true "$@"
 for model in hybrid supervised; do
   run inference --config_file $configs/inference.json --checkpoint $out/$model/models/model.pt \
     --output_dir $out/$model/maps --overwrite true

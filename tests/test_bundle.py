@@ -103,6 +103,13 @@ def test_training_resumes_from_latest_state(study, trained, tmp_path):
     assert resumed["iteration"] == 2 * iterations
 
 
+def test_training_refuses_to_start_over_an_earlier_run(study, trained):
+    before = (trained["ckpt_dir"] / "model.pt").read_bytes()
+    result = bundle_run("training", ["train.json"], max_epochs=1, **study, **trained)
+    assert result.returncode != 0 and "already holds checkpoints" in result.stderr
+    assert (trained["ckpt_dir"] / "model.pt").read_bytes() == before
+
+
 def test_resume_without_state_is_a_clear_error(study, tmp_path):
     result = bundle_run("training", ["train.json"], max_epochs=1, resume="true", bundle_root=BUNDLE,
                         ckpt_dir=tmp_path / "empty", log_dir=tmp_path / "logs", **study)
