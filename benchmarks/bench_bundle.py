@@ -38,7 +38,7 @@ def time_training(lambda_self: float, iterations: int, overrides: dict) -> dict:
     parser = parse("train.json", lambda_self=lambda_self, **overrides)
     parser.get_parsed_content("initialize")  # seed, and the phantom study if it is missing
     trainer = parser.get_parsed_content("train#trainer")
-    trainer.state.max_epochs = None
+    trainer.state.max_epochs, trainer.state.epoch_length = 1, iterations + 2  # warm-up + timed steps
     timings = {"wait": 0.0, "steps": []}
     marks = {}
 
@@ -57,7 +57,7 @@ def time_training(lambda_self: float, iterations: int, overrides: dict) -> dict:
         if engine.state.iteration > 2:
             timings["steps"].append((time.perf_counter() - marks["step"], len(engine.state.output["image"])))
 
-    trainer.run(max_epochs=1, epoch_length=iterations + 2)
+    trainer.run()
     total = sum(seconds for seconds, _ in timings["steps"])
     slices = sum(count for _, count in timings["steps"])
     return {"slices_per_s": slices / total, "data_wait_pct": 100.0 * timings["wait"] / total}

@@ -30,6 +30,7 @@ from monai.config import KeysCollection
 from monai.handlers import from_engine
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, ResampleToMatch
+from monai.utils import convert_to_tensor
 
 from pipeline.physics import MAP_UNIT_MS
 
@@ -177,7 +178,7 @@ class SaveMapsd(MapTransform):
 
     def _to_reference(self, volume, model_grid, reference, mode: str) -> np.ndarray:
         """``volume`` (C, X, Y, Z) on ``model_grid``'s grid → float32 array on ``reference``'s grid."""
-        volume = MetaTensor(torch.as_tensor(volume).detach().cpu().float(), affine=model_grid.affine)
+        volume = MetaTensor(convert_to_tensor(volume, track_meta=False).detach().cpu().float(), affine=model_grid.affine)
         return np.asarray(self.resample(volume, reference, mode=mode), dtype=np.float32)
 
 
