@@ -90,7 +90,6 @@ def main() -> None:
         hybrid = time_training(0.1, options.iterations, {**data, **run_dirs})
         supervised = time_training(0.0, options.iterations, {**data, **run_dirs})
         parser = parse("train.json", **data, **run_dirs)
-        pathlib.Path(run_dirs["ckpt_dir"]).mkdir(parents=True, exist_ok=True)
         checkpoint = f"{scratch}/model.pt"
         torch.save(parser.get_parsed_content("network").state_dict(), checkpoint)
         inference_s, predict_s = time_inference(data, checkpoint, f"{scratch}/maps")

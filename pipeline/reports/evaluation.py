@@ -46,6 +46,7 @@ import torch
 
 from pipeline.data.errors import InvalidInputError, MissingFilesError
 from pipeline.data.manifest import load_datalist
+from pipeline.engine import MAP_NAMES
 from pipeline.metrics import hfen, map_psnr_metric, map_ssim_metric, mpe
 from pipeline.physics import MAP_UNIT_MS
 
@@ -58,7 +59,7 @@ PER_SLICE_COLUMNS = ["model", "subject", "slice", "map", *METRICS]
 REFERENCE_KEYS = {"T1": "t1_ref", "T2": "t2_ref"}
 """Evaluated map -> manifest key of its 1 mm reference (M0 is not evaluated, as in the paper)."""
 
-PREDICTION_FILES = {"T1": "t1_map.nii.gz", "T2": "t2_map.nii.gz"}
+PREDICTION_FILES = {"T1": f"{MAP_NAMES[0]}.nii.gz", "T2": f"{MAP_NAMES[1]}.nii.gz"}
 """Evaluated map -> file name inside ``<predictions_dir>/<subject>/``."""
 
 GRID_ATOL_MM = 1e-3
