@@ -131,7 +131,7 @@ class ScaleInvariantL1Loss(_Loss):
 
 
 class HybridLoss(_Loss):
-    """``L1(pred, label) + lambda_self * sum_c SI-L1(S(synth_c), S(acquired_c) / mean S(acquired_c))``.
+    """``L1_w(pred, label) + lambda_self * sum_c w_c SI-L1(S(synth_c), S(acquired_c) / mean S(acquired_c))``.
 
     The self-supervised term synthesises each contrast in ``contrasts`` from the predicted maps with
     :func:`pipeline.physics.synthesize` (T1/T2 converted to ms by ``map_unit_ms``), takes Sobel edge
@@ -158,9 +158,13 @@ class HybridLoss(_Loss):
         mask_supervised: if True the L1 term is averaged inside ``target["mask"]`` only; the
             self-supervised term always uses the mask when one is given.
         edge_eps: ``eps`` of :func:`sobel_edges`.
+        map_weights: weights of the (T1, T2, M0) channels in the supervised L1 (mean of ``w_m |pred - label|``).
+            The default (1, 1, 1) is the paper's plain L1 with T1 and T2 in units of 3 s, where white-matter
+            T2 (~0.026) weighs ~40x less than T1; e.g. (1, 10, 1) supervises T2 as if in units of 300 ms.
+        contrast_weights: ``{contrast: w_c}`` of the self-supervised edge terms; missing contrasts weigh 1.
 
     After each call, ``last_components`` holds the detached ``total``, ``supervised``,
-    ``self_supervised`` (unweighted sum over contrasts) and ``self_<contrast>`` terms for logging.
+    ``self_supervised`` (sum over contrasts, weighted by ``contrast_weights``) and ``self_<contrast>`` terms for logging.
     """
 
     def __init__(
@@ -173,6 +177,8 @@ class HybridLoss(_Loss):
         detach_scale: bool = False,
         mask_supervised: bool = False,
         edge_eps: float = 1e-12,
+        map_weights: Sequence[float] = (1.0, 1.0, 1.0),
+        contrast_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if lambda_self < 0:
@@ -188,6 +194,17 @@ class HybridLoss(_Loss):
             raise ValueError(f"input_channels {input_channels} has no channel for contrast(s) {missing}.")
         self.protocols = {c: resolve_protocol(c, protocols.get(c)) for c in self.contrasts}
         self.input_channels = {c: int(input_channels[c]) for c in self.contrasts}
+        contrast_weights = dict(contrast_weights or {})
+        unknown = sorted(set(contrast_weights) - set(self.contrasts))
+        if unknown:
+            raise ValueError(f"contrast_weights given for {unknown}, which are not in contrasts {list(self.contrasts)}.")
+        self.contrast_weights = {c: float(contrast_weights.get(c, 1.0)) for c in self.contrasts}
+        self.map_weights = tuple(float(w) for w in map_weights)
+        if len(self.map_weights) != 3 or min(self.map_weights + tuple(self.contrast_weights.values())) < 0:
+            raise ValueError(
+                f"map_weights must be 3 weights >= 0 (T1, T2, M0) and contrast_weights >= 0; got {map_weights} "
+                f"and {contrast_weights}."
+            )
         self.lambda_self = float(lambda_self)
         self.map_unit_ms = float(map_unit_ms)
         self.mask_supervised = mask_supervised
@@ -259,15 +276,15 @@ class HybridLoss(_Loss):
                 ``{"label": (B, 3, H, W), "image": (B, C, H, W)[, "mask": (B, 1, H, W)]}``.
         """
         label, image, mask = self._unpack(pred, target)
-        if self.mask_supervised and mask is not None:
-            supervised = _masked_mean((pred - label).abs(), mask)
-        else:
-            supervised = F.l1_loss(pred, label)
+        errors = (pred - label).abs()
+        if self.map_weights != (1.0, 1.0, 1.0):
+            errors = errors * pred.new_tensor(self.map_weights).view(1, 3, 1, 1)
+        supervised = _masked_mean(errors, mask if self.mask_supervised else None)
         terms = {"total": supervised, "supervised": supervised}
         if self.lambda_self == 0:
             return terms
         per_contrast = self.self_supervised_terms(pred, image, mask)
-        self_supervised = torch.stack(list(per_contrast.values())).sum()
+        self_supervised = torch.stack([self.contrast_weights[c] * value for c, value in per_contrast.items()]).sum()
         terms.update({f"self_{c}": value for c, value in per_contrast.items()})
         terms["self_supervised"] = self_supervised
         terms["total"] = supervised + self.lambda_self * self_supervised

@@ -389,7 +389,7 @@ def test_slice_dataset_items_skip_empty_slices_and_load_each_volume_once(hand_st
 
 def test_phantom_training_slices_have_the_documented_keys(tiny_study):
     entry = load_datalist(tiny_study, "training")[0]
-    dataset = build_slice_dataset(tiny_study, section="training", min_brain_fraction=0.1)
+    dataset = build_slice_dataset(tiny_study, section="training", min_brain_fraction=0.1, with_reference=False)
     shape = nib.load(entry["t1w"]).shape
     batch = next(iter(DataLoader(dataset, batch_size=2, collate_fn=list_data_collate)))
     assert set(batch) == {"image", "label", "mask", "subject", "slice"}
@@ -397,3 +397,13 @@ def test_phantom_training_slices_have_the_documented_keys(tiny_study):
     assert batch["mask"].shape == (2, 1, *shape[1:])
     assert batch["subject"] == [entry["subject"]] * 2
     assert len(dataset) <= shape[0] * len(json.loads(tiny_study.read_text())["training"])
+
+
+def test_oracle_labels_are_the_1mm_maps(tiny_study):
+    """``label_keys=REFERENCE_KEYS`` (the oracle of the paper experiment) trains on the 1 mm maps, same pipeline."""
+    default = build_volume_dataset(tiny_study, section="training", with_reference=True)[0]
+    oracle = build_volume_dataset(tiny_study, section="training", with_reference=False, label_keys=REFERENCE_KEYS)[0]
+    assert set(oracle) == {"image", "label", "mask", "subject"}
+    torch.testing.assert_close(oracle["label"], default["reference"])
+    torch.testing.assert_close(oracle["image"], default["image"])
+    assert not torch.allclose(default["label"], default["reference"])  # the 3.5 mm labels differ from the truth

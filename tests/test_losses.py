@@ -98,6 +98,22 @@ def test_hybrid_loss_components_and_total():
     assert all(not value.requires_grad for value in parts.values())
 
 
+def test_map_and_contrast_weights():
+    pred, label = random_maps(seed=1), random_maps(seed=2)
+    target = {"label": label, "image": synthesize_all(random_maps(seed=3))}
+    plain = HybridLoss(lambda_self=0.5).components(pred, target)
+    weighted = HybridLoss(lambda_self=0.5, map_weights=(1.0, 10.0, 0.5), contrast_weights={"tse": 3.0})
+    parts = weighted.components(pred, target)
+    errors = (pred - label).abs().mean(dim=(0, 2, 3))  # per map
+    assert float(parts["supervised"]) == pytest.approx(float((errors * torch.tensor([1.0, 10.0, 0.5])).mean()))
+    assert float(parts["self_supervised"]) == pytest.approx(float(plain["self_mprage"] + 3.0 * plain["self_tse"]))
+    assert float(parts["total"]) == pytest.approx(float(parts["supervised"] + 0.5 * parts["self_supervised"]))
+    with pytest.raises(ValueError, match="map_weights must be 3 weights"):
+        HybridLoss(map_weights=(1.0, 1.0))
+    with pytest.raises(ValueError, match=r"contrast_weights given for \['flair'\]"):
+        HybridLoss(contrast_weights={"flair": 1.0})
+
+
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_self_term_ignores_the_scale_of_acquired_images(with_mask):
     pred, label = random_maps(seed=4), random_maps(seed=5)

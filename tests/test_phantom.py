@@ -280,11 +280,10 @@ def test_labels_blur_edges_and_keep_smooth_regions(tiny_study):
 def test_manifest_round_trips_through_monai(tiny_study):
     manifest = json.loads(tiny_study.read_text())
     assert manifest["map_units"] == {"t1_map": "ms", "t2_map": "ms", "m0_map": "a.u."}
-    image_keys = {"subject", "t1w", "t2w", "flair", "t1_map", "t2_map", "m0_map", "mask"}
+    keys = {"subject", "t1w", "t2w", "flair", "t1_map", "t2_map", "m0_map", "mask", "t1_ref", "t2_ref", "m0_ref"}
     for section, expected_subjects in zip(SECTIONS, (["sub-01"], ["sub-02"], ["sub-03"])):
         entries = load_decathlon_datalist(tiny_study, is_segmentation=False, data_list_key=section)
         assert [entry["subject"] for entry in manifest[section]] == expected_subjects
-        keys = image_keys | ({"t1_ref", "t2_ref", "m0_ref"} if section != "training" else set())
         for entry, raw in zip(entries, manifest[section]):
             assert set(entry) == keys
             for key in keys - {"subject"}:

@@ -44,6 +44,7 @@ def build_volume_dataset(
     with_labels: bool | None = None,
     with_reference: bool | None = None,
     with_mask: bool | None = None,
+    label_keys: Sequence[str] = LABEL_KEYS,
     cache_num_workers: int = 0,
     progress: bool = False,
     **transform_options,
@@ -57,6 +58,7 @@ def build_volume_dataset(
         dataset_dir: folder of the manifest's relative paths; default the manifest's folder (unused for lists).
         section: manifest section.
         with_labels, with_reference, with_mask: which optional files to use; default (None): those every entry has.
+        label_keys: entry keys of the (T1, T2, M0) training labels (``REFERENCE_KEYS``: the 1 mm maps).
         cache_num_workers: threads computing the volumes.
         progress: show a progress bar while caching.
         transform_options: further keyword arguments of
@@ -71,9 +73,10 @@ def build_volume_dataset(
     else:
         entries = check_datalist(datalist)
     transforms = build_volume_transforms(
-        with_labels=_has_keys(entries, LABEL_KEYS, "labels") if with_labels is None else with_labels,
+        with_labels=_has_keys(entries, label_keys, "labels") if with_labels is None else with_labels,
         with_reference=_has_keys(entries, REFERENCE_KEYS, "references") if with_reference is None else with_reference,
         with_mask=_has_keys(entries, (MASK_KEY,), "a mask") if with_mask is None else with_mask,
+        label_keys=label_keys,
         **transform_options,
     )
     try:

@@ -55,15 +55,17 @@ def build_volume_transforms(
     percentile: float = 99.0,
     reader: str | None = None,
     voxel_size_mm: float | None = None,
+    label_keys: Sequence[str] = LABEL_KEYS,
 ) -> Compose:
     """The composed volume pipeline (see the module docstring) for entries of :func:`~pipeline.data.load_datalist`.
 
     Args:
-        with_labels: the entries have low-resolution maps ``t1_map``, ``t2_map``, ``m0_map`` → output ``label``.
+        with_labels: the entries have the maps ``label_keys`` (by default the low-resolution ``t1_map``, ``t2_map``,
+            ``m0_map``) → output ``label``.
         with_reference: the entries have 1 mm maps ``t1_ref``, ``t2_ref``, ``m0_ref`` → output ``reference``.
         with_mask: the entries have a ``mask``; otherwise it is derived from the T1w
             (:class:`~pipeline.data.foreground.ForegroundMaskd`).
-        registration_keys: files whose content is registered to the T1w; default ``("t1_map",)`` with labels,
+        registration_keys: files whose content is registered to the T1w; default ``label_keys[:1]`` with labels,
             else ``("t2w", "flair")``.
         max_shift_mm: largest tolerated residual shift of the co-registration check.
         min_overlap: smallest tolerated world-space bounding-box overlap with the T1w.
@@ -72,13 +74,15 @@ def build_volume_transforms(
         reader: MONAI image reader name (default: chosen by file extension).
         voxel_size_mm: if given, the T1w (and with it every other file) is first resampled (bilinear) to this
             isotropic voxel size: the model's grid for inputs of another resolution. ``None`` keeps the T1w's grid.
+        label_keys: entry keys of the (T1, T2, M0) maps that become ``label``; ``REFERENCE_KEYS`` trains on the
+            1 mm maps (the oracle of the paper experiment).
 
     Returns:
         a ``Compose`` mapping an entry dict (file paths, ``subject``) to a dict with ``image``, ``mask``,
         [``label``], [``reference``], ``subject`` (shapes and units in the module docstring).
     """
     # (maps, output key) per present group; each group's maps are in channel order (T1, T2, M0)
-    map_groups = ([(LABEL_KEYS, "label")] if with_labels else []) + (
+    map_groups = ([(tuple(label_keys), "label")] if with_labels else []) + (
         [(REFERENCE_KEYS, "reference")] if with_reference else []
     )
     t1_keys, t2_keys, m0_keys = ([keys[channel] for keys, _ in map_groups] for channel in range(3))
@@ -86,7 +90,7 @@ def build_volume_transforms(
     loaded_keys = IMAGE_KEYS + map_keys + ((MASK_KEY,) if with_mask else ())
     moved_keys = loaded_keys[1:]  # every file but the T1w goes onto the T1w grid
     if registration_keys is None:
-        registration_keys = ("t1_map",) if with_labels else ("t2w", "flair")
+        registration_keys = (label_keys[0],) if with_labels else ("t2w", "flair")
     transforms = [
         LoadVolumesd(loaded_keys, reader=reader),
         CheckVolumed(loaded_keys),
@@ -119,5 +123,5 @@ def build_volume_transforms(
             NormalizeIntensityd(t1_keys + t2_keys, subtrahend=0.0, divisor=MAP_UNIT_MS),
             *(ConcatItemsd(keys, name) for keys, name in map_groups),
         ]
-    transforms.append(DeleteItemsd(IMAGE_KEYS + map_keys))
+    transforms.append(DeleteItemsd(IMAGE_KEYS + LABEL_KEYS + REFERENCE_KEYS))  # also paths of maps left unused
     return Compose(transforms)

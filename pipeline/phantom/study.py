@@ -11,7 +11,7 @@ Layout of ``out_dir`` (paths in the manifest are relative to it)::
     sub-01/t2_map_lowres.nii.gz                                         T2 (ms)
     sub-01/m0_map_lowres.nii.gz                                         M0 (PD, fraction of water)
     sub-01/phantom.json              ground-truth record: subject tissue values, lesions, protocols, noise
-    sub-04/t1_map.nii.gz ...         1 mm reference maps (validation and testing subjects only)
+    sub-01/t1_map.nii.gz ...         1 mm reference maps (the exact truth; training subjects' train the oracle)
 
 Subjects ``sub-01 .. sub-N``: the last is the testing subject, the one before the validation subject
 (N >= 3), the rest are training subjects. Files are written atomically and byte-reproducibly (gzip
@@ -136,8 +136,8 @@ def study_manifest(
         "name": "qmap-hybrid digital brain phantom",
         "description": (
             "Simulated 3T brain study from nilearn's MNI152 2009 templates: T1w MPRAGE, T2w TSE and T2w FLAIR at "
-            f"1 mm, T1/T2/M0 label maps in {generator['slab_thickness_mm']:g} mm slabs, 1 mm reference maps for "
-            "validation and testing subjects. The generator record, without 'module', holds the keyword arguments of "
+            f"1 mm, T1/T2/M0 label maps in {generator['slab_thickness_mm']:g} mm slabs, 1 mm reference maps (the "
+            "truth) for every subject. The generator record, without 'module', holds the keyword arguments of "
             "pipeline.phantom.generate_study that regenerate the study."
         ),
         "map_units": {"t1_map": "ms", "t2_map": "ms", "m0_map": "a.u."},
@@ -152,8 +152,7 @@ def study_manifest(
         entry.update({key: f"{subject}/{key}.nii.gz" for key in WEIGHTED_FILES})
         entry.update({f"{stem}_map": f"{subject}/{stem}_map_lowres.nii.gz" for stem in MAP_STEMS})
         entry["mask"] = f"{subject}/mask.nii.gz"
-        if split != "training":
-            entry.update({f"{stem}_ref": f"{subject}/{stem}_map.nii.gz" for stem in MAP_STEMS})
+        entry.update({f"{stem}_ref": f"{subject}/{stem}_map.nii.gz" for stem in MAP_STEMS})
         manifest[split].append(entry)
     return manifest
 
@@ -180,7 +179,6 @@ def write_subject(
     parameters: SubjectParameters,
     record: dict,
     *,
-    reference_maps: bool,
     slab_thickness_mm: float,
     slab_axis: int,
 ) -> None:
@@ -190,7 +188,6 @@ def write_subject(
         subject_dir: the subject's folder (created).
         volumes, parameters: the simulated subject and its random parameters.
         record: extra entries of ``phantom.json`` (subject name, split).
-        reference_maps: also write the 1 mm maps (validation / testing subjects).
         slab_thickness_mm, slab_axis: label slabs.
     """
     subject_dir.mkdir(parents=True, exist_ok=True)
@@ -205,8 +202,7 @@ def write_subject(
     label_affine = slab_affine(affine, slab_axis, thickness_voxels)
     for stem, label, full in zip(MAP_STEMS, labels, maps):
         write_nifti(subject_dir / f"{stem}_map_lowres.nii.gz", label, label_affine)
-        if reference_maps:
-            write_nifti(subject_dir / f"{stem}_map.nii.gz", full, affine)
+        write_nifti(subject_dir / f"{stem}_map.nii.gz", full, affine)
 
     tissue_values = parameters.tissue_values()
     record = {
@@ -308,7 +304,6 @@ def generate_study(
             simulate_subject(anatomy, grid, parameters, generator["snr"]),
             parameters,
             {"subject": subject, "split": split},
-            reference_maps=split != "training",
             slab_thickness_mm=generator["slab_thickness_mm"],
             slab_axis=generator["slab_axis"],
         )

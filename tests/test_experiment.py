@@ -1,0 +1,106 @@
+"""The paper experiment: its Table-2 aggregation over seeds, and its driver on a tiny setting."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import ttest_rel
+
+from pipeline.reports.experiment import experiment_table
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "run_paper_experiment.py"
+MODEL_OFFSETS = {"supervised": 0.0, "hybrid": 0.6, "oracle": 1.0}
+"""Per-model shift of every metric in the synthetic table: the hybrid closes 60 % of the gap (before noise)."""
+
+
+def synthetic_per_slice(seeds=(0, 1, 2), slices=20) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in seeds:
+        for model, offset in MODEL_OFFSETS.items():
+            for map_name in ("T1", "T2"):
+                for index in range(slices):
+                    noise = rng.normal(0.0, 0.05, size=4)
+                    rows.append(
+                        {"seed": seed, "model": model, "subject": "sub-05", "slice": index, "map": map_name,
+                         "MPE": 10 - 2 * offset + noise[0], "HFEN": 1 - 0.5 * offset + noise[1],
+                         "PSNR": 30 + 2 * offset + noise[2], "SSIM": 0.9 + 0.05 * offset + noise[3] / 10}
+                    )
+    return pd.DataFrame(rows)
+
+
+def test_table_columns_gap_closed_and_paired_tests_match_a_direct_computation():
+    per_slice = synthetic_per_slice()
+    table = experiment_table(per_slice, "supervised", "hybrid", "oracle")
+    assert len(table) == 8 and set(table["map"]) == {"T1", "T2"}
+    for _, row in table.iterrows():
+        cell = per_slice[per_slice["map"] == row["map"]]
+        means = cell.groupby(["seed", "model"])[row["metric"]].mean().unstack("model")
+        gaps = (means["supervised"] - means["hybrid"]) / (means["supervised"] - means["oracle"])
+        assert row["gap_closed_mean"] == pytest.approx(gaps.mean())
+        assert row["gap_closed_std"] == pytest.approx(gaps.std())
+        assert 0.4 < row["gap_closed_mean"] < 0.8  # both for lower-is-better and higher-is-better metrics
+        assert row["hybrid_mean"] == pytest.approx(means["hybrid"].mean())
+        assert row["oracle_seed_std"] == pytest.approx(means["oracle"].std())
+        p_values = [
+            ttest_rel(
+                cell[(cell["seed"] == seed) & (cell["model"] == "hybrid")][row["metric"]].to_numpy(),
+                cell[(cell["seed"] == seed) & (cell["model"] == "supervised")][row["metric"]].to_numpy(),
+            ).pvalue
+            for seed in (0, 1, 2)
+        ]
+        assert row["p_value_max"] == pytest.approx(max(p_values))
+        assert row["hybrid_better_seeds"] == 3 and row["seeds"] == 3
+        assert "±" in row["supervised"] and "±" in row["oracle"]
+
+
+def test_a_worse_hybrid_closes_a_negative_gap_and_wins_no_seed():
+    per_slice = synthetic_per_slice()
+    swap = {"hybrid": "supervised", "supervised": "hybrid"}
+    table = experiment_table(per_slice.replace({"model": swap}), "supervised", "hybrid", "oracle")
+    assert (table["gap_closed_mean"] < -1).all()
+    assert (table["hybrid_better_seeds"] == 0).all()
+
+
+def test_missing_model_is_named():
+    per_slice = synthetic_per_slice()
+    with pytest.raises(ValueError, match=r"no rows of model\(s\) \['oracle_balanced'\]"):
+        experiment_table(per_slice, "supervised", "hybrid", "oracle_balanced")
+
+
+def test_driver_runs_both_settings_on_a_tiny_study_and_reuses_its_runs(tiny_study, tmp_path):
+    """Two training iterations per model, one seed: every output of the experiment is written."""
+    command = [
+        sys.executable, str(SCRIPT), "run", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path),
+        "--datalist", str(tiny_study), "--dataset_dir", str(tiny_study.parent),
+        "--set", "max_epochs=1", "val_interval=1", "train#trainer#epoch_length=2",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    table = pd.read_csv(tmp_path / "table2.csv")
+    assert len(table) == 2 * 4 * 2  # settings x metrics x maps
+    assert set(table["setting"]) == {"paper", "balanced"}
+    for column in ("supervised", "hybrid", "oracle", "p_value_max", "gap_closed_mean", "hybrid_better_seeds"):
+        assert column in table.columns
+    per_slice = pd.read_csv(tmp_path / "per_slice.csv")
+    models = {"supervised", "hybrid", "oracle", "supervised_balanced", "hybrid_balanced", "oracle_balanced"}
+    assert set(per_slice["model"]) == models and set(per_slice["subject"]) == {"sub-03"}
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
+    record = json.loads((tmp_path / "experiment.json").read_text())
+    assert record["command"].startswith("python scripts/run_paper_experiment.py run") and record["wall_seconds"] > 0
+
+    oracle_log = (tmp_path / "runs" / "paper" / "oracle_seed0" / "log.txt").read_text()
+    assert "Epoch: 1/1, Iter: 2/2" in oracle_log
+    trained = sorted(tmp_path.glob("runs/*/*/models/model.pt"))
+    assert len(trained) == 6
+    stamps = [path.stat().st_mtime_ns for path in trained]
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert [path.stat().st_mtime_ns for path in trained] == stamps  # finished runs are reused, not retrained
