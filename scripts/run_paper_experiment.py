@@ -10,7 +10,7 @@ oracle          lambda = 0, 1 mm labels (``train_oracle.json``): what the low-re
 ==============  =================================================================================================
 
 in each of two loss settings: ``paper`` (the published loss: plain L1 with T1 and T2 in units of 3 s) and
-``balanced`` (``balanced.json``: T1, T2 and M0 weighted to comparable relative errors, its own lambda). Each
+``robust`` (``robust.json``: T2 weighted x10 in the L1, edges of Gaussian-smoothed images, its own lambda). Each
 trained model infers the test subject (``inference.json``); the maps are evaluated against the 1 mm truth and
 :func:`pipeline.reports.experiment.experiment_table` writes the Table-2 layout with the oracle column and the
 fraction of the gap closed. ``search`` trains the supervised and hybrid models of one setting for a list of
@@ -51,14 +51,14 @@ BUNDLE = REPO / "bundles" / "qmap_hybrid"
 CONFIGS = BUNDLE / "configs"
 PROFILES = {"cpu": ["profile_cpu.json"], "paper": ["paper.json"]}
 """Config files merged after ``train.json`` for each profile (``lambda_self`` there is the paper hybrid's)."""
-SETTINGS = {"paper": [], "balanced": ["balanced.json"]}
+SETTINGS = {"paper": [], "robust": ["robust.json"]}
 """Config files merged after the profile for each loss setting."""
 MODELS = {"supervised": ["train_supervised.json"], "hybrid": [], "oracle": ["train_oracle.json"]}
 """Config files merged last for each model."""
 
 
 def model_name(setting: str, model: str) -> str:
-    """The name of a model in the tables: ``hybrid`` for the paper setting, ``hybrid_balanced`` for another."""
+    """The name of a model in the tables: ``hybrid`` for the paper setting, ``hybrid_robust`` for another."""
     return model if setting == "paper" else f"{model}_{setting}"
 
 

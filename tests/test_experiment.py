@@ -69,8 +69,8 @@ def test_a_worse_hybrid_closes_a_negative_gap_and_wins_no_seed():
 
 def test_missing_model_is_named():
     per_slice = synthetic_per_slice()
-    with pytest.raises(ValueError, match=r"no rows of model\(s\) \['oracle_balanced'\]"):
-        experiment_table(per_slice, "supervised", "hybrid", "oracle_balanced")
+    with pytest.raises(ValueError, match=r"no rows of model\(s\) \['oracle_robust'\]"):
+        experiment_table(per_slice, "supervised", "hybrid", "oracle_robust")
 
 
 def test_driver_runs_both_settings_on_a_tiny_study_and_reuses_its_runs(tiny_study, tmp_path):
@@ -86,11 +86,11 @@ def test_driver_runs_both_settings_on_a_tiny_study_and_reuses_its_runs(tiny_stud
 
     table = pd.read_csv(tmp_path / "table2.csv")
     assert len(table) == 2 * 4 * 2  # settings x metrics x maps
-    assert set(table["setting"]) == {"paper", "balanced"}
+    assert set(table["setting"]) == {"paper", "robust"}
     for column in ("supervised", "hybrid", "oracle", "p_value_max", "gap_closed_mean", "hybrid_better_seeds"):
         assert column in table.columns
     per_slice = pd.read_csv(tmp_path / "per_slice.csv")
-    models = {"supervised", "hybrid", "oracle", "supervised_balanced", "hybrid_balanced", "oracle_balanced"}
+    models = {"supervised", "hybrid", "oracle", "supervised_robust", "hybrid_robust", "oracle_robust"}
     assert set(per_slice["model"]) == models and set(per_slice["subject"]) == {"sub-03"}
     assert (tmp_path / "figure.png").stat().st_size > 10_000
     record = json.loads((tmp_path / "experiment.json").read_text())
@@ -104,3 +104,21 @@ def test_driver_runs_both_settings_on_a_tiny_study_and_reuses_its_runs(tiny_stud
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert [path.stat().st_mtime_ns for path in trained] == stamps  # finished runs are reused, not retrained
+
+
+def test_edge_loss_diagnosis_prefers_the_truth_and_shows_the_noise_floor(tiny_study, tmp_path):
+    """The diagnosis script re-simulates the validation subject (checking it reproduces the files) with and without
+    receive bias and noise, and evaluates the edge term at the 1 mm truth and at the 3.5 mm labels."""
+    out = tmp_path / "diagnosis.csv"
+    command = [sys.executable, str(SCRIPT.with_name("diagnose_edge_loss.py")), "--datalist", str(tiny_study),
+               "--dataset_dir", str(tiny_study.parent), "--sigmas", "0", "1", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(out).set_index(["edge_smoothing_sigma", "images", "maps"])["sum"]
+    for sigma in (0.0, 1.0):
+        for images in ("clean", "bias", "acquired"):
+            assert table[sigma, images, "truth (1 mm)"] < table[sigma, images, "labels (3.5 mm)"]
+        assert table[sigma, "clean", "truth (1 mm)"] < table[sigma, "acquired", "truth (1 mm)"]  # noise floor
+    noise_floor = {sigma: table[sigma, "acquired", "truth (1 mm)"] - table[sigma, "bias", "truth (1 mm)"]
+                   for sigma in (0.0, 1.0)}
+    assert noise_floor[1.0] < noise_floor[0.0]  # smoothing before the Sobel operator lowers it

@@ -298,7 +298,7 @@ def _fill(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def simulate_subject(
-    anatomy: TemplateAnatomy, grid: VoxelGrid, parameters: SubjectParameters, snr: float
+    anatomy: TemplateAnatomy, grid: VoxelGrid, parameters: SubjectParameters, snr: float, receive_bias: bool = True
 ) -> SubjectVolumes:
     """Simulate one subject on ``grid``.
 
@@ -307,7 +307,8 @@ def simulate_subject(
         grid: output 1 mm grid (any axis-aligned grid inside :data:`~pipeline.phantom.fields.FIELD_DOMAIN_MM`).
         parameters: the subject's random parameters.
         snr: nominal pure-WM intensity (1000, before receive bias) over the noise standard deviation,
-            the same in every contrast.
+            the same in every contrast; ``numpy.inf``: no noise.
+        receive_bias: multiply the signals by the subject's smooth receive-bias field (off: to study its effect).
 
     Returns:
         the subject's :class:`SubjectVolumes`.
@@ -327,7 +328,7 @@ def simulate_subject(
 
     values = compartment_values(parameters, grid, mask)
     t1_ms, t2_ms, m0 = mix_relaxation_rates(inside, values)
-    bias = np.exp(BIAS_LOG_STD * parameters.bias(grid)[0][mask])
+    bias = np.exp(BIAS_LOG_STD * parameters.bias(grid)[0][mask]) if receive_bias else 1.0
     sigma = WHITE_MATTER_INTENSITY / snr
     weighted = {
         contrast: rician_noise(_fill(bias * signal, mask), grid, parameters, stream, sigma)
