@@ -164,8 +164,8 @@ def run_experiment(args: argparse.Namespace) -> None:
     runs = [
         Run(args.profile, setting, model, seed, "testing", args.out / "runs" / setting / f"{model}_seed{seed}",
             args.overrides)
+        for setting in args.settings  # settings outermost: a setting's lambda is read when its first run starts
         for seed in args.seeds
-        for setting in args.settings
         for model in MODELS
     ]
     names = [model_name(run.setting, run.model) for run in runs]
