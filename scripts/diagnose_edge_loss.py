@@ -16,7 +16,8 @@ of the loss (Gaussian smoothing before the Sobel operator).
 
 Usage::
 
-    python scripts/diagnose_edge_loss.py [--section validation] [--out docs/results/edge_loss_diagnosis.csv]
+    python scripts/diagnose_edge_loss.py [--section validation] [--sigmas 0 1] [--predictions NAME=DIR ...]
+        [--out docs/results/cpu/edge_loss_diagnosis.csv]
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from pipeline.phantom.anatomy import load_template_anatomy
 from pipeline.phantom.contrasts import CONTRASTS
 from pipeline.phantom.simulate import SubjectParameters, simulate_subject
 from pipeline.phantom.study import study_grid, subject_names
+from pipeline.physics import MAP_UNIT_MS
+from pipeline.engine import MAP_NAMES
+from pipeline.reports.evaluation import read_ras
 
 IMAGE_VARIANTS = {"clean": (np.inf, False), "bias": (np.inf, True), "acquired": (None, True)}
 """Name → (SNR, receive bias); SNR None: the study's."""
@@ -71,6 +75,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dataset_dir", default=str(REPO / "data" / "phantom"))
     parser.add_argument("--section", default="validation")
     parser.add_argument("--sigmas", nargs="+", type=float, default=[0.0, 1.0], help="edge_smoothing_sigma values")
+    parser.add_argument("--predictions", nargs="*", default=[], metavar="NAME=DIR",
+                        help="also evaluate the maps a model predicted for the subject (inference output folders)")
     parser.add_argument("--out", type=pathlib.Path, help="CSV to write (default: print only)")
     args = parser.parse_args(argv)
 
@@ -80,6 +86,11 @@ def main(argv=None) -> None:
     mask = volume["mask"].as_tensor()
     slices = brain_slices(mask, min_brain_fraction=0.1)
     normalise = ScaleByMaskedPercentiled("image", mask_key="mask")  # as the data pipeline does
+    maps = {"truth (1 mm)": volume["reference"].as_tensor(), "labels (3.5 mm)": volume["label"].as_tensor()}
+    for name, folder in (item.split("=", 1) for item in args.predictions):
+        predicted = np.stack([read_ras(pathlib.Path(folder, volume["subject"], f"{map_name}.nii.gz"))
+                              for map_name in MAP_NAMES])  # T1, T2 (ms), M0: the scale-invariant term ignores its scale
+        maps[name] = torch.from_numpy(predicted / np.array([MAP_UNIT_MS, MAP_UNIT_MS, 1.0]).reshape(3, 1, 1, 1))
     rows = []
     for variant in IMAGE_VARIANTS:
         images = simulated_images(generator, volume["subject"], variant)
@@ -87,8 +98,8 @@ def main(argv=None) -> None:
         if variant == "acquired":  # the same images as the files, up to their int16 rounding
             np.testing.assert_allclose(images.numpy(), volume["image"].numpy(), atol=2e-3)
         for sigma in args.sigmas:
-            for maps_name, maps_key in (("truth (1 mm)", "reference"), ("labels (3.5 mm)", "label")):
-                terms = edge_terms(volume[maps_key].as_tensor(), images, mask, slices, sigma)
+            for maps_name, maps_volume in maps.items():
+                terms = edge_terms(maps_volume.float(), images, mask, slices, sigma)
                 rows.append({"edge_smoothing_sigma": sigma, "images": variant, "maps": maps_name, **terms,
                              "sum": sum(terms.values())})
     table = pd.DataFrame(rows)
