@@ -122,3 +122,28 @@ def test_edge_loss_diagnosis_prefers_the_truth_and_shows_the_noise_floor(tiny_st
     noise_floor = {sigma: table[sigma, "acquired", "truth (1 mm)"] - table[sigma, "bias", "truth (1 mm)"]
                    for sigma in (0.0, 1.0)}
     assert noise_floor[1.0] < noise_floor[0.0]  # smoothing before the Sobel operator lowers it
+
+
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+def test_every_profile_setting_and_model_config_parses_to_the_intended_loss_and_labels(profile):
+    """The paper profile runs only on a GPU; its configs are at least checked here."""
+    from monai.bundle import ConfigParser
+
+    from pipeline.data import LABEL_KEYS, REFERENCE_KEYS
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import run_paper_experiment as driver
+
+    for setting in driver.SETTINGS:
+        for model in driver.MODELS:
+            files = ["train.json", *driver.PROFILES[profile], *driver.SETTINGS[setting], *driver.MODELS[model]]
+            parser = ConfigParser()
+            parser.read_config([str(driver.CONFIGS / name) for name in files])
+            parser["device"] = "$torch.device('cpu')"
+            loss = parser.get_parsed_content("loss")
+            assert (loss.lambda_self > 0) == (model == "hybrid"), (profile, setting, model)
+            robust = setting == "robust"
+            assert loss.map_weights == ((1.0, 10.0, 1.0) if robust else (1.0, 1.0, 1.0))
+            assert loss.edge_smoothing_sigma == (1.0 if robust else 0.0)
+            label_keys = parser.get_parsed_content("train#dataset#label_keys", default=LABEL_KEYS)
+            assert tuple(label_keys) == (REFERENCE_KEYS if model == "oracle" else LABEL_KEYS)
