@@ -43,12 +43,11 @@ def test_sobel_edges_match_scipy_sobel():
 def test_smoothed_sobel_edges_match_scipy_gaussian_then_sobel(sigma):
     images = torch.rand(1, 2, 40, 36, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     edges = sobel_edges(images, eps=0.0, smoothing_sigma=sigma)
-    interior = (slice(8, -8), slice(8, -8))  # the kernels' reflect padding differs from smoothing, then padding
     for channel in range(2):
         smoothed = ndimage.gaussian_filter(images[0, channel].numpy(), sigma, truncate=3.0, mode="mirror")
         grad_h = ndimage.sobel(smoothed, axis=0, mode="mirror") / 8
         grad_w = ndimage.sobel(smoothed, axis=1, mode="mirror") / 8
-        np.testing.assert_allclose(edges[0, channel].numpy()[interior], np.hypot(grad_h, grad_w)[interior], rtol=1e-6)
+        np.testing.assert_allclose(edges[0, channel].numpy(), np.hypot(grad_h, grad_w), rtol=1e-5, atol=1e-12)
     assert edges.mean() < sobel_edges(images, eps=0.0).mean()  # smoothing removes pixel noise
 
 
