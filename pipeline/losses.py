@@ -292,9 +292,7 @@ class HybridLoss(_Loss):
                 ``{"label": (B, 3, H, W), "image": (B, C, H, W)[, "mask": (B, 1, H, W)]}``.
         """
         label, image, mask = self._unpack(pred, target)
-        errors = (pred - label).abs()
-        if self.map_weights != (1.0, 1.0, 1.0):
-            errors = errors * pred.new_tensor(self.map_weights).view(1, 3, 1, 1)
+        errors = (pred - label).abs() * pred.new_tensor(self.map_weights).view(1, 3, 1, 1)
         supervised = _masked_mean(errors, mask if self.mask_supervised else None)
         terms = {"total": supervised, "supervised": supervised}
         if self.lambda_self == 0:

@@ -37,10 +37,8 @@ from pipeline.data import build_volume_dataset, ensure_study, read_manifest
 from pipeline.data.normalization import ScaleByMaskedPercentiled
 from pipeline.data.slices import brain_slices
 from pipeline.losses import HybridLoss
-from pipeline.phantom.anatomy import load_template_anatomy
 from pipeline.phantom.contrasts import CONTRASTS
-from pipeline.phantom.simulate import SubjectParameters, simulate_subject
-from pipeline.phantom.study import study_grid, subject_names
+from pipeline.phantom.study import simulate_study_subject, subject_names
 from pipeline.physics import MAP_UNIT_MS
 from pipeline.engine import MAP_NAMES
 from pipeline.reports.evaluation import read_ras
@@ -51,12 +49,9 @@ IMAGE_VARIANTS = {"clean": (np.inf, False), "bias": (np.inf, True), "acquired": 
 
 def simulated_images(generator: dict, subject: str, variant: str) -> np.ndarray:
     """(3, X, Y, Z) weighted images (MPRAGE, TSE, FLAIR) of ``subject`` simulated as ``variant``."""
-    anatomy = load_template_anatomy()
-    grid = study_grid(anatomy, generator["sagittal_slices"], generator["slab_thickness_mm"], generator["slab_axis"])
-    index = subject_names(generator["n_subjects"]).index(subject)
-    parameters = SubjectParameters.draw(generator["seed"], index, anatomy, lesions=generator["lesions"])
     snr, receive_bias = IMAGE_VARIANTS[variant]
-    volumes = simulate_subject(anatomy, grid, parameters, snr or generator["snr"], receive_bias=receive_bias)
+    index = subject_names(generator["n_subjects"]).index(subject)
+    volumes, _ = simulate_study_subject(generator, index, snr, receive_bias)
     return np.stack([volumes.weighted[contrast] for contrast in CONTRASTS])
 
 

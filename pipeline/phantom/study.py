@@ -223,6 +223,27 @@ def write_subject(
     _write_atomically(subject_dir / "phantom.json", (json.dumps(record, indent=2) + "\n").encode())
 
 
+def simulate_study_subject(
+    generator: dict, index: int, snr: float | None = None, receive_bias: bool = True
+) -> tuple[SubjectVolumes, SubjectParameters]:
+    """Simulate subject ``index`` (0-based) of the study a manifest's ``generator`` record describes.
+
+    Args:
+        generator: the manifest's ``generator`` record (keyword arguments of :func:`generate_study`).
+        index: the subject's index (``sub-01`` is 0).
+        snr: the study's SNR if None; ``numpy.inf``: no noise (as :func:`~pipeline.phantom.simulate.simulate_subject`).
+        receive_bias: apply the subject's receive-bias field.
+
+    Returns:
+        the simulated volumes (the files :func:`generate_study` writes come from them) and the subject's parameters.
+    """
+    anatomy = load_template_anatomy()
+    grid = study_grid(anatomy, generator["sagittal_slices"], generator["slab_thickness_mm"], generator["slab_axis"])
+    parameters = SubjectParameters.draw(generator["seed"], index, anatomy, lesions=generator["lesions"])
+    snr = generator["snr"] if snr is None else snr
+    return simulate_subject(anatomy, grid, parameters, snr, receive_bias=receive_bias), parameters
+
+
 def _remove_study(out_dir: pathlib.Path, manifest: dict) -> None:
     """Delete the files ``manifest`` lists (and the subjects' ``phantom.json``), then empty subject folders."""
     entries = [entry for split in ("training", "validation", "testing") for entry in manifest.get(split, [])]
@@ -293,15 +314,13 @@ def generate_study(
                 raise FileExistsError(f"{manifest_path} is not a pipeline.phantom study: not deleting its files")
             _remove_study(out_dir, existing)
 
-    anatomy = load_template_anatomy()
     generator = manifest["generator"]
-    grid = study_grid(anatomy, generator["sagittal_slices"], generator["slab_thickness_mm"], generator["slab_axis"])
     for index, subject in enumerate(subject_names(generator["n_subjects"])):
         split = split_of(index, generator["n_subjects"])
-        parameters = SubjectParameters.draw(generator["seed"], index, anatomy, lesions=generator["lesions"])
+        volumes, parameters = simulate_study_subject(generator, index)
         write_subject(
             out_dir / subject,
-            simulate_subject(anatomy, grid, parameters, generator["snr"]),
+            volumes,
             parameters,
             {"subject": subject, "split": split},
             slab_thickness_mm=generator["slab_thickness_mm"],
