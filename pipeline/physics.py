@@ -25,6 +25,11 @@ Models:
 * :func:`flair` -- inversion-recovery TSE, simplified in the same way.
 * :func:`tse_epg` -- the TSE centre echo from an extended phase graph CPMG train with the protocol's
   refocusing angle (Weigel 2015, JMRI 41:266).
+* Whole trains, for acquisitions that place them across k-space (the phantom's realistic acquisition):
+  :func:`mprage_readout` (every excitation of the MPRAGE readout), :func:`cpmg_echo_train` (EPG echo
+  amplitudes for constant or variable refocusing angles), :func:`tse_echo_train`,
+  :func:`inversion_recovery` and :func:`flair_echo_train`. The single-value models above are these
+  trains' k-space-centre values, computed by the same code.
 * :func:`synthesize` / ``SIGNAL_MODELS`` -- look a model up by contrast name with one call signature.
 """
 
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -46,11 +51,16 @@ __all__ = [
     "MPRAGEProtocol",
     "SignalModel",
     "TSEProtocol",
+    "cpmg_echo_train",
     "flair",
+    "flair_echo_train",
+    "inversion_recovery",
     "mprage",
+    "mprage_readout",
     "resolve_protocol",
     "synthesize",
     "tse",
+    "tse_echo_train",
     "tse_epg",
 ]
 
@@ -170,6 +180,13 @@ def _validate_echo_train(protocol: TSEProtocol | FLAIRProtocol, available_ms: fl
     )
 
 
+def _validate_excitation(protocol: TSEProtocol | FLAIRProtocol) -> None:
+    _require(
+        0.0 < protocol.excitation_angle <= 180.0,
+        f"{type(protocol).__name__}.excitation_angle must be in (0, 180] degrees, got {protocol.excitation_angle}.",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class TSEProtocol(_Protocol):
     """Turbo spin echo timing (defaults: the paper's Table 1 T2w TSE).
@@ -180,8 +197,10 @@ class TSEProtocol(_Protocol):
         echo_spacing: time between refocusing pulses/echoes (ms). Not in Table 1; 9.3 ms assumed so
             that ``te / echo_spacing`` = 10 is the centre echo.
         echo_train_length: echoes per excitation. Not in Table 1; 16 assumed.
-        refocusing_angle: refocusing flip angle (degrees); only :func:`tse_epg` uses it, :func:`tse`
-            assumes ideal 180 deg pulses as in the paper.
+        refocusing_angle: refocusing flip angle (degrees); only the EPG models (:func:`tse_epg`,
+            :func:`tse_echo_train`) use it, :func:`tse` assumes ideal 180 deg pulses as in the paper.
+        excitation_angle: excitation flip angle (degrees); the EPG models scale by its sine, :func:`tse`
+            assumes 90 deg. Below 90 deg only with a transmit (B1+) field that scales every angle.
     """
 
     tr: float = 7010.0
@@ -189,12 +208,14 @@ class TSEProtocol(_Protocol):
     echo_spacing: float = 9.3
     echo_train_length: int = 16
     refocusing_angle: float = 150.0
+    excitation_angle: float = 90.0
 
     def __post_init__(self) -> None:
         _require(
             0.0 < self.refocusing_angle <= 180.0,
             f"refocusing_angle must be in (0, 180] degrees, got {self.refocusing_angle}.",
         )
+        _validate_excitation(self)
         _validate_echo_train(self, self.tr, "tr")
 
 
@@ -210,6 +231,8 @@ class FLAIRProtocol(_Protocol):
             simplified model uses it as a mono-exponential T2 weighting.
         echo_spacing: time between echoes (ms). Not in Table 1; 3.5 ms assumed (typical 3D SPACE).
         echo_train_length: echoes per excitation. Not in Table 1; 200 assumed (typical 3D SPACE).
+        inversion_efficiency: the inversion maps Mz to ``-inversion_efficiency * Mz`` (1 = perfect).
+        excitation_angle: excitation flip angle (degrees); only :func:`flair_echo_train` uses it.
     """
 
     tr: float = 4800.0
@@ -217,9 +240,16 @@ class FLAIRProtocol(_Protocol):
     te: float = 352.0
     echo_spacing: float = 3.5
     echo_train_length: int = 200
+    inversion_efficiency: float = 1.0
+    excitation_angle: float = 90.0
 
     def __post_init__(self) -> None:
         _require(self.ti > 0.0, f"FLAIRProtocol.ti must be > 0 ms, got {self.ti}.")
+        _require(
+            0.0 <= self.inversion_efficiency <= 1.0,
+            f"FLAIRProtocol.inversion_efficiency must be in [0, 1], got {self.inversion_efficiency}.",
+        )
+        _validate_excitation(self)
         _validate_echo_train(self, self.tr - self.ti, f"tr - ti ({self.tr} - {self.ti})")
 
 
@@ -291,7 +321,13 @@ def mprage(t1: Any, m0: Any, protocol: MPRAGEProtocol | None = None) -> Any:
     """
     protocol = protocol or MPRAGEProtocol()
     (t1, m0), to_output = _as_tensors(t1, m0)
-    t1 = _relaxation_ms(t1)
+    m_inf, a, m_first = _mprage_recovery(_relaxation_ms(t1), protocol)
+    m_centre = m_inf + a**protocol.centre_index * (m_first - m_inf)
+    return to_output(_mprage_transverse(m0, m_centre.abs(), protocol))
+
+
+def _mprage_recovery(t1: torch.Tensor, protocol: MPRAGEProtocol) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steady-state ``(m_inf, a, m_0)`` of :func:`mprage`'s recursion ``m_k = m_inf + a^k (m_0 - m_inf)``."""
     alpha = math.radians(protocol.flip_angle)
     cos_alpha = math.cos(alpha)
     n = int(protocol.n_excitations)
@@ -307,12 +343,40 @@ def mprage(t1: Any, m0: Any, protocol: MPRAGEProtocol | None = None) -> Any:
     m_ss = (1.0 - e_d + e_d * cos_alpha * (m_inf * (1.0 - a_last) + a_last * (1.0 - e_a))) / (
         1.0 + eta * e_d * e_a * cos_alpha * a_last
     )
-    m_first = 1.0 - e_a - eta * e_a * m_ss
-    m_centre = m_inf + a**protocol.centre_index * (m_first - m_inf)
-    signal = m0 * math.sin(alpha) * m_centre.abs()
+    return m_inf, a, 1.0 - e_a - eta * e_a * m_ss
+
+
+def _mprage_transverse(m0: torch.Tensor, mz: torch.Tensor, protocol: MPRAGEProtocol) -> torch.Tensor:
+    """Transverse signal ``M0 sin(alpha) m_k`` (times ``exp(-TE / T2*)`` with ``protocol.t2star``) of Mz/M0 ``m_k``."""
+    signal = m0 * math.sin(math.radians(protocol.flip_angle)) * mz
     if protocol.t2star is not None:
         signal = signal * math.exp(-protocol.te / protocol.t2star)
-    return to_output(signal)
+    return signal
+
+
+def mprage_readout(t1: Any, m0: Any, protocol: MPRAGEProtocol | None = None) -> Any:
+    """Signed MPRAGE signal of every excitation of the steady-state readout train.
+
+    The same recursion as :func:`mprage` (Deichmann et al. 2000), kept for all excitations:
+    ``S_k = M0 sin(alpha) (m_inf + a^k (m_0 - m_inf))`` for ``k = 0 .. N-1``. Excitation ``k`` fills one
+    k-space line of the inner phase-encode loop, so ``S_k / S_c`` is the readout's k-space modulation
+    (its point-spread function); ``|S_c|`` (``c = N // 2``) is :func:`mprage`. The sign is that of
+    Mz: negative while a long-T1 tissue is still inverted.
+
+    Args:
+        t1: T1 in ms (clamped to ``RELAXATION_FLOOR_MS``).
+        m0: arbitrary units.
+        protocol: ``None`` uses ``MPRAGEProtocol()``.
+
+    Returns:
+        (..., N) signals, ``...`` the broadcast shape of ``t1`` and ``m0``.
+    """
+    protocol = protocol or MPRAGEProtocol()
+    (t1, m0), to_output = _as_tensors(t1, m0)
+    m_inf, a, m_first = _mprage_recovery(_relaxation_ms(t1), protocol)
+    k = torch.arange(int(protocol.n_excitations), dtype=t1.dtype, device=t1.device)
+    m_k = m_inf.unsqueeze(-1) + a.unsqueeze(-1) ** k * (m_first - m_inf).unsqueeze(-1)
+    return to_output(_mprage_transverse(m0.unsqueeze(-1), m_k, protocol))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,9 +436,34 @@ def flair(t1: Any, t2: Any, m0: Any, protocol: FLAIRProtocol | None = None) -> A
     protocol = protocol or FLAIRProtocol()
     (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)
     t1, t2 = _relaxation_ms(t1), _relaxation_ms(t2)
+    return to_output(m0 * _inversion_recovery(t1, protocol).abs() * torch.exp(-protocol.te / t2))
+
+
+def _inversion_recovery(t1: torch.Tensor, protocol: FLAIRProtocol) -> torch.Tensor:
+    """Signed Mz/M0 at TI (see :func:`inversion_recovery`) of clamped T1 (ms)."""
+    # 1 - (1 + eta (1 - E(TR - TI - train))) E(TI), expanded (for eta = 1 the operations of the original formula)
     train = protocol.echo_train_length * protocol.echo_spacing
-    mz = 1.0 - 2.0 * torch.exp(-protocol.ti / t1) + torch.exp(-(protocol.tr - train) / t1)
-    return to_output(m0 * mz.abs() * torch.exp(-protocol.te / t2))
+    eta = protocol.inversion_efficiency
+    return 1.0 - (1.0 + eta) * torch.exp(-protocol.ti / t1) + eta * torch.exp(-(protocol.tr - train) / t1)
+
+
+def inversion_recovery(t1: Any, protocol: FLAIRProtocol | None = None) -> Any:
+    """Signed Mz/M0 of a FLAIR at the excitation, TI after the inversion.
+
+    Mz regrows from 0 (end of the previous echo train) for ``TR - TI - ETL ESP``, is inverted to
+    ``-eta`` times itself (``protocol.inversion_efficiency``) and recovers for TI:
+    ``Mz/M0 = 1 - (1 + eta (1 - exp(-(TR - TI - ETL ESP) / T1))) exp(-TI / T1)``; for eta = 1 this is
+    :func:`flair`'s ``1 - 2 exp(-TI/T1) + exp(-(TR - ETL ESP)/T1)``. Negative for a T1 beyond the null.
+
+    Args:
+        t1: T1 in ms (clamped to ``RELAXATION_FLOOR_MS``).
+        protocol: ``None`` uses ``FLAIRProtocol()``.
+
+    Returns:
+        Mz/M0 with the shape of ``t1``.
+    """
+    (t1,), to_output = _as_tensors(t1)
+    return to_output(_inversion_recovery(_relaxation_ms(t1), protocol or FLAIRProtocol()))
 
 
 def _centre_echo_index(protocol: TSEProtocol) -> int:
@@ -389,20 +478,19 @@ def _centre_echo_index(protocol: TSEProtocol) -> int:
     return echo
 
 
-def _cpmg_echo_amplitude(t1: torch.Tensor, t2: torch.Tensor, refocusing_deg: float, echo_spacing: float, echo: int):
-    """Normalised echo amplitude (echo number ``echo``) of a CPMG train started from Mz = M0.
+def _cpmg_echo_train(t1: torch.Tensor, t2: torch.Tensor, refocusing_deg: Sequence[float], echo_spacing: float):
+    """(..., n) normalised amplitudes of the echoes of a CPMG train started from Mz = M0.
 
     Extended phase graph (Weigel 2015, JMRI 41:266): 90 deg excitation about y, refocusing about x at
-    ESP/2 + k ESP, echoes at k ESP, relaxation and one dephasing step per ESP/2. In this CPMG phase
-    convention the states that refocus at the echoes are real ``F+_k``, ``F-_k`` and imaginary
-    ``Z_k = i z_k``, so the graph runs in real arithmetic. Longitudinal regrowth ``(1 - E1)`` feeds
-    the quadrature subsystem (real Z_0), which is tipped at refocusing times and only refocuses at
-    refocusing times, never at echo times, so it is omitted without changing the echo amplitudes.
+    ESP/2 + k ESP (angle ``refocusing_deg[k]``), echoes at k ESP, relaxation and one dephasing step per
+    ESP/2. In this CPMG phase convention the states that refocus at the echoes are real ``F+_k``,
+    ``F-_k`` and imaginary ``Z_k = i z_k``, so the graph runs in real arithmetic. Longitudinal regrowth
+    ``(1 - E1)`` and the Mz an imperfect excitation leaves feed the quadrature subsystem (real Z_0),
+    which is tipped at refocusing times and only refocuses at refocusing times, never at echo times,
+    so it is omitted without changing the echo amplitudes.
     """
-    beta = math.radians(refocusing_deg)
-    cos_half_sq, sin_half_sq = math.cos(beta / 2) ** 2, math.sin(beta / 2) ** 2
-    sin_beta, cos_beta = math.sin(beta), math.cos(beta)
-    n_states = 2 * echo + 2
+    n_echoes = len(refocusing_deg)
+    n_states = 2 * n_echoes + 2
     shape = (*torch.broadcast_shapes(t1.shape, t2.shape), n_states)
     e1 = torch.exp(-0.5 * echo_spacing / t1).unsqueeze(-1)
     e2 = torch.exp(-0.5 * echo_spacing / t2).unsqueeze(-1)
@@ -418,7 +506,11 @@ def _cpmg_echo_amplitude(t1: torch.Tensor, t2: torch.Tensor, refocusing_deg: flo
         f_plus = torch.cat([f_minus[..., :1], f_plus[..., :-1]], dim=-1)
         return f_plus, f_minus, z
 
-    for _ in range(echo):
+    echoes = []
+    for angle in refocusing_deg:
+        beta = math.radians(angle)
+        cos_half_sq, sin_half_sq = math.cos(beta / 2) ** 2, math.sin(beta / 2) ** 2
+        sin_beta, cos_beta = math.sin(beta), math.cos(beta)
         f_plus, f_minus, z = relax_and_dephase(f_plus, f_minus, z)
         f_plus, f_minus, z = (
             cos_half_sq * f_plus + sin_half_sq * f_minus + sin_beta * z,
@@ -426,18 +518,70 @@ def _cpmg_echo_amplitude(t1: torch.Tensor, t2: torch.Tensor, refocusing_deg: flo
             0.5 * sin_beta * (f_minus - f_plus) + cos_beta * z,
         )
         f_plus, f_minus, z = relax_and_dephase(f_plus, f_minus, z)
-    return f_plus[..., 0].abs()
+        echoes.append(f_plus[..., 0])
+    return torch.stack(echoes, dim=-1)
+
+
+def cpmg_echo_train(t1: Any, t2: Any, refocusing_deg: Sequence[float], echo_spacing: float) -> Any:
+    """Echo amplitudes of a CPMG train with the given refocusing angles, by extended phase graphs.
+
+    The train starts from transverse magnetisation M0 (a 90 deg excitation of Mz = M0); echo ``k``
+    (1-based) forms at ``k * echo_spacing`` after refocusing pulse ``k`` of angle ``refocusing_deg[k-1]``
+    (Weigel 2015, JMRI 41:266). Constant 180 deg gives ``exp(-k ESP / T2)``; lower or variable angles
+    (3D SPACE: Mugler 2014, JMRI 39:745) add stimulated-echo pathways that slow the decay.
+
+    Args:
+        t1, t2: relaxation times in ms (clamped to ``RELAXATION_FLOOR_MS``).
+        refocusing_deg: refocusing flip angle of every echo (degrees, in (0, 180]); its length is the train length.
+        echo_spacing: time between echoes (ms).
+
+    Returns:
+        (..., n_echoes) amplitudes relative to M0 (signed; positive for CPMG), ``...`` the broadcast shape.
+    """
+    _require(len(refocusing_deg) >= 1, "cpmg_echo_train needs at least one refocusing angle.")
+    _require(
+        all(0.0 < angle <= 180.0 for angle in refocusing_deg),
+        f"refocusing angles must be in (0, 180] degrees, got {list(refocusing_deg)}.",
+    )
+    _require(echo_spacing > 0.0, f"echo_spacing must be > 0 ms, got {echo_spacing}.")
+    (t1, t2), to_output = _as_tensors(t1, t2)
+    return to_output(_cpmg_echo_train(_relaxation_ms(t1), _relaxation_ms(t2), refocusing_deg, echo_spacing))
+
+
+def tse_echo_train(t1: Any, t2: Any, m0: Any, protocol: TSEProtocol | None = None) -> Any:
+    """Signal of every echo of the TSE train: :func:`tse_epg` for all ``ETL`` echoes.
+
+    ``S_k = M0 sin(excitation) (1 - exp(-(TR - ETL ESP) / T1)) A_k(T1, T2, beta, ESP)``, ``A_k`` from
+    :func:`cpmg_echo_train` with the constant refocusing angle ``beta``. Echo ``k`` fills the k-space lines
+    of its segment, so ``S_k / S_{TE/ESP}`` is the echo train's k-space modulation.
+
+    Returns:
+        (..., ETL) signals, ``...`` the broadcast shape of the inputs.
+    """
+    protocol = protocol or TSEProtocol()
+    (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)
+    return to_output(_tse_echo_train(t1, t2, m0, protocol, protocol.echo_train_length))
+
+
+def _tse_echo_train(t1, t2, m0, protocol: TSEProtocol, n_echoes: int) -> torch.Tensor:
+    """The first ``n_echoes`` echoes of :func:`tse_echo_train` (tensors in, tensor out)."""
+    t1, t2 = _relaxation_ms(t1), _relaxation_ms(t2)
+    dead_time = protocol.tr - protocol.echo_train_length * protocol.echo_spacing
+    amplitudes = _cpmg_echo_train(t1, t2, [protocol.refocusing_angle] * n_echoes, protocol.echo_spacing)
+    scale = m0 * math.sin(math.radians(protocol.excitation_angle)) * _saturation_recovery(t1, dead_time)
+    return scale.unsqueeze(-1) * amplitudes
 
 
 def tse_epg(t1: Any, t2: Any, m0: Any, protocol: TSEProtocol | None = None) -> Any:
     """TSE centre-echo signal with the protocol's refocusing angle, by extended phase graphs.
 
-    ``S = M0 (1 - exp(-(TR - ETL ESP) / T1)) A_n(T1, T2, beta, ESP)`` where ``A_n`` is the amplitude
-    of echo ``n = TE / ESP`` of a CPMG train (refocusing angle ``beta``) started from Mz = M0
+    ``S = M0 sin(excitation) (1 - exp(-(TR - ETL ESP) / T1)) A_n(T1, T2, beta, ESP)`` where ``A_n`` is the
+    amplitude of echo ``n = TE / ESP`` of a CPMG train (refocusing angle ``beta``) started from Mz = M0
     (Weigel 2015, JMRI 41:266). This is :func:`tse` with ``exp(-TE/T2)`` replaced by the EPG echo
-    amplitude, which includes stimulated-echo pathways: for ``beta`` = 180 deg ``A_n = exp(-TE/T2)``
-    and the two models agree exactly. The saturation-recovery factor keeps :func:`tse`'s assumption
-    Mz = 0 after each train (with ``beta`` < 180 deg some Mz survives; this is neglected).
+    amplitude, which includes stimulated-echo pathways: for ``beta`` = 180 deg (and a 90 deg
+    excitation) ``A_n = exp(-TE/T2)`` and the two models agree exactly. The saturation-recovery factor
+    keeps :func:`tse`'s assumption Mz = 0 after each train (with ``beta`` < 180 deg some Mz survives;
+    this is neglected).
 
     Args:
         t1, t2: relaxation times in ms (clamped to ``RELAXATION_FLOOR_MS``).
@@ -450,10 +594,35 @@ def tse_epg(t1: Any, t2: Any, m0: Any, protocol: TSEProtocol | None = None) -> A
     protocol = protocol or TSEProtocol()
     echo = _centre_echo_index(protocol)
     (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)
+    return to_output(_tse_echo_train(t1, t2, m0, protocol, echo)[..., echo - 1].abs())
+
+
+def flair_echo_train(t1: Any, t2: Any, m0: Any, refocusing_deg: Sequence[float], protocol: FLAIRProtocol | None = None):
+    """Signed signal of every echo of an inversion-recovery echo train (3D FLAIR, e.g. SPACE).
+
+    ``S_k = M0 Mz_TI sin(excitation) A_k``: :func:`inversion_recovery`'s signed Mz/M0 at TI, excited and
+    refocused by the train ``refocusing_deg`` (:func:`cpmg_echo_train`, which is linear in the
+    magnetisation it starts from). Keeps :func:`flair`'s assumption Mz = 0 after each train.
+
+    Args:
+        t1, t2: relaxation times in ms; m0: arbitrary units.
+        refocusing_deg: refocusing angle of every echo (degrees), ``protocol.echo_train_length`` of them.
+        protocol: ``None`` uses ``FLAIRProtocol()``.
+
+    Returns:
+        (..., ETL) signals, negative where Mz was still inverted at TI.
+    """
+    protocol = protocol or FLAIRProtocol()
+    _require(
+        len(refocusing_deg) == protocol.echo_train_length,
+        f"flair_echo_train needs echo_train_length = {protocol.echo_train_length} refocusing angles, "
+        f"got {len(refocusing_deg)}.",
+    )
+    (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)
     t1, t2 = _relaxation_ms(t1), _relaxation_ms(t2)
-    dead_time = protocol.tr - protocol.echo_train_length * protocol.echo_spacing
-    amplitude = _cpmg_echo_amplitude(t1, t2, protocol.refocusing_angle, protocol.echo_spacing, echo)
-    return to_output(m0 * _saturation_recovery(t1, dead_time) * amplitude)
+    amplitudes = _cpmg_echo_train(t1, t2, refocusing_deg, protocol.echo_spacing)
+    scale = m0 * math.sin(math.radians(protocol.excitation_angle)) * _inversion_recovery(t1, protocol)
+    return to_output(scale.unsqueeze(-1) * amplitudes)
 
 
 # --------------------------------------------------------------------------------------------------

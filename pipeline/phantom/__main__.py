@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline.phantom --out DIR [--subjects N] [--seed S] [--snr X] ...``.
+"""Command line: ``python -m pipeline.phantom --out DIR [--acquisition realistic [--without EFFECT ...]] ...``.
 
 Writes the study (``DIR/dataset.json`` and one folder per subject) and optionally a PNG of one sagittal
 slice set of its testing subject. The default arguments give the default study of data_manifest.json.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from pipeline.phantom.acquisition import Acquisition
 from pipeline.phantom.figure import save_slice_figure
 from pipeline.phantom.study import DEFAULT_SNR, generate_study
 
@@ -27,6 +28,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slab-thickness-mm", type=float, default=3.5, help="label slab thickness")
     parser.add_argument("--slab-axis", type=int, default=2, choices=(0, 1, 2), help="label slab axis (2: S-I)")
     parser.add_argument("--no-lesions", action="store_true", help="simulate without white-matter lesions")
+    parser.add_argument(
+        "--acquisition",
+        default="ideal",
+        choices=("ideal", "realistic"),
+        help="ideal: the loss's own signal equations; realistic: scanner effects (pipeline.phantom.acquisition)",
+    )
+    parser.add_argument(
+        "--without",
+        nargs="+",
+        default=[],
+        choices=Acquisition.effects(),
+        metavar="EFFECT",
+        help=f"switch these effects of the realistic acquisition off: {', '.join(Acquisition.effects())}",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a different study in --out")
     parser.add_argument("--figure", default=None, help="also write a PNG of one sagittal slice set here")
     args = parser.parse_args(argv)
@@ -41,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         slab_thickness_mm=args.slab_thickness_mm,
         slab_axis=args.slab_axis,
         lesions=not args.no_lesions,
+        acquisition=Acquisition.preset(args.acquisition, args.without),
         overwrite=args.overwrite,
     )
     print(f"wrote {manifest} in {time.perf_counter() - start:.1f} s")

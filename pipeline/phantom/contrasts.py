@@ -85,9 +85,21 @@ def signed_signal(contrast: str, t1_ms: np.ndarray, t2_ms: np.ndarray, pd: np.nd
     Returns:
         float32 array, negative where T1 is beyond the contrast's null (inverted magnetisation).
     """
-    magnitude = physics.synthesize(contrast, t1_ms, t2_ms, pd, protocols()[contrast])
-    sign = np.where(t1_ms < null_t1_ms(contrast), np.float32(1.0), np.float32(-1.0))
-    return magnitude * sign * np.float32(intensity_scale(contrast))
+    return signed_magnitude(contrast, t1_ms, t2_ms, pd) * np.float32(intensity_scale(contrast))
+
+
+def signed_magnitude(contrast: str, t1_ms: np.ndarray, t2_ms: np.ndarray, pd: np.ndarray, protocol=None) -> np.ndarray:
+    """The simplified model's magnitude (:func:`pipeline.physics.synthesize`), negative beyond the contrast's null T1.
+
+    Args:
+        contrast, t1_ms, t2_ms, pd: as :func:`signed_signal`.
+        protocol: the contrast's protocol (default: :func:`protocols`); the null is that of the default protocol.
+
+    Returns:
+        signal in M0 units (no intensity scale).
+    """
+    magnitude = physics.synthesize(contrast, t1_ms, t2_ms, pd, protocol or protocols()[contrast])
+    return magnitude * np.where(t1_ms < null_t1_ms(contrast), np.float32(1.0), np.float32(-1.0))
 
 
 @functools.cache

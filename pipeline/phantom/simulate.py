@@ -25,13 +25,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
-from pipeline.phantom.anatomy import TemplateAnatomy
+from pipeline.phantom.acquisition import (
+    BOUNDARY_OFFSETS,
+    BOUNDARY_TEMPERATURE,
+    PHASE_ENCODE_AXIS,
+    TRANSMIT_RANGE,
+    TRANSMIT_SPACING_MM,
+    TRANSMIT_STD,
+    TRANSMIT_STREAM,
+    Acquisition,
+    CompartmentSignals,
+    acquire_contrast,
+)
+from pipeline.phantom.anatomy import ANATOMICAL_CLASSES, TemplateAnatomy
 from pipeline.phantom.contrasts import CONTRASTS, WHITE_MATTER_INTENSITY, signed_signal
 from pipeline.phantom.fields import FIELD_DOMAIN_MM, SmoothRandomField
 from pipeline.phantom.grid import VoxelGrid
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
+from pipeline.phantom.variety import DEFORMATION_FACTOR, VARIETY_STREAM, AnatomicalVariety
 
 DEFORMATION_STD_MM = 1.5
 """Standard deviation of each displacement component (displacements are typically 2-3 mm, at most ~7 mm)."""
@@ -88,12 +103,17 @@ class Lesion:
         return self.semi_axes_mm * (1.0 + 2.0 * LESION_IRREGULARITY) + 1.0
 
 
-def draw_lesions(rng: np.random.Generator, anatomy: TemplateAnatomy) -> list[Lesion]:
-    """Lesions in template space whose centres lie at least ``radius + 1`` mm deep inside pure white matter."""
+def draw_lesions(rng: np.random.Generator, anatomy: TemplateAnatomy, count: int | None = None) -> list[Lesion]:
+    """Lesions in template space whose centres lie at least ``radius + 1`` mm deep inside pure white matter.
+
+    ``count`` lesions, or a number drawn uniformly from :data:`LESION_COUNT_RANGE` if None.
+    """
     sites = np.argwhere(anatomy.white_matter_depth_mm >= LESION_DIAMETER_RANGE_MM[0] / 2 + 1.0)
     site_depths = anatomy.white_matter_depth_mm[tuple(sites.T)]
     lesions = []
-    for _ in range(rng.integers(LESION_COUNT_RANGE[0], LESION_COUNT_RANGE[1] + 1)):
+    if count is None:
+        count = rng.integers(LESION_COUNT_RANGE[0], LESION_COUNT_RANGE[1] + 1)
+    for _ in range(count):
         radius = rng.uniform(*LESION_DIAMETER_RANGE_MM) / 2.0
         semi_axes = radius * (1.0 + LESION_ELONGATION * rng.uniform(-1.0, 1.0, 3))
         deep_enough = sites[site_depths >= semi_axes.max() + 1.0]
@@ -115,6 +135,8 @@ class SubjectParameters:
         texture: K fields (texture of each compartment, unit variance).
         lesion_shape: 1 field (irregularity of lesion outlines, unit variance).
         lesions: white-matter lesions (empty without lesions).
+        variety: pose, scaling, atrophy, ... (:mod:`pipeline.phantom.variety`), or None.
+        transmit: 1 field (relative B1+ deviation, unit variance), or None.
     """
 
     seed: int
@@ -125,22 +147,46 @@ class SubjectParameters:
     texture: SmoothRandomField
     lesion_shape: SmoothRandomField
     lesions: list[Lesion]
+    variety: AnatomicalVariety | None = None
+    transmit: SmoothRandomField | None = None
 
     @classmethod
-    def draw(cls, seed: int, subject_index: int, anatomy: TemplateAnatomy, lesions: bool = True) -> SubjectParameters:
-        """Draw a subject from ``numpy.random.default_rng((seed, subject_index))``."""
+    def draw(
+        cls,
+        seed: int,
+        subject_index: int,
+        anatomy: TemplateAnatomy,
+        lesions: bool = True,
+        acquisition: Acquisition = Acquisition(),
+        held_out: bool = False,
+    ) -> SubjectParameters:
+        """Draw a subject from ``numpy.random.default_rng((seed, subject_index))``.
+
+        The acquisition's anatomical variety and transmit field draw from streams of their own
+        (``(seed, subject_index, stream)``), so the draws of the ideal acquisition do not change. ``held_out``:
+        a validation or test subject (variety images it from the mirrored template).
+        """
         rng = np.random.default_rng((seed, subject_index))
         subject_cv = np.array([[TISSUES_3T[name].subject_cv] for name in COMPARTMENTS])
-        return cls(
-            seed=seed,
-            subject_index=subject_index,
-            tissue_factors=np.exp(subject_cv * rng.standard_normal((len(COMPARTMENTS), len(PARAMETERS)))),
-            deformation=SmoothRandomField.draw(rng, DEFORMATION_SPACING_MM, 3),
-            bias=SmoothRandomField.draw(rng, BIAS_SPACING_MM, 1),
-            texture=SmoothRandomField.draw(rng, TEXTURE_SPACING_MM, len(COMPARTMENTS)),
-            lesion_shape=SmoothRandomField.draw(rng, LESION_SHAPE_SPACING_MM, 1),
-            lesions=draw_lesions(rng, anatomy) if lesions else [],
-        )
+        tissue_factors = np.exp(subject_cv * rng.standard_normal((len(COMPARTMENTS), len(PARAMETERS))))
+        fields = {
+            "deformation": SmoothRandomField.draw(rng, DEFORMATION_SPACING_MM, 3),
+            "bias": SmoothRandomField.draw(rng, BIAS_SPACING_MM, 1),
+            "texture": SmoothRandomField.draw(rng, TEXTURE_SPACING_MM, len(COMPARTMENTS)),
+            "lesion_shape": SmoothRandomField.draw(rng, LESION_SHAPE_SPACING_MM, 1),
+        }
+        drawn_lesions = draw_lesions(rng, anatomy) if lesions else []
+        variety = None
+        if acquisition.anatomical_variety:
+            variety = AnatomicalVariety.draw(seed, subject_index, held_out)
+            if lesions:
+                extra_rng = np.random.default_rng((seed, subject_index, VARIETY_STREAM, 1))
+                drawn_lesions += draw_lesions(extra_rng, anatomy, variety.extra_lesion_count)
+        transmit = None
+        if acquisition.transmit_field:
+            transmit_rng = np.random.default_rng((seed, subject_index, TRANSMIT_STREAM))
+            transmit = SmoothRandomField.draw(transmit_rng, TRANSMIT_SPACING_MM, 1)
+        return cls(seed, subject_index, tissue_factors, **fields, lesions=drawn_lesions, variety=variety, transmit=transmit)
 
     def tissue_values(self) -> np.ndarray:
         """(K, 3) the subject's T1 (ms), T2 (ms), PD of each compartment before texture."""
@@ -205,14 +251,18 @@ def compartment_values(parameters: SubjectParameters, grid: VoxelGrid, mask: np.
 
 
 def lesion_fraction(
-    parameters: SubjectParameters, grid: VoxelGrid, displacement: np.ndarray, positions_mm: np.ndarray
+    parameters: SubjectParameters,
+    grid: VoxelGrid,
+    displacement: np.ndarray,
+    positions_mm: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lesion fraction (union of all lesions) on ``grid``, and centroids and volumes of the lesions it shows.
 
     Args:
         parameters: the subject's lesions and lesion-shape field.
         grid: the output grid.
-        displacement, positions_mm: (3, X, Y, Z) displacement and template positions of the voxels.
+        displacement, positions_mm: (3, X, Y, Z) template position minus world position, and template positions
+            of the voxels.
 
     Returns:
         (X, Y, Z) float32 fraction in [0, 1]; (L, 3) RAS centroids (subject space) and (L,) volumes (mm^3)
@@ -245,17 +295,17 @@ def lesion_fraction(
 
 
 def rician_noise(image: np.ndarray, grid: VoxelGrid, parameters: SubjectParameters, stream: int, sigma: float):
-    """Magnitude of ``image`` plus complex Gaussian noise of standard deviation ``sigma`` per channel.
+    """float32 magnitude of ``image`` (real or complex) plus complex Gaussian noise of standard deviation ``sigma``.
 
     Each sagittal plane draws its noise from ``default_rng((seed, subject_index, stream, plane))`` with
     ``plane`` the plane's world x in mm from the field domain's edge, so a crop sees the same noise.
     """
-    noisy = np.empty_like(image)
+    noisy = np.empty(image.shape, dtype=np.float32)
     for i, x_mm in enumerate(grid.axes_mm()[0]):
         plane = round(x_mm - FIELD_DOMAIN_MM[0][0])
         rng = np.random.default_rng((parameters.seed, parameters.subject_index, stream, plane))
         real, imaginary = sigma * rng.standard_normal((2, *image.shape[1:]), dtype=np.float32)
-        noisy[i] = np.hypot(image[i] + real, imaginary)
+        noisy[i] = np.hypot(image[i].real + real, image[i].imag + imaginary)
     return noisy
 
 
@@ -291,14 +341,146 @@ def mix_signals(fractions: np.ndarray, values: np.ndarray) -> dict[str, np.ndarr
 
 
 def _fill(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """float32 volume of ``mask``'s shape holding ``values`` at the mask voxels and 0 elsewhere."""
-    volume = np.zeros(mask.shape, dtype=np.float32)
-    volume[mask] = values
+    """float32 volume(s) of ``mask``'s shape holding (..., N) ``values`` at the mask voxels and 0 elsewhere."""
+    volume = np.zeros((*values.shape[:-1], *mask.shape), dtype=np.float32)
+    volume[..., mask] = values
     return volume
 
 
+def fine_grid(grid: VoxelGrid) -> VoxelGrid:
+    """The grid of half the voxel size over the same field of view: voxels ``2i, 2i + 1`` split voxel ``i``."""
+    affine = grid.affine.copy()
+    affine[:3, :3] /= 2.0
+    affine[:3, 3] -= grid.spacing_mm / 4.0
+    return VoxelGrid(tuple(2 * n for n in grid.shape), affine)
+
+
+def block_mean(volumes: np.ndarray) -> np.ndarray:
+    """(..., X, Y, Z) float32 means of the 2x2x2 blocks of (..., 2X, 2Y, 2Z) ``volumes`` (fine → acquired grid)."""
+    *leading, x, y, z = volumes.shape
+    blocks = volumes.reshape(*leading, x // 2, 2, y // 2, 2, z // 2, 2)
+    return blocks.mean(axis=(-5, -3, -1), dtype=np.float32)
+
+
+def sharpen(probabilities: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Tissue fractions with sharp boundaries: softmax of ``(probability + offset) / BOUNDARY_TEMPERATURE`` over classes.
+
+    Args:
+        probabilities: (C, N) template tissue probabilities at N brain voxels.
+        offsets: (C,) subject offsets that move the boundaries (0: at the probabilities' crossings).
+
+    Returns:
+        (C, N) float32 fractions summing to 1.
+    """
+    logits = (torch.as_tensor(probabilities) + torch.as_tensor(offsets, dtype=torch.float32)[:, None]) / BOUNDARY_TEMPERATURE
+    return torch.softmax(logits, dim=0).numpy()
+
+
+def upsample(volumes: np.ndarray) -> np.ndarray:
+    """(C, 2X, 2Y, 2Z) float32 trilinear interpolation of smooth (C, X, Y, Z) ``volumes`` onto :func:`fine_grid`.
+
+    PyTorch's half-pixel convention (``align_corners=False``) puts fine voxels ``2i, 2i + 1`` a quarter voxel before
+    and after voxel ``i``, as :func:`fine_grid` does; the outermost fine voxels take the edge value.
+    """
+    fine = F.interpolate(torch.as_tensor(volumes)[None], scale_factor=2, mode="trilinear", align_corners=False)
+    return fine[0].numpy()
+
+
+def tissue_fractions(
+    anatomy: TemplateAnatomy, grid: VoxelGrid, parameters: SubjectParameters, fine: bool = False
+) -> tuple[VoxelGrid, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The subject's brain mask and compartment fractions (steps 1-2 of the module docstring).
+
+    Args:
+        anatomy: the template anatomy.
+        grid: the acquired (1 mm) grid.
+        parameters: the subject (with ``variety``: its pose, scaling, atrophy and lesion load too).
+        fine: the realistic fine anatomy: template positions and tissue probabilities (smooth at 1 mm: the
+            template is a 1 mm average) are interpolated to :func:`fine_grid`, where the tissue boundaries are
+            sharpened (:func:`sharpen`) and the lesions drawn.
+
+    Returns:
+        the grid of the fractions (``grid`` or its fine grid); its bool mask (X, Y, Z); (K, N) float32 fractions
+        at the N mask voxels; lesion centroids and volumes (:func:`lesion_fraction`).
+    """
+    displacement = displacement_mm(grid, parameters)
+    variety = parameters.variety
+    if variety is not None:
+        displacement *= DEFORMATION_FACTOR
+    positions = template_positions(grid, displacement)
+    if variety is not None:
+        positions = variety.template_positions(grid, positions)
+    anatomical = deformed_fractions(anatomy, positions)
+    if fine:
+        grid = fine_grid(grid)
+        anatomical, positions = upsample(anatomical), upsample(positions)
+    if fine or variety is not None:
+        displacement = np.stack([positions[d] - grid.coordinate_mm(d).astype(np.float32) for d in range(3)])
+    total = anatomical.sum(0)
+    mask = total >= 0.5
+    inside = np.zeros((len(COMPARTMENTS), int(mask.sum())), dtype=np.float32)
+    if fine:
+        offsets = np.array([BOUNDARY_OFFSETS.get(name, 0.0) for name in ANATOMICAL_CLASSES], dtype=np.float32)
+        if variety is not None:
+            offsets[ANATOMICAL_CLASSES.index("cortical_grey_matter")] += variety.cortical_offset
+        inside[: len(anatomical)] = sharpen(anatomical[:, mask], offsets)
+    else:
+        inside[: len(anatomical)] = anatomical[:, mask] / total[mask]
+    lesion, lesion_centres, lesion_volumes = lesion_fraction(parameters, grid, displacement, positions)
+    white = COMPARTMENTS.index("white_matter")
+    lesion_share = lesion[mask] * inside[white]
+    inside[COMPARTMENTS.index("lesion")] = lesion_share
+    inside[white] -= lesion_share
+    return grid, mask, inside, lesion_centres, lesion_volumes
+
+
+def transmit_field(parameters: SubjectParameters, grid: VoxelGrid) -> torch.Tensor | None:
+    """(X, Y, Z) relative B1+ on ``grid``: ``1 + TRANSMIT_STD * field`` clipped to ``TRANSMIT_RANGE``; None if off."""
+    if parameters.transmit is None:
+        return None
+    return torch.as_tensor(1.0 + TRANSMIT_STD * parameters.transmit(grid)[0]).clamp(*TRANSMIT_RANGE)
+
+
+def acquire_images(
+    acquisition: Acquisition,
+    parameters: SubjectParameters,
+    grid: VoxelGrid,
+    fractions: np.ndarray,
+    bias: np.ndarray | float,
+) -> dict[str, np.ndarray]:
+    """Noise-free complex images of every contrast through the acquisition's effects (see :mod:`~pipeline.phantom.acquisition`).
+
+    Args:
+        acquisition: the effects in force.
+        parameters: the subject (tissue values, texture and B1+ fields).
+        grid: the acquired (1 mm) grid.
+        fractions: (K, *simulated shape) compartment fractions on the acquired or the fine grid.
+        bias: (X, Y, Z) receive bias on ``grid``, or 1.
+
+    Returns:
+        contrast name → (X, Y, Z) complex64 image in intensity units.
+    """
+    values = parameters.tissue_values()
+    texture_cv = np.array([TISSUES_3T[name].texture_cv for name in COMPARTMENTS])
+    texture = torch.as_tensor(parameters.texture(grid))
+    transmit = transmit_field(parameters, grid)
+    fractions = torch.as_tensor(fractions)
+    images = {}
+    for contrast in CONTRASTS:
+        axis = PHASE_ENCODE_AXIS[contrast]
+        signals = CompartmentSignals.tabulate(contrast, acquisition, values, texture_cv, grid.shape[axis])
+        fields = torch.stack([signals.lookup(k, texture[k], transmit) for k in range(len(COMPARTMENTS))])
+        images[contrast] = acquire_contrast(signals, fractions, fields * torch.as_tensor(bias), axis, grid.shape)
+    return images
+
+
 def simulate_subject(
-    anatomy: TemplateAnatomy, grid: VoxelGrid, parameters: SubjectParameters, snr: float, receive_bias: bool = True
+    anatomy: TemplateAnatomy,
+    grid: VoxelGrid,
+    parameters: SubjectParameters,
+    snr: float,
+    receive_bias: bool = True,
+    acquisition: Acquisition = Acquisition(),
 ) -> SubjectVolumes:
     """Simulate one subject on ``grid``.
 
@@ -309,30 +491,39 @@ def simulate_subject(
         snr: nominal pure-WM intensity (1000, before receive bias) over the noise standard deviation,
             the same in every contrast; ``numpy.inf``: no noise.
         receive_bias: multiply the signals by the subject's smooth receive-bias field (off: to study its effect).
+        acquisition: the scanner effects (:class:`~pipeline.phantom.acquisition.Acquisition`); the default, ideal
+            one images each compartment with the closed-form models and mixes the signals voxel by voxel. With
+            ``fine_anatomy`` the tissues are simulated on :func:`fine_grid` and the 1 mm fractions (the truth's)
+            are their block means.
 
     Returns:
         the subject's :class:`SubjectVolumes`.
     """
-    displacement = displacement_mm(grid, parameters)
-    positions = template_positions(grid, displacement)
-    anatomical = deformed_fractions(anatomy, positions)
-    total = anatomical.sum(0)
-    mask = total >= 0.5
-    inside = np.zeros((len(COMPARTMENTS), int(mask.sum())), dtype=np.float32)
-    inside[: len(anatomical)] = anatomical[:, mask] / total[mask]
-    lesion, lesion_centres, lesion_volumes = lesion_fraction(parameters, grid, displacement, positions)
-    white = COMPARTMENTS.index("white_matter")
-    lesion_share = lesion[mask] * inside[white]
-    inside[COMPARTMENTS.index("lesion")] = lesion_share
-    inside[white] -= lesion_share
+    _, simulated_mask, simulated_inside, lesion_centres, lesion_volumes = tissue_fractions(
+        anatomy, grid, parameters, fine=acquisition.fine_anatomy
+    )
+    if acquisition.fine_anatomy:
+        simulated_fractions = _fill(simulated_inside, simulated_mask)
+        coarse = block_mean(simulated_fractions)
+        mask = block_mean(simulated_mask.astype(np.float32)) >= 0.5
+        inside = coarse[:, mask] / coarse[:, mask].sum(0)
+    else:
+        mask, inside = simulated_mask, simulated_inside
 
     values = compartment_values(parameters, grid, mask)
     t1_ms, t2_ms, m0 = mix_relaxation_rates(inside, values)
-    bias = np.exp(BIAS_LOG_STD * parameters.bias(grid)[0][mask]) if receive_bias else 1.0
     sigma = WHITE_MATTER_INTENSITY / snr
+    bias_field = np.exp(BIAS_LOG_STD * parameters.bias(grid)[0]) if receive_bias else 1.0
+    if acquisition.images_need_kspace:
+        if not acquisition.fine_anatomy:
+            simulated_fractions = _fill(inside, mask)
+        images = acquire_images(acquisition, parameters, grid, simulated_fractions, bias_field)
+    else:
+        bias = bias_field[mask] if receive_bias else 1.0
+        images = {contrast: _fill(bias * signal, mask) for contrast, signal in mix_signals(inside, values).items()}
     weighted = {
-        contrast: rician_noise(_fill(bias * signal, mask), grid, parameters, stream, sigma)
-        for stream, (contrast, signal) in enumerate(mix_signals(inside, values).items(), start=1)
+        contrast: rician_noise(image, grid, parameters, stream, sigma)
+        for stream, (contrast, image) in enumerate(images.items(), start=1)
     }
     return SubjectVolumes(
         grid=grid,

@@ -28,10 +28,11 @@ import pathlib
 import nibabel as nib
 import numpy as np
 
+from pipeline.phantom.acquisition import Acquisition
 from pipeline.phantom.anatomy import TemplateAnatomy, load_template_anatomy
 from pipeline.phantom.contrasts import WHITE_MATTER_INTENSITY, protocols
 from pipeline.phantom.grid import VoxelGrid
-from pipeline.phantom.labels import acquire_low_resolution_maps, slab_affine
+from pipeline.phantom.labels import SLICE_PROFILE_EDGE, acquire_low_resolution_maps, add_fit_errors, slab_affine
 from pipeline.phantom.simulate import PARAMETERS, SubjectParameters, SubjectVolumes, simulate_subject
 from pipeline.phantom.tissues import COMPARTMENTS
 
@@ -39,6 +40,8 @@ DEFAULT_SNR = 30.0
 """Default SNR: nominal pure-white-matter intensity over the noise standard deviation, in every contrast."""
 GRID_MARGIN_MM = 6
 """Margin of the study grid around the template brain's bounding box (room for the deformation)."""
+VARIETY_GRID_MARGIN_MM = 14
+"""The margin with anatomical variety (room for pose, up to +7 % scaling and 3 mm deformations)."""
 HEMISPHERE_PLANES_CENTRE_MM = 25.0
 """World x (RAS, right hemisphere) at the centre of the planes kept by ``sagittal_slices``."""
 GZIP_LEVEL = 1
@@ -51,16 +54,20 @@ MAP_STEMS = {"t1": "t1_ms", "t2": "t2_ms", "m0": "m0"}
 
 
 def study_grid(
-    anatomy: TemplateAnatomy, sagittal_slices: int | None = None, slab_thickness_mm: float = 3.5, slab_axis: int = 2
+    anatomy: TemplateAnatomy,
+    sagittal_slices: int | None = None,
+    slab_thickness_mm: float = 3.5,
+    slab_axis: int = 2,
+    margin_mm: int = GRID_MARGIN_MM,
 ) -> VoxelGrid:
     """The 1 mm grid every subject of a study is simulated on.
 
-    The template brain's bounding box plus :data:`GRID_MARGIN_MM`, extended along ``slab_axis`` to a whole
+    The template brain's bounding box plus ``margin_mm``, extended along ``slab_axis`` to a whole
     number of slabs; with ``sagittal_slices`` only that many X planes centred at
     :data:`HEMISPHERE_PLANES_CENTRE_MM` (same Y, Z extent).
     """
-    start = np.full(3, -GRID_MARGIN_MM)
-    shape = np.array(anatomy.grid.shape) + 2 * GRID_MARGIN_MM
+    start = np.full(3, -margin_mm)
+    shape = np.array(anatomy.grid.shape) + 2 * margin_mm
     n_slabs = np.ceil(shape[slab_axis] / slab_thickness_mm)
     shape[slab_axis] = int(np.ceil(n_slabs * slab_thickness_mm - 1e-9))
     if sagittal_slices is not None:
@@ -94,6 +101,7 @@ def _generator_parameters(
     slab_thickness_mm: float,
     slab_axis: int,
     lesions: bool,
+    acquisition: str | Acquisition | dict,
 ) -> dict:
     """Validated, JSON-normalised keyword arguments of :func:`generate_study`."""
     if int(n_subjects) < 1:
@@ -114,7 +122,17 @@ def _generator_parameters(
         "slab_thickness_mm": float(slab_thickness_mm),
         "slab_axis": int(slab_axis),
         "lesions": bool(lesions),
+        "acquisition": as_acquisition(acquisition).to_dict(),
     }
+
+
+def as_acquisition(acquisition: str | Acquisition | dict) -> Acquisition:
+    """An :class:`~pipeline.phantom.acquisition.Acquisition` from a preset name, itself, or its ``to_dict`` mapping."""
+    if isinstance(acquisition, Acquisition):
+        return acquisition
+    if isinstance(acquisition, str):
+        return Acquisition.preset(acquisition)
+    return Acquisition.from_dict(acquisition)
 
 
 def study_manifest(
@@ -126,12 +144,15 @@ def study_manifest(
     slab_thickness_mm: float = 3.5,
     slab_axis: int = 2,
     lesions: bool = True,
+    acquisition: str | Acquisition | dict = "ideal",
 ) -> dict:
     """The manifest :func:`generate_study` writes for these parameters (no data are generated).
 
     Its ``generator`` record is ``{"module": "pipeline.phantom", **generate_study keyword arguments}``.
     """
-    generator = _generator_parameters(n_subjects, seed, snr, sagittal_slices, slab_thickness_mm, slab_axis, lesions)
+    generator = _generator_parameters(
+        n_subjects, seed, snr, sagittal_slices, slab_thickness_mm, slab_axis, lesions, acquisition
+    )
     manifest = {
         "name": "qmap-hybrid digital brain phantom",
         "description": (
@@ -181,6 +202,7 @@ def write_subject(
     *,
     slab_thickness_mm: float,
     slab_axis: int,
+    acquisition: Acquisition = Acquisition(),
 ) -> None:
     """Write one subject's files (see the module docstring) into ``subject_dir``.
 
@@ -189,6 +211,8 @@ def write_subject(
         volumes, parameters: the simulated subject and its random parameters.
         record: extra entries of ``phantom.json`` (subject name, split).
         slab_thickness_mm, slab_axis: label slabs.
+        acquisition: with ``label_acquisition``, labels through a slice profile with fit errors
+            (:mod:`pipeline.phantom.labels`).
     """
     subject_dir.mkdir(parents=True, exist_ok=True)
     affine = volumes.grid.affine
@@ -198,7 +222,10 @@ def write_subject(
     write_nifti(subject_dir / "mask.nii.gz", volumes.mask.astype(np.uint8), affine)
     thickness_voxels = slab_thickness_mm / volumes.grid.spacing_mm[slab_axis]
     maps = [getattr(volumes, attribute) for attribute in MAP_STEMS.values()]
-    labels = acquire_low_resolution_maps(*maps, axis=slab_axis, thickness_voxels=thickness_voxels)
+    edge = SLICE_PROFILE_EDGE * thickness_voxels if acquisition.label_acquisition else 0.0
+    labels = acquire_low_resolution_maps(*maps, axis=slab_axis, thickness_voxels=thickness_voxels, edge_sigma_voxels=edge)
+    if acquisition.label_acquisition:
+        labels = add_fit_errors(labels, parameters.seed, parameters.subject_index)
     label_affine = slab_affine(affine, slab_axis, thickness_voxels)
     for stem, label, full in zip(MAP_STEMS, labels, maps):
         write_nifti(subject_dir / f"{stem}_map_lowres.nii.gz", label, label_affine)
@@ -217,6 +244,7 @@ def write_subject(
             for centre, volume in zip(volumes.lesion_centres_mm, volumes.lesion_volumes_mm3)
         ],
         "protocols": {contrast: protocol.to_dict() for contrast, protocol in protocols().items()},
+        "acquisition": acquisition.to_dict(),
         "weighted_image_units": f"nominal pure white matter = {WHITE_MATTER_INTENSITY:g} before receive bias",
         "noise_sigma": volumes.noise_sigma,
     }
@@ -238,10 +266,18 @@ def simulate_study_subject(
         the simulated volumes (the files :func:`generate_study` writes come from them) and the subject's parameters.
     """
     anatomy = load_template_anatomy()
-    grid = study_grid(anatomy, generator["sagittal_slices"], generator["slab_thickness_mm"], generator["slab_axis"])
-    parameters = SubjectParameters.draw(generator["seed"], index, anatomy, lesions=generator["lesions"])
+    acquisition = as_acquisition(generator.get("acquisition", "ideal"))
+    margin = VARIETY_GRID_MARGIN_MM if acquisition.anatomical_variety else GRID_MARGIN_MM
+    grid = study_grid(
+        anatomy, generator["sagittal_slices"], generator["slab_thickness_mm"], generator["slab_axis"], margin
+    )
+    held_out = split_of(index, generator["n_subjects"]) != "training"
+    parameters = SubjectParameters.draw(
+        generator["seed"], index, anatomy, lesions=generator["lesions"], acquisition=acquisition, held_out=held_out
+    )
     snr = generator["snr"] if snr is None else snr
-    return simulate_subject(anatomy, grid, parameters, snr, receive_bias=receive_bias), parameters
+    volumes = simulate_subject(anatomy, grid, parameters, snr, receive_bias=receive_bias, acquisition=acquisition)
+    return volumes, parameters
 
 
 def _remove_study(out_dir: pathlib.Path, manifest: dict) -> None:
@@ -267,6 +303,7 @@ def generate_study(
     slab_thickness_mm: float = 3.5,
     slab_axis: int = 2,
     lesions: bool = True,
+    acquisition: str | Acquisition | dict = "ideal",
     overwrite: bool = False,
 ) -> pathlib.Path:
     """Generate a phantom study (deterministic: same arguments → byte-identical files).
@@ -280,6 +317,9 @@ def generate_study(
         slab_thickness_mm: thickness of the label slabs.
         slab_axis: axis of the label slabs (2 = z, S-I).
         lesions: add white-matter lesions.
+        acquisition: ``"ideal"`` (the loss's own equations), ``"realistic"`` (every scanner effect of
+            :mod:`pipeline.phantom.acquisition`), an :class:`~pipeline.phantom.acquisition.Acquisition` or its
+            ``to_dict`` mapping (effects one by one).
         overwrite: replace a study generated with different parameters (another ``generator`` record);
             without it such a study in ``out_dir`` raises :class:`FileExistsError`, as does any other
             ``dataset.json`` there. A study with the same parameters is regenerated in place.
@@ -296,6 +336,7 @@ def generate_study(
         slab_thickness_mm=slab_thickness_mm,
         slab_axis=slab_axis,
         lesions=lesions,
+        acquisition=acquisition,
     )
     manifest_path = out_dir / MANIFEST_NAME
     if manifest_path.exists():
@@ -325,6 +366,7 @@ def generate_study(
             {"subject": subject, "split": split},
             slab_thickness_mm=generator["slab_thickness_mm"],
             slab_axis=generator["slab_axis"],
+            acquisition=as_acquisition(generator["acquisition"]),
         )
     _write_atomically(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest_path
