@@ -489,21 +489,22 @@ def _cpmg_echo_train(t1: torch.Tensor, t2: torch.Tensor, refocusing_deg: Sequenc
     which is tipped at refocusing times and only refocuses at refocusing times, never at echo times,
     so it is omitted without changing the echo amplitudes.
     """
-    n_echoes = len(refocusing_deg)
-    n_states = 2 * n_echoes + 2
-    shape = (*torch.broadcast_shapes(t1.shape, t2.shape), n_states)
+    shape = (*torch.broadcast_shapes(t1.shape, t2.shape), 2)
     e1 = torch.exp(-0.5 * echo_spacing / t1).unsqueeze(-1)
     e2 = torch.exp(-0.5 * echo_spacing / t2).unsqueeze(-1)
-    unit = torch.zeros(n_states, dtype=t1.dtype, device=t1.device)
+    unit = torch.zeros(2, dtype=t1.dtype, device=t1.device)
     unit[0] = 1.0
     f_plus = unit.expand(shape)
     f_minus = unit.expand(shape)
     z = torch.zeros(shape, dtype=t1.dtype, device=t1.device)
 
     def relax_and_dephase(f_plus, f_minus, z):
+        # dephasing raises the order of every state by one: the graph grows by one state per half echo spacing
         f_plus, f_minus, z = f_plus * e2, f_minus * e2, z * e1
-        f_minus = torch.cat([f_minus[..., 1:], torch.zeros_like(f_minus[..., :1])], dim=-1)
-        f_plus = torch.cat([f_minus[..., :1], f_plus[..., :-1]], dim=-1)
+        zero = torch.zeros_like(f_minus[..., :1])
+        f_plus = torch.cat([f_minus[..., 1:2], f_plus], dim=-1)
+        f_minus = torch.cat([f_minus[..., 1:], zero, zero], dim=-1)
+        z = torch.cat([z, zero], dim=-1)
         return f_plus, f_minus, z
 
     echoes = []
@@ -606,16 +607,17 @@ def flair_echo_train(t1: Any, t2: Any, m0: Any, refocusing_deg: Sequence[float],
 
     Args:
         t1, t2: relaxation times in ms; m0: arbitrary units.
-        refocusing_deg: refocusing angle of every echo (degrees), ``protocol.echo_train_length`` of them.
+        refocusing_deg: refocusing angle of each echo (degrees): at most ``protocol.echo_train_length``, the
+            first echoes of the train.
         protocol: ``None`` uses ``FLAIRProtocol()``.
 
     Returns:
-        (..., ETL) signals, negative where Mz was still inverted at TI.
+        (..., len(refocusing_deg)) signals, negative where Mz was still inverted at TI.
     """
     protocol = protocol or FLAIRProtocol()
     _require(
-        len(refocusing_deg) == protocol.echo_train_length,
-        f"flair_echo_train needs echo_train_length = {protocol.echo_train_length} refocusing angles, "
+        len(refocusing_deg) <= protocol.echo_train_length,
+        f"flair_echo_train takes at most echo_train_length = {protocol.echo_train_length} refocusing angles, "
         f"got {len(refocusing_deg)}.",
     )
     (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)

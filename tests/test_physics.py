@@ -11,8 +11,8 @@ from pipeline import physics
 from pipeline.physics import FLAIRProtocol, MPRAGEProtocol, TSEProtocol
 
 
-def simulate_mprage_pulse_by_pulse(t1_ms, protocol, n_inversions=80):
-    """Mz/M0 stepped through ``n_inversions`` TR cycles; returns sin(alpha) Mz/M0 before the centre pulse."""
+def simulate_mprage_readout_pulse_by_pulse(t1_ms, protocol, n_inversions=80):
+    """Mz/M0 stepped through ``n_inversions`` TR cycles; returns sin(alpha) Mz/M0 before every pulse of the last."""
     t1_ms = np.asarray(t1_ms, dtype=np.float64)
     alpha = math.radians(protocol.flip_angle)
     centre = protocol.n_excitations // 2
@@ -24,15 +24,19 @@ def simulate_mprage_pulse_by_pulse(t1_ms, protocol, n_inversions=80):
     mz = np.ones_like(t1_ms)
     for _ in range(n_inversions):
         mz = -protocol.inversion_efficiency * mz
-        now = 0.0
-        for k, pulse_time in enumerate(pulse_times):
+        now, train = 0.0, []
+        for pulse_time in pulse_times:
             mz = relax(mz, pulse_time - now)
             now = pulse_time
-            if k == centre:
-                signal = math.sin(alpha) * np.abs(mz)
+            train.append(math.sin(alpha) * mz)
             mz = mz * math.cos(alpha)
         mz = relax(mz, protocol.tr - now)
-    return signal
+    return np.stack(train, axis=-1)
+
+
+def simulate_mprage_pulse_by_pulse(t1_ms, protocol, n_inversions=80):
+    """sin(alpha) |Mz|/M0 before the centre pulse (:func:`simulate_mprage_readout_pulse_by_pulse`)."""
+    return np.abs(simulate_mprage_readout_pulse_by_pulse(t1_ms, protocol, n_inversions)[..., protocol.n_excitations // 2])
 
 
 def test_mprage_matches_every_reference_case(physics_reference):
@@ -218,3 +222,94 @@ def test_values_and_gradients_finite_at_extremes(model, dtype):
     signal.sum().backward()
     for grad in (t1.grad, m0.grad) + ((t2.grad,) if model != "mprage" else ()):
         assert torch.isfinite(grad).all()
+
+
+# ---------------------------------------------------------------------------------------------- whole trains
+
+
+def test_mprage_readout_is_the_pulse_by_pulse_train_and_its_centre_is_mprage():
+    protocol = MPRAGEProtocol(flip_angle=10.5, inversion_efficiency=0.93)
+    t1_ms = np.array([380.0, 832.0, 1331.0, 4000.0])
+    readout = physics.mprage_readout(t1_ms, 0.8, protocol)
+    assert readout.shape == (4, protocol.n_excitations)
+    np.testing.assert_allclose(readout, 0.8 * simulate_mprage_readout_pulse_by_pulse(t1_ms, protocol), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.abs(readout[:, protocol.centre_index]), physics.mprage(t1_ms, 0.8, protocol), rtol=1e-12)
+    assert readout[-1, 0] < 0 < readout[-1, -1]  # CSF is still inverted when the readout starts
+
+
+def simulate_cpmg_isochromats(t1_ms, t2_ms, refocusing_deg, echo_spacing, n_isochromats=720):
+    """Echo amplitudes of a CPMG train by Bloch rotations of isochromats dephased over 2 pi per ESP/2 (no EPG)."""
+    phases = 2.0 * np.pi * (np.arange(n_isochromats) + 0.5) / n_isochromats
+    magnetisation = np.zeros((n_isochromats, 3))
+    magnetisation[:, 0] = 1.0  # after a 90 deg excitation about y: along x (CPMG: refocusing about x)
+    e1, e2 = math.exp(-0.5 * echo_spacing / t1_ms), math.exp(-0.5 * echo_spacing / t2_ms)
+
+    def free_precession(m):
+        cos, sin = np.cos(phases), np.sin(phases)
+        mx, my = m[:, 0] * cos - m[:, 1] * sin, m[:, 0] * sin + m[:, 1] * cos
+        return np.stack([mx * e2, my * e2, 1.0 + (m[:, 2] - 1.0) * e1], axis=1)
+
+    echoes = []
+    for angle in refocusing_deg:
+        beta = math.radians(angle)
+        rotation = np.array([[1, 0, 0], [0, math.cos(beta), -math.sin(beta)], [0, math.sin(beta), math.cos(beta)]])
+        magnetisation = free_precession(magnetisation) @ rotation.T
+        magnetisation = free_precession(magnetisation)
+        echoes.append(magnetisation[:, 0].mean())
+    return np.array(echoes)
+
+
+@pytest.mark.parametrize(
+    "angles",
+    [[150.0] * 16, [180.0 - 9.0 * k for k in range(12)], [160.0, 120.0, 80.0, 60.0, 50.0, 45.0, 60.0, 90.0, 130.0]],
+)
+def test_cpmg_echo_train_matches_an_isochromat_bloch_simulation(angles):
+    expected = simulate_cpmg_isochromats(900.0, 90.0, angles, 9.3)
+    np.testing.assert_allclose(physics.cpmg_echo_train(900.0, 90.0, angles, 9.3), expected, atol=2e-4)
+
+
+def test_cpmg_echo_train_reference_values_and_ideal_refocusing(physics_reference):
+    for case in physics_reference["tse"]["cases"]:
+        train = physics.cpmg_echo_train(case["T1_ms"], case["T2_ms"], [150.0] * 16, 9.3)
+        assert train[9] == pytest.approx(case["epg_150deg_echo10_first_train_over_M0"], abs=1e-5), case["tissue"]
+        ideal = physics.cpmg_echo_train(case["T1_ms"], case["T2_ms"], [180.0] * 16, 9.3)
+        np.testing.assert_allclose(ideal, np.exp(-9.3 * np.arange(1, 17) / case["T2_ms"]), rtol=1e-10)
+
+
+def test_tse_echo_train_centre_is_tse_epg_and_excitation_scales_by_its_sine():
+    t1, t2 = np.array([832.0, 4000.0]), np.array([79.2, 2000.0])
+    train = physics.tse_echo_train(t1, t2, 0.9)
+    np.testing.assert_allclose(train[:, 9], physics.tse_epg(t1, t2, 0.9), rtol=1e-12)
+    weak = physics.tse_echo_train(t1, t2, 0.9, TSEProtocol(excitation_angle=72.0))
+    np.testing.assert_allclose(weak, train * math.sin(math.radians(72.0)), rtol=1e-12)
+
+
+def test_inversion_recovery_with_imperfect_inversion_matches_stepping_mz():
+    protocol = FLAIRProtocol(inversion_efficiency=0.8)
+    t1_ms = np.array([832.0, 1331.0, 4000.0])
+    train = protocol.echo_train_length * protocol.echo_spacing
+    mz = np.ones_like(t1_ms)
+    for _ in range(30):  # Mz = 0 after each train, regrowth, inversion, recovery to TI
+        mz = 1.0 - np.exp(-(protocol.tr - protocol.ti - train) / t1_ms)
+        mz = 1.0 + (-0.8 * mz - 1.0) * np.exp(-protocol.ti / t1_ms)
+    np.testing.assert_allclose(physics.inversion_recovery(t1_ms, protocol), mz, rtol=1e-12)
+    perfect = physics.inversion_recovery(t1_ms, FLAIRProtocol())
+    np.testing.assert_allclose(np.abs(perfect) * np.exp(-352.0 / 100.0), physics.flair(t1_ms, 100.0, 1.0), rtol=1e-12)
+
+
+def test_flair_echo_train_is_inversion_recovery_times_the_cpmg_train():
+    protocol = FLAIRProtocol(ti=1200.0, excitation_angle=80.0, inversion_efficiency=0.95)
+    angles = list(np.linspace(150.0, 40.0, protocol.echo_train_length))
+    t1, t2 = np.array([832.0, 4000.0]), np.array([79.2, 2000.0])
+    train = physics.flair_echo_train(t1, t2, 0.7, angles, protocol)
+    expected = (
+        0.7
+        * math.sin(math.radians(80.0))
+        * physics.inversion_recovery(t1, protocol)[:, None]
+        * physics.cpmg_echo_train(t1, t2, angles, protocol.echo_spacing)
+    )
+    np.testing.assert_allclose(train, expected, rtol=1e-12)
+    assert train[1, 0] < 0 < train[0, 0]  # CSF still inverted at TI = 1200 ms
+    np.testing.assert_allclose(physics.flair_echo_train(t1, t2, 0.7, angles[:50], protocol), train[:, :50], rtol=1e-12)
+    with pytest.raises(ValueError, match="refocusing angles"):
+        physics.flair_echo_train(t1, t2, 0.7, [*angles, 90.0], protocol)

@@ -172,7 +172,13 @@ def flair_centre_echo() -> int:
 
 
 def signal_train(
-    contrast: str, acquisition: Acquisition, t1_ms: np.ndarray, t2_ms: np.ndarray, pd: np.ndarray, transmit: float
+    contrast: str,
+    acquisition: Acquisition,
+    t1_ms: np.ndarray,
+    t2_ms: np.ndarray,
+    pd: np.ndarray,
+    transmit: float,
+    through_centre: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Signed signal of every sample of the contrast's train (M0 units) and the sample at the k-space centre.
 
@@ -184,6 +190,7 @@ def signal_train(
         acquisition: the effects in force.
         t1_ms, t2_ms, pd: (N,) float64 compartment values.
         transmit: relative B1+ (1 = nominal).
+        through_centre: only the echoes up to the centre one (the signal at the k-space centre is the last sample).
 
     Returns:
         (N, L) float64 train and the 0-based centre sample.
@@ -192,10 +199,15 @@ def signal_train(
     if contrast == "mprage" and acquisition.mprage_readout:
         return physics.mprage_readout(t1_ms, pd, protocol), protocol.centre_index
     if contrast == "tse" and acquisition.tse_echo_train:
-        return physics.tse_echo_train(t1_ms, t2_ms, pd, protocol), round(protocol.te / protocol.echo_spacing) - 1
+        centre = round(protocol.te / protocol.echo_spacing) - 1
+        if through_centre:
+            return physics.tse_epg(t1_ms, t2_ms, pd, protocol)[:, None], 0
+        return physics.tse_echo_train(t1_ms, t2_ms, pd, protocol), centre
     if contrast == "flair" and acquisition.flair_variable_flip:
         centre = flair_centre_echo()
         angles = [min(angle * transmit, 180.0) for angle in refocusing_schedule(protocol.echo_train_length, centre)]
+        if through_centre:
+            angles = angles[: centre + 1]
         return physics.flair_echo_train(t1_ms, t2_ms, pd, angles, protocol), centre
     return signed_magnitude(contrast, t1_ms, t2_ms, pd, protocol)[:, None], 0
 
@@ -245,7 +257,7 @@ class CompartmentSignals:
         scale = intensity_scale(contrast, acquisition)
         centre = np.empty((len(values), len(transmit), len(sigmas)))
         for b, b1 in enumerate(transmit):
-            train, index = signal_train(contrast, acquisition, t1.ravel(), t2.ravel(), pd.ravel(), b1)
+            train, index = signal_train(contrast, acquisition, t1.ravel(), t2.ravel(), pd.ravel(), b1, through_centre=True)
             centre[:, b] = scale * train[:, index].reshape(t1.shape)
         nominal, index = signal_train(contrast, acquisition, values[:, 0], values[:, 1], values[:, 2], 1.0)
         weights = line_weights(nominal, index, n_lines) if nominal.shape[-1] > 1 else None

@@ -10,8 +10,9 @@ nor any other transform resamples by truncation or weights k-space lines by an a
 Ordering (documented assumption, the common default): **linear**. Lines run from the most negative to the most
 positive frequency of the axis while the train runs forward, and the train sample that defines the
 contrast (the centre excitation of MPRAGE, the effective-TE echo of a TSE) fills the k-space centre:
-the line at frequency ``u`` (cycles per acquired voxel, in [-0.5, 0.5)) gets train sample
-``centre + u * train_length``, linearly interpolated between samples and clipped to the train.
+the line at frequency ``u`` (cycles per acquired voxel, in [-0.5, 0.5)) is acquired by train sample
+``floor(centre + u * train_length + 1/2)`` (the nearest, halves up), clipped to the train: each line by one sample, so a TSE's k-space is
+piecewise constant in segments of about ``n_lines / ETL`` lines.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ def line_frequencies(n_lines: int) -> np.ndarray:
     return np.fft.fftfreq(n_lines)
 
 
-def train_position_of_lines(n_lines: int, train_length: int, centre: int) -> np.ndarray:
-    """(n_lines,) fractional 0-based train sample that fills each line (FFT order), linear ordering.
+def train_sample_of_lines(n_lines: int, train_length: int, centre: int) -> np.ndarray:
+    """(n_lines,) 0-based train sample that acquires each line (FFT order), linear ordering.
 
     Args:
         n_lines: acquired lines of the phase-encode axis (its number of voxels).
         train_length: samples in the train (excitations or echoes).
         centre: 0-based train sample at the k-space centre.
     """
-    return np.clip(centre + line_frequencies(n_lines) * train_length, 0.0, train_length - 1.0)
+    return np.clip(np.floor(centre + line_frequencies(n_lines) * train_length + 0.5), 0, train_length - 1).astype(int)
 
 
 def line_weights(train: np.ndarray, centre: int, n_lines: int) -> np.ndarray:
@@ -48,12 +49,7 @@ def line_weights(train: np.ndarray, centre: int, n_lines: int) -> np.ndarray:
         (..., n_lines) float64 weights in FFT order.
     """
     train = np.asarray(train, dtype=np.float64)
-    position = train_position_of_lines(n_lines, train.shape[-1], centre)
-    below = np.floor(position).astype(int)
-    above = np.minimum(below + 1, train.shape[-1] - 1)
-    share = position - below
-    interpolated = train[..., below] * (1.0 - share) + train[..., above] * share
-    return interpolated / train[..., centre : centre + 1]
+    return train[..., train_sample_of_lines(n_lines, train.shape[-1], centre)] / train[..., centre : centre + 1]
 
 
 def phase_encode(volume: torch.Tensor, axis: int, n_out: int, weights: np.ndarray | None = None) -> torch.Tensor:

@@ -32,10 +32,11 @@ VARIETY_STREAM = 101
 """Third entry of the seed tuple ``(seed, subject_index, VARIETY_STREAM)`` of the variety draws."""
 ROTATION_DEG = 6.0
 """Head rotation about each axis: uniform in +-this."""
-TRANSLATION_MM = 4.0
+TRANSLATION_MM = 3.0
 """Head translation along each axis: uniform in +-this."""
-GLOBAL_SCALE_RANGE = (0.93, 1.07)
-"""Isotropic brain scale factor: uniform in this range."""
+GLOBAL_SCALE_RANGE = (0.88, 1.04)
+"""Isotropic brain scale factor: uniform in this range (centred below 1: the MNI152 brain, registered to a
+Talairach-scaled space, is larger than most native brains)."""
 AXIS_SCALE_SPREAD = 0.02
 """Per-axis scale factors: the isotropic one times uniform 1 +- this."""
 REGIONAL_SCALE_STD = 0.03
