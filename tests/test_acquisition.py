@@ -23,7 +23,7 @@ from pipeline.phantom.acquisition import (
 from pipeline.phantom.anatomy import load_template_anatomy
 from pipeline.phantom.kspace import acquire_axis, line_weights, train_sample_of_lines
 from pipeline.phantom.labels import FIT_NOISE_CV, add_fit_errors, slab_weights
-from pipeline.phantom.simulate import SubjectParameters, fine_grid, simulate_subject
+from pipeline.phantom.simulate import SubjectParameters, fine_grid, simulate_subject, tissue_fractions, transmit_field
 from pipeline.phantom.study import VARIETY_GRID_MARGIN_MM, study_grid
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
 from tests.test_physics import simulate_mprage_readout_pulse_by_pulse
@@ -156,8 +156,6 @@ def test_transmit_field_gives_the_closed_form_at_the_scaled_angles():
 
 
 def test_transmit_field_is_smooth_and_within_range(anatomy):
-    from pipeline.phantom.simulate import transmit_field
-
     parameters = SubjectParameters.draw(7, 0, anatomy, acquisition=Acquisition(transmit_field=True))
     field = transmit_field(parameters, study_grid(anatomy)).numpy()
     assert TRANSMIT_RANGE[0] <= field.min() and field.max() <= TRANSMIT_RANGE[1]
@@ -210,7 +208,9 @@ def test_fine_anatomy_has_sharper_boundaries_and_ringing(anatomy):
 
 def test_anatomical_variety_makes_brains_differ_and_keeps_them_inside_the_grid(anatomy):
     def masks(acquisition):
-        return [_simulate(anatomy, acquisition, index=i, planes=None, snr=np.inf).mask for i in (0, 1)]
+        grid = study_grid(anatomy, margin_mm=VARIETY_GRID_MARGIN_MM)
+        subjects = [SubjectParameters.draw(7, i, anatomy, acquisition=acquisition) for i in (0, 1)]
+        return [tissue_fractions(anatomy, grid, parameters)[1] for parameters in subjects]
 
     def dice(a, b):
         return 2 * np.sum(a & b) / (a.sum() + b.sum())

@@ -7,13 +7,16 @@ concept each:
 * :mod:`~pipeline.phantom.tissues` -- 3 T tissue property table (T1, T2, PD, variability, sources).
 * :mod:`~pipeline.phantom.grid` -- axis-aligned RAS voxel grids.
 * :mod:`~pipeline.phantom.fields` -- smooth random fields (deformation, receive bias, texture).
-* :mod:`~pipeline.phantom.contrasts` -- the MPRAGE / TSE / FLAIR acquisitions on :mod:`pipeline.physics`.
+* :mod:`~pipeline.phantom.contrasts` -- the MPRAGE / TSE / FLAIR protocols and the ideal images on :mod:`pipeline.physics`.
+* :mod:`~pipeline.phantom.acquisition` -- ``ideal`` or ``realistic`` acquisition: which scanner effects act.
+* :mod:`~pipeline.phantom.kspace` -- k-space line ordering of signal trains, resolution by truncation.
+* :mod:`~pipeline.phantom.variety` -- anatomical variety: pose, scaling, atrophy, lesion load, unseen brains.
 * :mod:`~pipeline.phantom.simulate` -- one subject: deformation, lesions, maps, weighted images, noise.
 * :mod:`~pipeline.phantom.labels` -- low-resolution (thick-slab) label maps.
 * :mod:`~pipeline.phantom.study` -- NIfTI files and the decathlon manifest (:func:`generate_study`).
 * :mod:`~pipeline.phantom.figure` -- PNG of one sagittal slice set.
 
-Command line: ``python -m pipeline.phantom --out DIR`` (see ``--help``).
+Command line: ``python -m pipeline.phantom --out DIR [--acquisition realistic]`` (see ``--help``).
 """
 
 from pipeline.phantom.study import DEFAULT_SNR, generate_study, study_manifest

@@ -29,7 +29,14 @@ loss inverts (:mod:`pipeline.phantom.contrasts`). A win of the loss there may be
                          bias (:mod:`pipeline.phantom.labels`); the 1 mm references stay the exact truth.
 =======================  ===============================================================================================
 
-Every effect builds on :mod:`pipeline.physics` (never a second copy of its equations). A compartment's signal
+Every effect builds on :mod:`pipeline.physics` (never a second copy of its equations). Its EPG
+(:func:`pipeline.physics.cpmg_echo_train`) is tested against the pulse-by-pulse reference values and an isochromat
+Bloch simulation; a maintained EPG package was considered and not taken: ``mrpro`` (its ``EPG`` operator) requires
+``cufinufft``, ``pytorch-finufft``, ``torchvision`` (which does not import beside the CPU torch 2.13 this
+project pins), ``pypulseq`` and ``ismrmrd`` for one recursion of ~40 lines. MONAI's ``RandBiasField``,
+``RandGibbsNoise`` and ``RandRicianNoise`` do not fit: the phantom's fields are tied to world coordinates (so a crop
+sees the same values, :mod:`pipeline.phantom.fields`), its Gibbs ringing comes from a change of grid that
+``GibbsNoise`` (same grid) cannot do, and its noise is seeded per sagittal plane. A compartment's signal
 depends on its texture factor and on B1+, both smooth: it is tabulated on a (B1+, texture) grid per
 compartment (:class:`CompartmentSignals`) and looked up per 1 mm voxel; with ``fine_anatomy`` the smooth signal
 fields are interpolated to the 0.5 mm grid and multiplied by the sharp fractions there. The k-space modulation
