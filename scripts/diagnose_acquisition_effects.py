@@ -43,10 +43,9 @@ def variants() -> dict[str, Acquisition]:
 
 def diagnose(name: str, acquisition: Acquisition, planes: int, work: pathlib.Path) -> pd.DataFrame:
     """The edge-loss diagnosis (sigma 1) of the validation subject of ``acquisition``'s study."""
-    study = work / name
-    manifest = generate_study(study, n_subjects=5, seed=0, sagittal_slices=planes, acquisition=acquisition)
-    csv = work / f"{name}.csv"
-    if not csv.exists():
+    study, csv = work / name, work / f"{name}.csv"
+    if not csv.exists():  # a finished diagnosis is reused (delete the work folder after changing the phantom)
+        manifest = generate_study(study, n_subjects=5, seed=0, sagittal_slices=planes, acquisition=acquisition)
         diagnose_edge_loss.main(["--datalist", str(manifest), "--dataset_dir", str(study), "--sigmas", "1",
                                  "--out", str(csv)])
     return pd.read_csv(csv).assign(acquisition=name)

@@ -29,6 +29,8 @@ from scipy.special import erf
 SLICE_PROFILE_EDGE = 0.15
 """Standard deviation of the slice profile's Gaussian edges, relative to the slab thickness (10-90 % transition
 ~0.4 thickness, typical of a 2D excitation with a time-bandwidth product of a few)."""
+PROFILE_CUTOFF = 1e-4
+"""Slice-profile weights below this are 0: the profile ends about 3.7 edge standard deviations beyond the slab."""
 FIT_NOISE_CV = {"t1": 0.03, "t2": 0.04, "m0": 0.02}
 """Coefficient of variation of the multiplicative, voxel-wise noise of each fitted label map."""
 FIT_BIAS_CV = 0.02
@@ -69,6 +71,7 @@ def slab_weights(n_voxels: int, thickness_voxels: float, edge_sigma_voxels: floa
             return (_integrated_erf((u - slab_start) / s) - _integrated_erf((u - slab_start - thickness_voxels) / s)) * s / 2
 
         overlap = profile_integral(voxel_start + 1.0) - profile_integral(voxel_start)
+        overlap[overlap < PROFILE_CUTOFF] = 0.0  # a real profile ends; rounding must not make far voxels count
     else:
         overlap = np.minimum(slab_start + thickness_voxels, voxel_start + 1) - np.maximum(slab_start, voxel_start)
     overlap = np.clip(overlap, 0.0, None)
