@@ -199,7 +199,7 @@ class HybridLoss(_Loss):
         if lambda_self < 0:
             raise ValueError(f"lambda_self must be >= 0, got {lambda_self}.")
         protocols = dict(protocols or {})
-        input_channels = dict(input_channels or {"mprage": 0, "tse": 1, "flair": 2})
+        input_channels = dict(input_channels or {"mprage": 0, "tse": 1, "tse_epg": 1, "flair": 2})
         self.contrasts = tuple(contrasts)
         unused = sorted(set(protocols) - set(self.contrasts))
         if unused:

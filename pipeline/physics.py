@@ -653,8 +653,10 @@ SIGNAL_MODELS: dict[str, SignalModel] = {
     "mprage": SignalModel(MPRAGEProtocol, _mprage_signal),
     "tse": SignalModel(TSEProtocol, tse),
     "flair": SignalModel(FLAIRProtocol, flair),
+    "tse_epg": SignalModel(TSEProtocol, tse_epg),
 }
-"""Contrast name -> :class:`SignalModel`; the names match the hybrid loss's ``contrasts``."""
+"""Contrast name -> :class:`SignalModel`; the names match the hybrid loss's ``contrasts`` (``tse_epg``: the T2w
+TSE image through :func:`tse_epg`, an alternative to the paper's ``tse`` model for the same channel)."""
 
 
 def _signal_model(contrast: str) -> SignalModel:

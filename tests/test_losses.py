@@ -149,6 +149,16 @@ def test_self_term_vanishes_when_acquired_images_are_the_synthesized_ones():
     assert float(mismatched["self_supervised"]) > 0.1
 
 
+def test_epg_tse_term_reads_the_t2w_channel_and_vanishes_on_epg_images():
+    pred = random_maps(seed=12)
+    t1, t2, m0 = pred[:, 0:1] * 3000.0, pred[:, 1:2] * 3000.0, pred[:, 2:3]
+    epg_images = torch.cat([physics.mprage(t1, m0), physics.tse_epg(t1, t2, m0)], dim=1)
+    epg_loss = HybridLoss(lambda_self=1.0, contrasts=("mprage", "tse_epg"))
+    assert float(epg_loss.components(pred, {"label": pred, "image": epg_images})["self_supervised"]) < 1e-6
+    simplified = HybridLoss(lambda_self=1.0, contrasts=("mprage", "tse"))
+    assert float(simplified.components(pred, {"label": pred, "image": epg_images})["self_tse"]) > 1e-4
+
+
 def test_self_term_uses_the_configured_channels_units_and_protocols():
     pred = random_maps(seed=10)
     image = synthesize_all(pred)

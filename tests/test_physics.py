@@ -165,7 +165,8 @@ def test_public_functions_and_registry_agree():
     np.testing.assert_array_equal(
         physics.synthesize("tse", t1, t2, m0, custom), physics.tse(t1, t2, m0, TSEProtocol(te=120.0))
     )
-    assert set(physics.SIGNAL_MODELS) == {"mprage", "tse", "flair"}
+    np.testing.assert_array_equal(physics.synthesize("tse_epg", t1, t2, m0), physics.tse_epg(t1, t2, m0))
+    assert set(physics.SIGNAL_MODELS) == {"mprage", "tse", "flair", "tse_epg"}
     assert physics.MAP_UNIT_MS == 3000.0
     with pytest.raises(ValueError, match="unknown contrast 'dwi'"):
         physics.synthesize("dwi", t1, t2, m0)
