@@ -31,7 +31,9 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory() as folder:  # a fresh process each: imports and template loading count
             output = subprocess.run(
                 [sys.executable, "-c", CHILD, folder, str(args.subjects), acquisition],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout.split()
             seconds, rss = float(output[0]), float(output[1])
         print(f"| {acquisition} | {seconds:.1f} | {seconds / args.subjects:.1f} | {rss:.2f} |")

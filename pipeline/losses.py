@@ -212,7 +212,9 @@ class HybridLoss(_Loss):
         contrast_weights = dict(contrast_weights or {})
         unknown = sorted(set(contrast_weights) - set(self.contrasts))
         if unknown:
-            raise ValueError(f"contrast_weights given for {unknown}, which are not in contrasts {list(self.contrasts)}.")
+            raise ValueError(
+                f"contrast_weights given for {unknown}, which are not in contrasts {list(self.contrasts)}."
+            )
         self.contrast_weights = {c: float(contrast_weights.get(c, 1.0)) for c in self.contrasts}
         self.map_weights = tuple(float(w) for w in map_weights)
         if len(self.map_weights) != 3 or min(self.map_weights + tuple(self.contrast_weights.values())) < 0:

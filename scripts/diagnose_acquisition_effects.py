@@ -46,13 +46,14 @@ def diagnose(name: str, acquisition: Acquisition, planes: int, work: pathlib.Pat
     study, csv = work / name, work / f"{name}.csv"
     if not csv.exists():  # a finished diagnosis is reused (delete the work folder after changing the phantom)
         manifest = generate_study(study, n_subjects=5, seed=0, sagittal_slices=planes, acquisition=acquisition)
-        diagnose_edge_loss.main(["--datalist", str(manifest), "--dataset_dir", str(study), "--sigmas", "1",
-                                 "--out", str(csv)])
+        diagnose_edge_loss.main(
+            ["--datalist", str(manifest), "--dataset_dir", str(study), "--sigmas", "1", "--out", str(csv)]
+        )
     return pd.read_csv(csv).assign(acquisition=name)
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per acquisition and image variant: truth and label edge terms (sum over MPRAGE and TSE), discrimination."""
+    """One row per acquisition and image variant: truth and label edge terms (MPRAGE + TSE), discrimination."""
     wide = table.pivot_table(index=["acquisition", "images"], columns="maps", values="sum", sort=False)
     wide = wide.rename(columns={"truth (1 mm)": "truth", "labels (3.5 mm)": "labels"})[["truth", "labels"]]
     wide["discrimination"] = (wide["labels"] - wide["truth"]) / wide["labels"]
@@ -61,7 +62,9 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
 def plot(summary: pd.DataFrame, path: pathlib.Path) -> None:
     """Bar chart of the discrimination per acquisition, acquired and clean images."""
-    pivot = summary.pivot(index="acquisition", columns="images", values="discrimination").loc[summary["acquisition"].unique()]
+    pivot = summary.pivot(index="acquisition", columns="images", values="discrimination").loc[
+        summary["acquisition"].unique()
+    ]
     axes = pivot[["acquired", "clean"]].plot.barh(figsize=(8, 4.5), color=["tab:blue", "tab:gray"])
     axes.invert_yaxis()
     axes.axvline(float(pivot.loc["ideal", "acquired"]), color="tab:blue", linestyle=":", linewidth=1)

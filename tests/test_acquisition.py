@@ -195,6 +195,7 @@ def test_fine_anatomy_has_sharper_boundaries_and_ringing(anatomy):
         return np.mean((fraction > 0.05) & (fraction < 0.95))
 
     assert partial_volume_share(fine) < 0.6 * partial_volume_share(ideal)
+
     # k-space truncation rings: just outside the brain the noise-free image is not 0 as in the ideal one
     def outside(volumes):
         return volumes.weighted["mprage"][ndimage.binary_dilation(volumes.mask, iterations=2) & ~volumes.mask]
@@ -261,8 +262,20 @@ def test_label_fit_errors_have_their_spread_and_keep_background():
 
 def test_realistic_study_is_deterministic_and_recorded(tmp_path):
     first = generate_study(tmp_path / "a", n_subjects=3, seed=3, sagittal_slices=4, acquisition="realistic")
-    phantom_cli(["--out", str(tmp_path / "b"), "--subjects", "3", "--seed", "3", "--sagittal-slices", "4",
-                 "--acquisition", "realistic"])
+    phantom_cli(
+        [
+            "--out",
+            str(tmp_path / "b"),
+            "--subjects",
+            "3",
+            "--seed",
+            "3",
+            "--sagittal-slices",
+            "4",
+            "--acquisition",
+            "realistic",
+        ]
+    )
     for path in sorted(first.parent.rglob("*.nii.gz")):
         twin = tmp_path / "b" / path.relative_to(first.parent)
         assert path.read_bytes() == twin.read_bytes(), path.name
@@ -270,8 +283,21 @@ def test_realistic_study_is_deterministic_and_recorded(tmp_path):
     assert all(manifest["generator"]["acquisition"].values())
     record = json.loads((first.parent / "sub-01" / "phantom.json").read_text())
     assert record["acquisition"] == manifest["generator"]["acquisition"]
-    phantom_cli(["--out", str(tmp_path / "c"), "--subjects", "1", "--sagittal-slices", "2", "--acquisition", "realistic",
-                 "--without", "fine_anatomy", "label_acquisition"])
+    phantom_cli(
+        [
+            "--out",
+            str(tmp_path / "c"),
+            "--subjects",
+            "1",
+            "--sagittal-slices",
+            "2",
+            "--acquisition",
+            "realistic",
+            "--without",
+            "fine_anatomy",
+            "label_acquisition",
+        ]
+    )
     flags = json.loads((tmp_path / "c" / "dataset.json").read_text())["generator"]["acquisition"]
     assert not flags["fine_anatomy"] and not flags["label_acquisition"] and flags["tse_echo_train"]
     assert pathlib.Path(tmp_path / "c" / "sub-01" / "t2_map.nii.gz").exists()

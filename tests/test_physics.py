@@ -36,7 +36,9 @@ def simulate_mprage_readout_pulse_by_pulse(t1_ms, protocol, n_inversions=80):
 
 def simulate_mprage_pulse_by_pulse(t1_ms, protocol, n_inversions=80):
     """sin(alpha) |Mz|/M0 before the centre pulse (:func:`simulate_mprage_readout_pulse_by_pulse`)."""
-    return np.abs(simulate_mprage_readout_pulse_by_pulse(t1_ms, protocol, n_inversions)[..., protocol.n_excitations // 2])
+    return np.abs(
+        simulate_mprage_readout_pulse_by_pulse(t1_ms, protocol, n_inversions)[..., protocol.n_excitations // 2]
+    )
 
 
 def test_mprage_matches_every_reference_case(physics_reference):
@@ -233,8 +235,12 @@ def test_mprage_readout_is_the_pulse_by_pulse_train_and_its_centre_is_mprage():
     t1_ms = np.array([380.0, 832.0, 1331.0, 4000.0])
     readout = physics.mprage_readout(t1_ms, 0.8, protocol)
     assert readout.shape == (4, protocol.n_excitations)
-    np.testing.assert_allclose(readout, 0.8 * simulate_mprage_readout_pulse_by_pulse(t1_ms, protocol), rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(np.abs(readout[:, protocol.centre_index]), physics.mprage(t1_ms, 0.8, protocol), rtol=1e-12)
+    np.testing.assert_allclose(
+        readout, 0.8 * simulate_mprage_readout_pulse_by_pulse(t1_ms, protocol), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        np.abs(readout[:, protocol.centre_index]), physics.mprage(t1_ms, 0.8, protocol), rtol=1e-12
+    )
     assert readout[-1, 0] < 0 < readout[-1, -1]  # CSF is still inverted when the readout starts
 
 

@@ -7,7 +7,7 @@ concept each:
 * :mod:`~pipeline.phantom.tissues` -- 3 T tissue property table (T1, T2, PD, variability, sources).
 * :mod:`~pipeline.phantom.grid` -- axis-aligned RAS voxel grids.
 * :mod:`~pipeline.phantom.fields` -- smooth random fields (deformation, receive bias, texture).
-* :mod:`~pipeline.phantom.contrasts` -- the MPRAGE / TSE / FLAIR protocols and the ideal images on :mod:`pipeline.physics`.
+* :mod:`~pipeline.phantom.contrasts` -- MPRAGE / TSE / FLAIR protocols, the ideal images on :mod:`pipeline.physics`.
 * :mod:`~pipeline.phantom.acquisition` -- ``ideal`` or ``realistic`` acquisition: which scanner effects act.
 * :mod:`~pipeline.phantom.kspace` -- k-space line ordering of signal trains, resolution by truncation.
 * :mod:`~pipeline.phantom.variety` -- anatomical variety: pose, scaling, atrophy, lesion load, unseen brains.

@@ -156,7 +156,7 @@ def refocusing_schedule(n_echoes: int, centre: int) -> list[float]:
 
 
 def protocol_at(contrast: str, transmit: float):
-    """The contrast's protocol (:func:`~pipeline.phantom.contrasts.protocols`) with every angle scaled by B1+ ``transmit``."""
+    """The contrast's protocol (:func:`~pipeline.phantom.contrasts.protocols`), all angles times B1+ ``transmit``."""
     protocol = protocols()[contrast]
     if contrast == "mprage":
         return dataclasses.replace(
@@ -223,7 +223,9 @@ def signal_train(
 def intensity_scale(contrast: str, acquisition: Acquisition) -> float:
     """Factor from signal to image intensity: nominal white matter at nominal B1+ → :data:`WHITE_MATTER_INTENSITY`."""
     white = TISSUES_3T["white_matter"]
-    train, centre = signal_train(contrast, acquisition, *(np.array([v]) for v in (white.t1_ms, white.t2_ms, white.pd)), 1.0)
+    train, centre = signal_train(
+        contrast, acquisition, *(np.array([v]) for v in (white.t1_ms, white.t2_ms, white.pd)), 1.0
+    )
     return WHITE_MATTER_INTENSITY / float(train[0, centre])
 
 
@@ -264,7 +266,9 @@ class CompartmentSignals:
         scale = intensity_scale(contrast, acquisition)
         centre = np.empty((len(values), len(transmit), len(sigmas)))
         for b, b1 in enumerate(transmit):
-            train, index = signal_train(contrast, acquisition, t1.ravel(), t2.ravel(), pd.ravel(), b1, through_centre=True)
+            train, index = signal_train(
+                contrast, acquisition, t1.ravel(), t2.ravel(), pd.ravel(), b1, through_centre=True
+            )
             centre[:, b] = scale * train[:, index].reshape(t1.shape)
         nominal, index = signal_train(contrast, acquisition, values[:, 0], values[:, 1], values[:, 2], 1.0)
         weights = line_weights(nominal, index, n_lines) if nominal.shape[-1] > 1 else None
@@ -274,12 +278,11 @@ class CompartmentSignals:
         """Bilinear look-up of one compartment's intensity at voxels (any shape; B1+ ``None``: nominal)."""
         table = torch.as_tensor(self.centre[compartment], dtype=torch.float32)
         x = texture_sigmas / TABLE_TEXTURE_SIGMAS  # grid_sample's normalised coordinates, [-1, 1] over the table
-        if len(self.transmit) == 1 or transmit is None:
+        low, high = TRANSMIT_RANGE
+        if len(self.transmit) == 1:
             y = torch.zeros_like(x)
-            table = table[:1]
-        else:
-            low, high = TRANSMIT_RANGE
-            y = (2.0 * transmit - (low + high)) / (high - low)
+        else:  # the range is symmetric about 1, so nominal B1+ is the table's middle row
+            y = torch.zeros_like(x) if transmit is None else (2.0 * transmit - (low + high)) / (high - low)
         grid = torch.stack([x, y], dim=-1).reshape(1, 1, -1, 2)
         sampled = F.grid_sample(table[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True)
         return sampled.reshape(texture_sigmas.shape)

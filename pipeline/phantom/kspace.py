@@ -11,8 +11,8 @@ Ordering (documented assumption, the common default): **linear**. Lines run from
 positive frequency of the axis while the train runs forward, and the train sample that defines the
 contrast (the centre excitation of MPRAGE, the effective-TE echo of a TSE) fills the k-space centre:
 the line at frequency ``u`` (cycles per acquired voxel, in [-0.5, 0.5)) is acquired by train sample
-``floor(centre + u * train_length + 1/2)`` (the nearest, halves up), clipped to the train: each line by one sample, so a TSE's k-space is
-piecewise constant in segments of about ``n_lines / ETL`` lines.
+``floor(centre + u * train_length + 1/2)`` (the nearest, halves up), clipped to the train: each line by one
+sample, so a TSE's k-space is piecewise constant in segments of about ``n_lines / ETL`` lines.
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ def phase_encode(volume: torch.Tensor, axis: int, n_out: int, weights: np.ndarra
     """
     n_in = volume.shape[axis]
     if n_in not in (n_out, 2 * n_out):
-        raise ValueError(f"phase_encode resamples {n_in} samples to {n_out}: only the same or half as many are supported")
+        raise ValueError(
+            f"phase_encode resamples {n_in} samples to {n_out}: only the same or half as many are supported"
+        )
     moved = volume.movedim(axis, -1).contiguous()  # the FFT is fastest along the contiguous axis
     frequencies = np.rint(line_frequencies(n_out) * n_out).astype(int)  # integer frequencies, FFT order
     n_positive, n_negative = (n_out + 1) // 2, n_out // 2  # frequencies 0 .. n_positive - 1 and -n_negative .. -1

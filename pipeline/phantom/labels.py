@@ -68,7 +68,11 @@ def slab_weights(n_voxels: int, thickness_voxels: float, edge_sigma_voxels: floa
         s = edge_sigma_voxels * np.sqrt(2.0)
 
         def profile_integral(u):
-            return (_integrated_erf((u - slab_start) / s) - _integrated_erf((u - slab_start - thickness_voxels) / s)) * s / 2
+            return (
+                (_integrated_erf((u - slab_start) / s) - _integrated_erf((u - slab_start - thickness_voxels) / s))
+                * s
+                / 2
+            )
 
         overlap = profile_integral(voxel_start + 1.0) - profile_integral(voxel_start)
         overlap[overlap < PROFILE_CUTOFF] = 0.0  # a real profile ends; rounding must not make far voxels count
@@ -95,7 +99,12 @@ def slab_average(volume: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarr
 
 
 def acquire_low_resolution_maps(
-    t1_ms: np.ndarray, t2_ms: np.ndarray, m0: np.ndarray, axis: int, thickness_voxels: float, edge_sigma_voxels: float = 0.0
+    t1_ms: np.ndarray,
+    t2_ms: np.ndarray,
+    m0: np.ndarray,
+    axis: int,
+    thickness_voxels: float,
+    edge_sigma_voxels: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Low-resolution T1, T2 (ms) and M0 label maps of 1 mm maps (see the module docstring).
 

@@ -186,7 +186,9 @@ class SubjectParameters:
         if acquisition.transmit_field:
             transmit_rng = np.random.default_rng((seed, subject_index, TRANSMIT_STREAM))
             transmit = SmoothRandomField.draw(transmit_rng, TRANSMIT_SPACING_MM, 1)
-        return cls(seed, subject_index, tissue_factors, **fields, lesions=drawn_lesions, variety=variety, transmit=transmit)
+        return cls(
+            seed, subject_index, tissue_factors, **fields, lesions=drawn_lesions, variety=variety, transmit=transmit
+        )
 
     def tissue_values(self) -> np.ndarray:
         """(K, 3) the subject's T1 (ms), T2 (ms), PD of each compartment before texture."""
@@ -363,7 +365,7 @@ def block_mean(volumes: np.ndarray) -> np.ndarray:
 
 
 def sharpen(probabilities: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Tissue fractions with sharp boundaries: softmax of ``(probability + offset) / BOUNDARY_TEMPERATURE`` over classes.
+    """Tissue fractions with sharp boundaries: class softmax of ``(probability + offset) / BOUNDARY_TEMPERATURE``.
 
     Args:
         probabilities: (C, N) template tissue probabilities at N brain voxels.
@@ -372,7 +374,9 @@ def sharpen(probabilities: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     Returns:
         (C, N) float32 fractions summing to 1.
     """
-    logits = (torch.as_tensor(probabilities) + torch.as_tensor(offsets, dtype=torch.float32)[:, None]) / BOUNDARY_TEMPERATURE
+    logits = (
+        torch.as_tensor(probabilities) + torch.as_tensor(offsets, dtype=torch.float32)[:, None]
+    ) / BOUNDARY_TEMPERATURE
     return torch.softmax(logits, dim=0).numpy()
 
 
@@ -448,7 +452,7 @@ def acquire_images(
     fractions: np.ndarray,
     bias: np.ndarray | float,
 ) -> dict[str, np.ndarray]:
-    """Noise-free complex images of every contrast through the acquisition's effects (see :mod:`~pipeline.phantom.acquisition`).
+    """Noise-free complex images of every contrast through the effects of :mod:`~pipeline.phantom.acquisition`.
 
     Args:
         acquisition: the effects in force.

@@ -223,7 +223,9 @@ def write_subject(
     thickness_voxels = slab_thickness_mm / volumes.grid.spacing_mm[slab_axis]
     maps = [getattr(volumes, attribute) for attribute in MAP_STEMS.values()]
     edge = SLICE_PROFILE_EDGE * thickness_voxels if acquisition.label_acquisition else 0.0
-    labels = acquire_low_resolution_maps(*maps, axis=slab_axis, thickness_voxels=thickness_voxels, edge_sigma_voxels=edge)
+    labels = acquire_low_resolution_maps(
+        *maps, axis=slab_axis, thickness_voxels=thickness_voxels, edge_sigma_voxels=edge
+    )
     if acquisition.label_acquisition:
         labels = add_fit_errors(labels, parameters.seed, parameters.subject_index)
     label_affine = slab_affine(affine, slab_axis, thickness_voxels)
