@@ -147,3 +147,37 @@ def test_every_profile_setting_and_model_config_parses_to_the_intended_loss_and_
             assert loss.edge_smoothing_sigma == (1.0 if robust else 0.0)
             label_keys = parser.get_parsed_content("train#dataset#label_keys", default=LABEL_KEYS)
             assert tuple(label_keys) == (REFERENCE_KEYS if model == "oracle" else LABEL_KEYS)
+
+
+def test_epg_loss_override_of_the_realistic_experiment_parses_to_an_epg_tse_term():
+    from monai.bundle import ConfigParser
+
+    from pipeline.physics import TSEProtocol
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import run_paper_experiment as driver
+
+    parser = ConfigParser()
+    parser.read_config([str(driver.CONFIGS / name) for name in ["train.json", "profile_cpu.json", "robust.json"]])
+    parser["self_contrasts"] = ["mprage", "tse_epg"]  # the override of scripts/run_realistic_experiment.sh
+    parser["device"] = "$torch.device('cpu')"
+    loss = parser.get_parsed_content("loss")
+    assert loss.contrasts == ("mprage", "tse_epg") and loss.input_channels["tse_epg"] == 1
+    assert isinstance(loss.protocols["tse_epg"], TSEProtocol)
+
+
+def test_acquisition_effect_summary_matches_a_direct_computation():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import diagnose_acquisition_effects as effects
+
+    rows = [
+        {"acquisition": name, "images": images, "maps": maps, "sum": value}
+        for name, truth, labels in (("ideal", 0.2, 0.5), ("fine_anatomy", 0.25, 0.5))
+        for images in ("clean", "acquired")
+        for maps, value in (("truth (1 mm)", truth), ("labels (3.5 mm)", labels))
+    ]
+    summary = effects.summarise(pd.DataFrame(rows)).set_index(["acquisition", "images"])
+    assert summary.loc[("ideal", "acquired"), "discrimination"] == pytest.approx((0.5 - 0.2) / 0.5)
+    assert summary.loc[("fine_anatomy", "clean"), "truth"] == pytest.approx(0.25)
+    assert list(effects.variants())[0] == "ideal" and list(effects.variants())[-1] == "realistic"
+    assert len(effects.variants()) == len(effects.Acquisition.effects()) + 2
