@@ -18,6 +18,10 @@ Steps (all per voxel of the output grid):
    ``M0 = sum_k f_k PD_k``; 0 outside the brain mask.
 5. **weighted images**: each compartment's signal from :mod:`pipeline.phantom.contrasts`, mixed in the
    signal domain ``|sum_k f_k s_k|``, times a smooth receive-bias field, plus Rician noise.
+
+With a realistic :class:`~pipeline.phantom.acquisition.Acquisition`, steps 1-2 may add anatomical variety and
+run on a 0.5 mm grid with sharpened boundaries (the 1 mm fractions, and so the truth, are their block means), and
+step 5 goes through k-space (:func:`acquire_images`): signal trains across the phase-encode axis, B1+, truncation.
 """
 
 from __future__ import annotations
