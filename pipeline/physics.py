@@ -51,6 +51,7 @@ __all__ = [
     "MPRAGEProtocol",
     "SignalModel",
     "TSEProtocol",
+    "centre_echo_index",
     "cpmg_echo_train",
     "flair",
     "flair_echo_train",
@@ -466,7 +467,7 @@ def inversion_recovery(t1: Any, protocol: FLAIRProtocol | None = None) -> Any:
     return to_output(_inversion_recovery(_relaxation_ms(t1), protocol or FLAIRProtocol()))
 
 
-def _centre_echo_index(protocol: TSEProtocol) -> int:
+def centre_echo_index(protocol: TSEProtocol) -> int:
     """1-based echo number of the k-space centre, ``TE / ESP``, which must be an integer <= ETL."""
     ratio = protocol.te / protocol.echo_spacing
     echo = round(ratio)
@@ -593,7 +594,7 @@ def tse_epg(t1: Any, t2: Any, m0: Any, protocol: TSEProtocol | None = None) -> A
         magnitude signal with the broadcast shape of the inputs (torch-differentiable).
     """
     protocol = protocol or TSEProtocol()
-    echo = _centre_echo_index(protocol)
+    echo = centre_echo_index(protocol)
     (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)
     return to_output(_tse_echo_train(t1, t2, m0, protocol, echo)[..., echo - 1].abs())
 

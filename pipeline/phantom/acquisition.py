@@ -128,11 +128,6 @@ class Acquisition:
         return dataclasses.asdict(self)
 
     @property
-    def is_ideal(self) -> bool:
-        """No effect on: the images of the loss's own equations."""
-        return not any(self.to_dict().values())
-
-    @property
     def images_need_kspace(self) -> bool:
         """Whether any effect acts on the images (rather than the anatomy or the labels)."""
         image_effects = ("mprage_readout", "tse_echo_train", "flair_variable_flip", "transmit_field", "fine_anatomy")
@@ -206,7 +201,7 @@ def signal_train(
     if contrast == "mprage" and acquisition.mprage_readout:
         return physics.mprage_readout(t1_ms, pd, protocol), protocol.centre_index
     if contrast == "tse" and acquisition.tse_echo_train:
-        centre = round(protocol.te / protocol.echo_spacing) - 1
+        centre = physics.centre_echo_index(protocol) - 1
         if through_centre:
             return physics.tse_epg(t1_ms, t2_ms, pd, protocol)[:, None], 0
         return physics.tse_echo_train(t1_ms, t2_ms, pd, protocol), centre
@@ -235,14 +230,12 @@ class CompartmentSignals:
 
     Attributes:
         transmit: (B,) B1+ samples (one sample, 1, without the transmit effect).
-        texture_sigmas: (T,) texture-field values (in its standard deviations).
         centre: (K, B, T) image intensity of the k-space-centre sample of each compartment.
         line_weights: (K, n_lines) k-space modulation of each compartment along the phase-encode axis (FFT
             order; subject values, nominal B1+), or ``None`` without a train effect for this contrast.
     """
 
     transmit: np.ndarray
-    texture_sigmas: np.ndarray
     centre: np.ndarray
     line_weights: np.ndarray | None
 
@@ -272,7 +265,7 @@ class CompartmentSignals:
             centre[:, b] = scale * train[:, index].reshape(t1.shape)
         nominal, index = signal_train(contrast, acquisition, values[:, 0], values[:, 1], values[:, 2], 1.0)
         weights = line_weights(nominal, index, n_lines) if nominal.shape[-1] > 1 else None
-        return cls(transmit, sigmas, centre, weights)
+        return cls(transmit, centre, weights)
 
     def lookup(self, compartment: int, texture_sigmas: torch.Tensor, transmit: torch.Tensor | None) -> torch.Tensor:
         """Bilinear look-up of one compartment's intensity at voxels (any shape; B1+ ``None``: nominal)."""

@@ -396,7 +396,7 @@ def upsample(volumes: np.ndarray) -> np.ndarray:
 
 def tissue_fractions(
     anatomy: TemplateAnatomy, grid: VoxelGrid, parameters: SubjectParameters, fine: bool = False
-) -> tuple[VoxelGrid, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The subject's brain mask and compartment fractions (steps 1-2 of the module docstring).
 
     Args:
@@ -408,8 +408,8 @@ def tissue_fractions(
             sharpened (:func:`sharpen`) and the lesions drawn.
 
     Returns:
-        the grid of the fractions (``grid`` or its fine grid); its bool mask (X, Y, Z); (K, N) float32 fractions
-        at the N mask voxels; lesion centroids and volumes (:func:`lesion_fraction`).
+        bool mask on ``grid`` or, with ``fine``, on its fine grid; (K, N) float32 fractions at the N mask voxels;
+        lesion centroids and volumes (:func:`lesion_fraction`).
     """
     displacement = displacement_mm(grid, parameters)
     variety = parameters.variety
@@ -439,7 +439,7 @@ def tissue_fractions(
     lesion_share = lesion[mask] * inside[white]
     inside[COMPARTMENTS.index("lesion")] = lesion_share
     inside[white] -= lesion_share
-    return grid, mask, inside, lesion_centres, lesion_volumes
+    return mask, inside, lesion_centres, lesion_volumes
 
 
 def transmit_field(parameters: SubjectParameters, grid: VoxelGrid) -> torch.Tensor | None:
@@ -507,11 +507,12 @@ def simulate_subject(
     Returns:
         the subject's :class:`SubjectVolumes`.
     """
-    _, simulated_mask, simulated_inside, lesion_centres, lesion_volumes = tissue_fractions(
+    simulated_mask, simulated_inside, lesion_centres, lesion_volumes = tissue_fractions(
         anatomy, grid, parameters, fine=acquisition.fine_anatomy
     )
-    if acquisition.fine_anatomy:
+    if acquisition.images_need_kspace:  # (fine anatomy is one of the image effects)
         simulated_fractions = _fill(simulated_inside, simulated_mask)
+    if acquisition.fine_anatomy:
         coarse = block_mean(simulated_fractions)
         mask = block_mean(simulated_mask.astype(np.float32)) >= 0.5
         inside = coarse[:, mask] / coarse[:, mask].sum(0)
@@ -523,8 +524,6 @@ def simulate_subject(
     sigma = WHITE_MATTER_INTENSITY / snr
     bias_field = np.exp(BIAS_LOG_STD * parameters.bias(grid)[0]) if receive_bias else 1.0
     if acquisition.images_need_kspace:
-        if not acquisition.fine_anatomy:
-            simulated_fractions = _fill(inside, mask)
         images = acquire_images(acquisition, parameters, grid, simulated_fractions, bias_field)
     else:
         bias = bias_field[mask] if receive_bias else 1.0
