@@ -165,7 +165,9 @@ class SaveMapsd(MapTransform):
         targets = [subject_dir / f"{name}.nii.gz" for name in MAP_NAMES]
         existing = [str(t) for t in targets if t.exists()]
         if existing and not self.overwrite:
-            raise FileExistsError(f"refusing to overwrite existing maps {existing}; pass --overwrite true to replace them.")
+            raise FileExistsError(
+                f"refusing to overwrite existing maps {existing}; pass --overwrite true to replace them."
+            )
         reference = self.load_reference(reference_file)
         affine = nib.load(reference_file).affine
         mask = self._to_reference(d[self.mask_key], model_grid, reference, mode="nearest") > 0
@@ -178,7 +180,9 @@ class SaveMapsd(MapTransform):
 
     def _to_reference(self, volume, model_grid, reference, mode: str) -> np.ndarray:
         """``volume`` (C, X, Y, Z) on ``model_grid``'s grid → float32 array on ``reference``'s grid."""
-        volume = MetaTensor(convert_to_tensor(volume, track_meta=False).detach().cpu().float(), affine=model_grid.affine)
+        volume = MetaTensor(
+            convert_to_tensor(volume, track_meta=False).detach().cpu().float(), affine=model_grid.affine
+        )
         return np.asarray(self.resample(volume, reference, mode=mode), dtype=np.float32)
 
 

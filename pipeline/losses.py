@@ -23,7 +23,10 @@ from torch.nn.modules.loss import _Loss
 
 from pipeline.physics import MAP_UNIT_MS, resolve_protocol, synthesize
 
-__all__ = ["HybridLoss", "ScaleInvariantL1Loss", "sobel_edges"]
+__all__ = ["HybridLoss", "ScaleInvariantL1Loss", "label_spread_weights", "sobel_edges"]
+
+LABEL_SPREAD = "label_spread"
+"""``HybridLoss(map_weights=LABEL_SPREAD)``: weigh each map by :func:`label_spread_weights`."""
 
 _SOBEL_DIFFERENCE = (-0.5, 0.0, 0.5)
 _SOBEL_SMOOTHING = (0.25, 0.5, 0.25)
@@ -85,6 +88,24 @@ def _per_image_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Te
     return (values * mask).sum(dim=(-2, -1), keepdim=True) / mask.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
 
 
+def label_spread_weights(label: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Weights (C,) that make each map's L1 relative to its spread in the labels: ``spread_0 / spread_c``.
+
+    ``spread_c`` is the mean absolute deviation of channel ``c`` of ``label`` (B, C, H, W) from its median, over the
+    pixels of the 0/1 ``mask`` (B, 1, H, W) (all pixels if None), clamped below at 1e-6 of channel 0's; the
+    weights are detached. With (T1, T2, M0) in units of 3 s the rule gives T2 about 20x the weight of T1 in the
+    brain (white and grey matter T2 differ by ~10 ms, T1 by ~500 ms), where a hand-set weight would be a guess.
+    """
+    label = label.detach()
+    inside = (mask.expand_as(label) > 0) if mask is not None else torch.ones_like(label, dtype=torch.bool)
+    spreads = []
+    for channel, selected in zip(label.unbind(1), inside.unbind(1)):
+        values = channel[selected] if selected.any() else channel.flatten()
+        spreads.append((values - values.median()).abs().mean())
+    spreads = torch.stack(spreads)
+    return spreads[0] / spreads.clamp_min(spreads[0] * 1e-6 + 1e-12)
+
+
 def _binary_mask(mask: torch.Tensor | None, reference: torch.Tensor) -> torch.Tensor | None:
     """``mask != 0`` as 0/1 values of ``reference``'s dtype, after checking it is (B, 1, H, W)."""
     if mask is None:
@@ -103,23 +124,43 @@ class ScaleInvariantL1Loss(_Loss):
     channels and masked pixels. The loss does not change (up to ``eps``) when ``p`` is multiplied by a
     positive factor.
 
+    With ``window > 0`` the factor is local: ``a(x)`` minimises ``sum_w (a p - t)^2`` over the masked pixels of the
+    ``window`` x ``window`` neighbourhood of ``x`` (zero outside the image), so a smooth gain across the image (a
+    receive or transmit field the signal model lacks) is absorbed too; edges are then compared only up to that gain.
+
     Args:
         detach_scale: if True ``a`` is treated as a constant in the backward pass.
         eps: regulariser of the denominator of ``a`` (``p == 0`` gives ``a = 0``, no NaN).
+        window: side (pixels, odd) of the neighbourhood of a local ``a``; 0: one ``a`` per image and channel.
     """
 
-    def __init__(self, detach_scale: bool = False, eps: float = 1e-8) -> None:
+    def __init__(self, detach_scale: bool = False, eps: float = 1e-8, window: int = 0) -> None:
         super().__init__()
+        if window < 0 or (window > 0 and window % 2 == 0):
+            raise ValueError(f"window must be 0 (one scale per image) or an odd number of pixels, got {window}.")
         self.detach_scale = detach_scale
         self.eps = eps
+        self.window = int(window)
 
     def least_squares_scale(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None):
-        """The factor ``a``, shape (B, C, 1, 1), optionally detached; ``mask`` is a 0/1 (B, 1, H, W) tensor."""
+        """The factor ``a``: (B, C, 1, 1), or (B, C, H, W) with a ``window``; optionally detached.
+
+        ``mask`` is a 0/1 (B, 1, H, W) tensor.
+        """
         if mask is not None:
             input, target = input * mask, target * mask
-        scale = (input * target).sum(dim=(-2, -1), keepdim=True) / (
-            input.square().sum(dim=(-2, -1), keepdim=True) + self.eps
-        )
+        if self.window:  # window sums: a zero-padded box filter (avg_pool2d counts the padding) times its area
+            area = self.window**2
+
+            def total(x):
+                return F.avg_pool2d(x, self.window, stride=1, padding=self.window // 2) * area
+
+        else:
+
+            def total(x):
+                return x.sum(dim=(-2, -1), keepdim=True)
+
+        scale = total(input * target) / (total(input.square()) + self.eps)
         return scale.detach() if self.detach_scale else scale
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,10 +213,13 @@ class HybridLoss(_Loss):
         map_weights: weights of the (T1, T2, M0) channels in the supervised L1 (mean of ``w_m |pred - label|``).
             The default (1, 1, 1) is the paper's plain L1 with T1 and T2 in units of 3 s, where white-matter
             T2 (~0.026) weighs ~40x less than T1; e.g. (1, 10, 1) supervises T2 as if in units of 300 ms.
+            ``"label_spread"``: the weights of :func:`label_spread_weights`, per batch, over the mask.
         contrast_weights: ``{contrast: w_c}`` of the self-supervised edge terms; missing contrasts weigh 1.
         edge_smoothing_sigma: Gaussian smoothing (pixels) of the synthetic and the acquired images before the
             Sobel operator (:func:`sobel_edges`); 0 (the paper) compares raw edges, whose noise the network can
             only lower the term for by copying the inputs' noise into the maps.
+        scale_window: ``window`` of :class:`ScaleInvariantL1Loss`: 0 (the paper) fits one factor ``a`` per image
+            and contrast; an odd number of pixels fits a local ``a`` over that neighbourhood.
 
     After each call, ``last_components`` holds the detached ``total``, ``supervised``,
     ``self_supervised`` (sum over contrasts, weighted by ``contrast_weights``) and ``self_<contrast>`` terms for logging.
@@ -191,9 +235,10 @@ class HybridLoss(_Loss):
         detach_scale: bool = False,
         mask_supervised: bool = False,
         edge_eps: float = 1e-12,
-        map_weights: Sequence[float] = (1.0, 1.0, 1.0),
+        map_weights: Sequence[float] | str = (1.0, 1.0, 1.0),
         contrast_weights: Mapping[str, float] | None = None,
         edge_smoothing_sigma: float = 0.0,
+        scale_window: int = 0,
     ) -> None:
         super().__init__()
         if lambda_self < 0:
@@ -216,18 +261,21 @@ class HybridLoss(_Loss):
                 f"contrast_weights given for {unknown}, which are not in contrasts {list(self.contrasts)}."
             )
         self.contrast_weights = {c: float(contrast_weights.get(c, 1.0)) for c in self.contrasts}
-        self.map_weights = tuple(float(w) for w in map_weights)
-        if len(self.map_weights) != 3 or min(self.map_weights + tuple(self.contrast_weights.values())) < 0:
+        by_rule = isinstance(map_weights, str)
+        fixed = () if by_rule else tuple(float(w) for w in map_weights)
+        self.map_weights = map_weights if by_rule else fixed
+        weights = fixed + tuple(self.contrast_weights.values())
+        if (map_weights != LABEL_SPREAD if by_rule else len(fixed) != 3) or min(weights, default=0) < 0:
             raise ValueError(
-                f"map_weights must be 3 weights >= 0 (T1, T2, M0) and contrast_weights >= 0; got {map_weights} "
-                f"and {contrast_weights}."
+                f"map_weights must be 3 weights >= 0 (T1, T2, M0) or {LABEL_SPREAD!r}, and contrast_weights >= 0; got "
+                f"{map_weights} and {contrast_weights}."
             )
         self.lambda_self = float(lambda_self)
         self.map_unit_ms = float(map_unit_ms)
         self.mask_supervised = mask_supervised
         self.edge_eps = edge_eps
         self.edge_smoothing_sigma = float(edge_smoothing_sigma)
-        self.scale_invariant_l1 = ScaleInvariantL1Loss(detach_scale=detach_scale)
+        self.scale_invariant_l1 = ScaleInvariantL1Loss(detach_scale=detach_scale, window=scale_window)
         self.last_components: dict[str, torch.Tensor] = {}
 
     def _unpack(self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]):
@@ -294,7 +342,11 @@ class HybridLoss(_Loss):
                 ``{"label": (B, 3, H, W), "image": (B, C, H, W)[, "mask": (B, 1, H, W)]}``.
         """
         label, image, mask = self._unpack(pred, target)
-        errors = (pred - label).abs() * pred.new_tensor(self.map_weights).view(1, 3, 1, 1)
+        if self.map_weights == LABEL_SPREAD:
+            weights = label_spread_weights(label, mask).to(pred)
+        else:
+            weights = pred.new_tensor(self.map_weights)
+        errors = (pred - label).abs() * weights.view(1, 3, 1, 1)
         supervised = _masked_mean(errors, mask if self.mask_supervised else None)
         terms = {"total": supervised, "supervised": supervised}
         if self.lambda_self == 0:

@@ -30,18 +30,22 @@ Models:
   amplitudes for constant or variable refocusing angles), :func:`tse_echo_train`,
   :func:`inversion_recovery` and :func:`flair_echo_train`. The single-value models above are these
   trains' k-space-centre values, computed by the same code.
+* :func:`tse_epg_tabulated` -- :func:`tse_epg` through a table of its echo amplitude over (T1, T2) that the same
+  EPG code fills once per protocol: what the loss's ``tse_epg`` contrast uses (~300x faster with gradients).
 * :func:`synthesize` / ``SIGNAL_MODELS`` -- look a model up by contrast name with one call signature.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "MAP_UNIT_MS",
@@ -568,10 +572,14 @@ def tse_echo_train(t1: Any, t2: Any, m0: Any, protocol: TSEProtocol | None = Non
 def _tse_echo_train(t1, t2, m0, protocol: TSEProtocol, n_echoes: int) -> torch.Tensor:
     """The first ``n_echoes`` echoes of :func:`tse_echo_train` (tensors in, tensor out)."""
     t1, t2 = _relaxation_ms(t1), _relaxation_ms(t2)
-    dead_time = protocol.tr - protocol.echo_train_length * protocol.echo_spacing
     amplitudes = _cpmg_echo_train(t1, t2, [protocol.refocusing_angle] * n_echoes, protocol.echo_spacing)
-    scale = m0 * math.sin(math.radians(protocol.excitation_angle)) * _saturation_recovery(t1, dead_time)
-    return scale.unsqueeze(-1) * amplitudes
+    return _tse_scale(t1, m0, protocol).unsqueeze(-1) * amplitudes
+
+
+def _tse_scale(t1: torch.Tensor, m0: torch.Tensor, protocol: TSEProtocol) -> torch.Tensor:
+    """``M0 sin(excitation) (1 - exp(-(TR - ETL ESP) / T1))``: what multiplies the echo amplitudes (T1 in ms)."""
+    dead_time = protocol.tr - protocol.echo_train_length * protocol.echo_spacing
+    return m0 * math.sin(math.radians(protocol.excitation_angle)) * _saturation_recovery(_relaxation_ms(t1), dead_time)
 
 
 def tse_epg(t1: Any, t2: Any, m0: Any, protocol: TSEProtocol | None = None) -> Any:
@@ -597,6 +605,49 @@ def tse_epg(t1: Any, t2: Any, m0: Any, protocol: TSEProtocol | None = None) -> A
     echo = centre_echo_index(protocol)
     (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)
     return to_output(_tse_echo_train(t1, t2, m0, protocol, echo)[..., echo - 1].abs())
+
+
+EPG_TABLE_RANGE_MS = (RELAXATION_FLOOR_MS, 30000.0)
+"""T1 and T2 range (ms) of :func:`tse_epg_tabulated`'s table; values outside take the nearest edge's amplitude."""
+
+EPG_TABLE_SIZE = (128, 1024)
+"""Table points (T1, T2), log-spaced over ``EPG_TABLE_RANGE_MS``."""
+
+
+@functools.lru_cache(maxsize=16)
+def _centre_echo_table(protocol: TSEProtocol) -> torch.Tensor:
+    """(1, 1, n_T1, n_T2) float64 centre-echo amplitudes ``A_n`` of :func:`cpmg_echo_train` on the log grid."""
+    log_range = [math.log(value) for value in EPG_TABLE_RANGE_MS]
+    t1 = torch.linspace(*log_range, EPG_TABLE_SIZE[0], dtype=torch.float64).exp()
+    t2 = torch.linspace(*log_range, EPG_TABLE_SIZE[1], dtype=torch.float64).exp()
+    echo = centre_echo_index(protocol)
+    amplitudes = _cpmg_echo_train(t1[:, None], t2[None, :], [protocol.refocusing_angle] * echo, protocol.echo_spacing)
+    return amplitudes[..., echo - 1].abs()[None, None]
+
+
+def tse_epg_tabulated(t1: Any, t2: Any, m0: Any, protocol: TSEProtocol | None = None) -> Any:
+    """:func:`tse_epg` with the echo amplitude ``A_n(T1, T2)`` interpolated from a table.
+
+    The table holds :func:`cpmg_echo_train`'s centre-echo amplitude on a log-spaced grid (``EPG_TABLE_SIZE``
+    over ``EPG_TABLE_RANGE_MS``), computed once per protocol; ``torch.nn.functional.grid_sample`` interpolates it
+    bilinearly in (log T1, log T2), so the signal is differentiable (piecewise-linear in log T). The relative
+    difference to :func:`tse_epg` is below 5e-4 (its gradients' median, 0.5 %) for T1 in [200, 6000] ms and T2 in [20, 3000] ms (tested); a
+    training step is ~300x faster than through the EPG recursion (which runs every pixel's phase graph with
+    autograd). The saturation-recovery factor and ``M0 sin(excitation)`` are computed exactly, as in
+    :func:`tse_epg`.
+    """
+    protocol = protocol or TSEProtocol()
+    (t1, t2, m0), to_output = _as_tensors(t1, t2, m0)
+    shape = torch.broadcast_shapes(t1.shape, t2.shape, m0.shape)
+    low, high = (math.log(value) for value in EPG_TABLE_RANGE_MS)
+
+    def table_coordinate(value):  # log value mapped onto [-1, 1], grid_sample's align_corners=True range
+        return (value.expand(shape).clamp(*EPG_TABLE_RANGE_MS).log() - low) / (high - low) * 2.0 - 1.0
+
+    grid = torch.stack([table_coordinate(t2), table_coordinate(t1)], dim=-1).reshape(1, -1, 1, 2)
+    table = _centre_echo_table(protocol).to(dtype=grid.dtype, device=grid.device)
+    amplitude = F.grid_sample(table, grid, mode="bilinear", padding_mode="border", align_corners=True).reshape(shape)
+    return to_output(_tse_scale(t1, m0, protocol) * amplitude)
 
 
 def flair_echo_train(t1: Any, t2: Any, m0: Any, refocusing_deg: Sequence[float], protocol: FLAIRProtocol | None = None):
@@ -654,10 +705,11 @@ SIGNAL_MODELS: dict[str, SignalModel] = {
     "mprage": SignalModel(MPRAGEProtocol, _mprage_signal),
     "tse": SignalModel(TSEProtocol, tse),
     "flair": SignalModel(FLAIRProtocol, flair),
-    "tse_epg": SignalModel(TSEProtocol, tse_epg),
+    "tse_epg": SignalModel(TSEProtocol, tse_epg_tabulated),
 }
 """Contrast name -> :class:`SignalModel`; the names match the hybrid loss's ``contrasts`` (``tse_epg``: the T2w
-TSE image through :func:`tse_epg`, an alternative to the paper's ``tse`` model for the same channel)."""
+TSE image through :func:`tse_epg` -- tabulated, :func:`tse_epg_tabulated` -- an alternative to the paper's ``tse``
+model for the same channel)."""
 
 
 def _signal_model(contrast: str) -> SignalModel:

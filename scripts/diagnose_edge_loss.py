@@ -59,8 +59,9 @@ def edge_terms(maps: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, sli
     """Mean over ``slices`` (sagittal, X) of each contrast's edge term for (3, X, Y, Z) maps and images."""
     loss = HybridLoss(lambda_self=1.0, edge_smoothing_sigma=sigma)
     with torch.no_grad():
-        terms = loss.self_supervised_terms(maps[:, slices].movedim(1, 0), images[:, slices].movedim(1, 0),
-                                           mask[:, slices].movedim(1, 0))
+        terms = loss.self_supervised_terms(
+            maps[:, slices].movedim(1, 0), images[:, slices].movedim(1, 0), mask[:, slices].movedim(1, 0)
+        )
     return {contrast: float(value) for contrast, value in terms.items()}
 
 
@@ -70,8 +71,13 @@ def main(argv=None) -> None:
     parser.add_argument("--dataset_dir", default=str(REPO / "data" / "phantom"))
     parser.add_argument("--section", default="validation")
     parser.add_argument("--sigmas", nargs="+", type=float, default=[0.0, 1.0], help="edge_smoothing_sigma values")
-    parser.add_argument("--predictions", nargs="*", default=[], metavar="NAME=DIR",
-                        help="also evaluate the maps a model predicted for the subject (inference output folders)")
+    parser.add_argument(
+        "--predictions",
+        nargs="*",
+        default=[],
+        metavar="NAME=DIR",
+        help="also evaluate the maps a model predicted for the subject (inference output folders)",
+    )
     parser.add_argument("--out", type=pathlib.Path, help="CSV to write (default: print only)")
     args = parser.parse_args(argv)
 
@@ -83,8 +89,9 @@ def main(argv=None) -> None:
     normalise = ScaleByMaskedPercentiled("image", mask_key="mask")  # as the data pipeline does
     maps = {"truth (1 mm)": volume["reference"].as_tensor(), "labels (3.5 mm)": volume["label"].as_tensor()}
     for name, folder in (item.split("=", 1) for item in args.predictions):
-        predicted = np.stack([read_ras(pathlib.Path(folder, volume["subject"], f"{map_name}.nii.gz"))
-                              for map_name in MAP_NAMES])  # T1, T2 (ms), M0: the scale-invariant term ignores its scale
+        predicted = np.stack(
+            [read_ras(pathlib.Path(folder, volume["subject"], f"{map_name}.nii.gz")) for map_name in MAP_NAMES]
+        )  # T1, T2 (ms), M0: the scale-invariant term ignores its scale
         maps[name] = torch.from_numpy(predicted / np.array([MAP_UNIT_MS, MAP_UNIT_MS, 1.0]).reshape(3, 1, 1, 1))
     rows = []
     for variant in IMAGE_VARIANTS:
@@ -95,8 +102,15 @@ def main(argv=None) -> None:
         for sigma in args.sigmas:
             for maps_name, maps_volume in maps.items():
                 terms = edge_terms(maps_volume.float(), images, mask, slices, sigma)
-                rows.append({"edge_smoothing_sigma": sigma, "images": variant, "maps": maps_name, **terms,
-                             "sum": sum(terms.values())})
+                rows.append(
+                    {
+                        "edge_smoothing_sigma": sigma,
+                        "images": variant,
+                        "maps": maps_name,
+                        **terms,
+                        "sum": sum(terms.values()),
+                    }
+                )
     table = pd.DataFrame(rows)
     print(f"{volume['subject']}, {len(slices)} sagittal slices: edge term of HybridLoss per contrast")
     print(table.round(4).to_string(index=False))

@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))  # the script runs from a clone without an install
 from pipeline.reports.evaluation import METRICS, load_test_subjects, per_slice_metrics
 from pipeline.reports.experiment import experiment_table
 from pipeline.reports.figure import plot_figure
+from pipeline.reports.yardsticks import write_interpolated_labels
 
 BUNDLE = REPO / "bundles" / "qmap_hybrid"
 CONFIGS = BUNDLE / "configs"
@@ -55,6 +56,8 @@ SETTINGS = {"paper": [], "robust": ["robust.json"]}
 """Config files merged after the profile for each loss setting."""
 MODELS = {"supervised": ["train_supervised.json"], "hybrid": [], "oracle": ["train_oracle.json"]}
 """Config files merged last for each model."""
+INFERENCE_KEYS = frozenset(json.loads((CONFIGS / "inference.json").read_text()))
+"""Training overrides that inference takes too (``slice_axis``, ``features``, ...)."""
 
 
 def model_name(setting: str, model: str) -> str:
@@ -82,7 +85,9 @@ def run_bundle(run_id: str, config_files: Sequence[str], overrides: dict, log_pa
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     with open(log_path, "a") as log:
-        result = subprocess.run(bundle_command(run_id, config_files, overrides), check=False, stdout=log, stderr=log, env=env)
+        result = subprocess.run(
+            bundle_command(run_id, config_files, overrides), check=False, stdout=log, stderr=log, env=env
+        )
     if result.returncode != 0:
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"{run_id} failed (exit {result.returncode}); the end of {log_path}:\n{tail}")
@@ -113,13 +118,26 @@ class Run:
         configs = ["train.json", *PROFILES[self.profile], *SETTINGS[self.setting], *MODELS[self.model]]
         if not (models_dir / "model.pt").exists():  # written by the validation after the last epoch
             resume = models_dir.is_dir() and any(models_dir.glob("checkpoint*.pt"))
-            overrides = {**data, **dict(self.overrides), "seed": self.seed, "ckpt_dir": models_dir,
-                         "log_dir": self.run_dir / "logs", "resume": resume}
+            overrides = {
+                **data,
+                **dict(self.overrides),
+                "seed": self.seed,
+                "ckpt_dir": models_dir,
+                "log_dir": self.run_dir / "logs",
+                "resume": resume,
+            }
             started = time.perf_counter()
             run_bundle("training", configs, overrides, log, threads)
             (self.run_dir / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
-        overrides = {**data, "section": self.section, "checkpoint": models_dir / "model.pt",
-                     "output_dir": self.maps_dir, "overwrite": True}
+        shared = {key: value for key, value in self.overrides if key in INFERENCE_KEYS}  # e.g. slice_axis
+        overrides = {
+            **data,
+            **shared,
+            "section": self.section,
+            "checkpoint": models_dir / "model.pt",
+            "output_dir": self.maps_dir,
+            "overwrite": True,
+        }
         run_bundle("inference", ["inference.json"], overrides, log, threads)
         done.touch()
         return self.maps_dir
@@ -142,11 +160,24 @@ def evaluate(runs: Sequence[Run], maps_dirs: Sequence[pathlib.Path], names: Sequ
     return pd.concat(tables, ignore_index=True), subjects
 
 
+def labels_yardstick(out: pathlib.Path, section: str, data: dict, seeds: Sequence[int]) -> pd.DataFrame:
+    """Per-slice metrics of the section's own low-resolution labels interpolated to 1 mm (model ``labels``), one copy
+    per seed so that they sit beside every seed's models in the tables."""
+    folder = write_interpolated_labels(
+        data["datalist"], out / "labels" / f"maps_{section}", data["dataset_dir"], section, overwrite=True
+    )
+    subjects = load_test_subjects(data["datalist"], dataset_dir=data["dataset_dir"], section=section)
+    per_slice = per_slice_metrics(subjects, {"labels": folder})
+    return pd.concat([per_slice.assign(seed=seed) for seed in seeds], ignore_index=True)
+
+
 def record(out: pathlib.Path, name: str, args: argparse.Namespace, started: float) -> None:
     """Write ``<name>.json``: the command, the commit, the wall time."""
     git = ["git", "-C", str(REPO)]
     commit = subprocess.run([*git, "rev-parse", "HEAD"], check=False, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], check=False, capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], check=False, capture_output=True, text=True
+    )
     info = {
         "command": " ".join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
         "commit": commit or None,
@@ -162,8 +193,15 @@ def run_experiment(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     data = {"datalist": args.datalist, "dataset_dir": args.dataset_dir}
     runs = [
-        Run(args.profile, setting, model, seed, "testing", args.out / "runs" / setting / f"{model}_seed{seed}",
-            args.overrides)
+        Run(
+            args.profile,
+            setting,
+            model,
+            seed,
+            "testing",
+            args.out / "runs" / setting / f"{model}_seed{seed}",
+            args.overrides,
+        )
         for setting in args.settings  # settings outermost: a setting's lambda is read when its first run starts
         for seed in args.seeds
         for model in MODELS
@@ -171,10 +209,13 @@ def run_experiment(args: argparse.Namespace) -> None:
     names = [model_name(run.setting, run.model) for run in runs]
     maps_dirs = execute_all(runs, data, args.jobs)
     per_slice, subjects = evaluate(runs, maps_dirs, names, data)
+    per_slice = pd.concat([per_slice, labels_yardstick(args.out, "testing", data, args.seeds)], ignore_index=True)
     per_slice.to_csv(args.out / "per_slice.csv", index=False)
     table = pd.concat(
         [
-            experiment_table(per_slice, *(model_name(setting, model) for model in MODELS)).assign(setting=setting)
+            experiment_table(per_slice, *(model_name(setting, model) for model in MODELS), labels="labels").assign(
+                setting=setting
+            )
             for setting in args.settings
         ],
         ignore_index=True,
@@ -183,7 +224,7 @@ def run_experiment(args: argparse.Namespace) -> None:
     first_seed = {name: folder for run, name, folder in zip(runs, names, maps_dirs) if run.seed == args.seeds[0]}
     plot_figure(subjects[0], first_seed, args.out / "figure.png")
     record(args.out, "experiment", args, started)
-    shown = ["setting", "metric", "map", "supervised", "hybrid", "oracle", "p_value_max", "gap_closed_mean"]
+    shown = ["setting", "metric", "map", "labels", "supervised", "hybrid", "oracle", "p_value_max", "gap_closed_mean"]
     print(table[shown].to_string(index=False))
 
 
@@ -193,13 +234,30 @@ def run_search(args: argparse.Namespace) -> None:
     runs, names = [], []
     for seed in args.seeds:
         folder = args.out / "runs" / args.setting
-        runs.append(Run(args.profile, args.setting, "supervised", seed, "validation",
-                        folder / f"supervised_seed{seed}", args.overrides))
+        runs.append(
+            Run(
+                args.profile,
+                args.setting,
+                "supervised",
+                seed,
+                "validation",
+                folder / f"supervised_seed{seed}",
+                args.overrides,
+            )
+        )
         names.append(model_name(args.setting, "supervised"))
         for lambda_self in args.lambdas:
-            runs.append(Run(args.profile, args.setting, "hybrid", seed, "validation",
-                            folder / f"hybrid_lambda{lambda_self:g}_seed{seed}",
-                            (*args.overrides, ("lambda_self", lambda_self))))
+            runs.append(
+                Run(
+                    args.profile,
+                    args.setting,
+                    "hybrid",
+                    seed,
+                    "validation",
+                    folder / f"hybrid_lambda{lambda_self:g}_seed{seed}",
+                    (*args.overrides, ("lambda_self", lambda_self)),
+                )
+            )
             names.append(f"{model_name(args.setting, 'hybrid')}_lambda{lambda_self:g}")
     per_slice, _ = evaluate(runs, execute_all(runs, data, args.jobs), names, data)
     per_slice.to_csv(args.out / f"search_{args.setting}_per_slice.csv", index=False)
@@ -210,6 +268,41 @@ def run_search(args: argparse.Namespace) -> None:
     summary.to_csv(args.out / f"search_{args.setting}.csv")
     record(args.out, f"search_{args.setting}", args, started)
     print(summary.round(4).to_string())
+
+
+def run_ablation(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    data = {"datalist": args.datalist, "dataset_dir": args.dataset_dir}
+    runs, names = [], []
+    for seed in args.seeds:
+        for variant in args.variants:
+            name, *pairs = variant
+            models = ["supervised", "hybrid"] if name.endswith("+supervised") else ["hybrid"]
+            name = name.removesuffix("+supervised")
+            for model in models:
+                runs.append(
+                    Run(
+                        args.profile,
+                        args.setting,
+                        model,
+                        seed,
+                        "validation",
+                        args.out / "runs" / f"{name}_{model}_seed{seed}",
+                        (*args.overrides, *parse_overrides(pairs)),
+                    )
+                )
+                names.append(f"{name}:{model}")
+    per_slice, _ = evaluate(runs, execute_all(runs, data, args.jobs), names, data)
+    per_slice = pd.concat([per_slice, labels_yardstick(args.out, "validation", data, args.seeds)], ignore_index=True)
+    per_slice.to_csv(args.out / "ablation_per_slice.csv", index=False)
+    per_seed = per_slice.groupby(["model", "seed", "map"])[list(METRICS)].mean().unstack("map")
+    per_seed.columns = [f"{map_name}_{metric}" for metric, map_name in per_seed.columns]
+    per_seed.to_csv(args.out / "ablation_per_seed.csv")
+    summary = per_seed.groupby("model").agg(["mean", "std"])
+    summary.columns = [f"{column}_{statistic}" for column, statistic in summary.columns]
+    summary.to_csv(args.out / "ablation.csv")
+    record(args.out, "ablation", args, started)
+    print(per_seed.round(4).to_string())
 
 
 def parse_overrides(pairs: Sequence[str]) -> tuple:
@@ -232,14 +325,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     search.add_argument("--lambdas", nargs="+", type=float, required=True)
     search.add_argument("--seeds", nargs="+", type=int, default=[0])
     search.set_defaults(func=run_search, out=REPO / "runs" / "paper_search")
-    for command in (experiment, search):
+    ablation = commands.add_parser("ablate", help="loss/training variants on the validation subject")
+    ablation.add_argument("--setting", default="robust", choices=list(SETTINGS))
+    ablation.add_argument(
+        "--variant",
+        dest="variants",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar=("NAME", "KEY=VALUE"),
+        help="a hybrid variant: a name and its bundle overrides; a name ending in '+supervised' "
+        "trains its own supervised model too (for overrides that change it, e.g. slice_axis)",
+    )
+    ablation.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ablation.set_defaults(func=run_ablation, out=REPO / "runs" / "ablation")
+    for command in (experiment, search, ablation):
         command.add_argument("--profile", default="cpu", choices=list(PROFILES))
         command.add_argument("--out", type=pathlib.Path, help="output folder (runs are kept and reused there)")
         command.add_argument("--jobs", type=int, default=1, help="trainings at a time (they share the CPU cores)")
         command.add_argument("--datalist", default=str(REPO / "data_manifest.json"))
         command.add_argument("--dataset_dir", default=str(REPO / "data" / "phantom"))
-        command.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                             help="extra bundle overrides of every training, e.g. max_epochs=2")
+        command.add_argument(
+            "--set",
+            dest="overrides",
+            nargs="*",
+            default=[],
+            metavar="KEY=VALUE",
+            help="extra bundle overrides of every training, e.g. max_epochs=2",
+        )
     args = parser.parse_args(argv)
     args.overrides = parse_overrides(args.overrides)
     args.out = args.out.resolve()

@@ -52,8 +52,18 @@ def trained(study, tmp_path_factory):
 
 def test_metadata_has_model_zoo_keys_and_matches_network():
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
-    for key in ("version", "changelog", "monai_version", "pytorch_version", "task", "description", "authors",
-                "network_data_format", "intended_use", "references"):
+    for key in (
+        "version",
+        "changelog",
+        "monai_version",
+        "pytorch_version",
+        "task",
+        "description",
+        "authors",
+        "network_data_format",
+        "intended_use",
+        "references",
+    ):
         assert key in metadata, key
     assert metadata["version"] in metadata["changelog"]
     inputs = metadata["network_data_format"]["inputs"]["image"]
@@ -67,7 +77,9 @@ def test_metadata_has_model_zoo_keys_and_matches_network():
     with torch.no_grad():
         pred = network(torch.randn(2, inputs["num_channels"], height, width))
     assert pred.shape == (2, outputs["num_channels"], height, width)
-    assert len(inputs["channel_def"]) == inputs["num_channels"] and len(outputs["channel_def"]) == outputs["num_channels"]
+    assert (
+        len(inputs["channel_def"]) == inputs["num_channels"] and len(outputs["channel_def"]) == outputs["num_channels"]
+    )
     assert torch.all(pred > 0), "softplus output: maps are positive"
 
 
@@ -95,8 +107,19 @@ def test_training_resumes_from_latest_state(study, trained, tmp_path):
     (ckpt_dir / first.name).write_bytes(first.read_bytes())
     iterations = torch.load(first, weights_only=False)["trainer"]["iteration"]
 
-    result = check(bundle_run("training", ["train.json"], max_epochs=2, val_interval=5, resume="true",
-                              bundle_root=BUNDLE, ckpt_dir=ckpt_dir, log_dir=tmp_path / "logs", **study))
+    result = check(
+        bundle_run(
+            "training",
+            ["train.json"],
+            max_epochs=2,
+            val_interval=5,
+            resume="true",
+            bundle_root=BUNDLE,
+            ckpt_dir=ckpt_dir,
+            log_dir=tmp_path / "logs",
+            **study,
+        )
+    )
     log = result.stdout + result.stderr
     assert "Restored all variables" in log and "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
     resumed = torch.load(latest_checkpoint(ckpt_dir), weights_only=False)["trainer"]
@@ -111,8 +134,16 @@ def test_training_refuses_to_start_over_an_earlier_run(study, trained):
 
 
 def test_resume_without_state_is_a_clear_error(study, tmp_path):
-    result = bundle_run("training", ["train.json"], max_epochs=1, resume="true", bundle_root=BUNDLE,
-                        ckpt_dir=tmp_path / "empty", log_dir=tmp_path / "logs", **study)
+    result = bundle_run(
+        "training",
+        ["train.json"],
+        max_epochs=1,
+        resume="true",
+        bundle_root=BUNDLE,
+        ckpt_dir=tmp_path / "empty",
+        log_dir=tmp_path / "logs",
+        **study,
+    )
     assert result.returncode != 0
     assert "no training state" in result.stderr and str(tmp_path / "empty") in result.stderr
 
@@ -122,8 +153,9 @@ def _reoriented_copy(entry_dir, out_dir, voxel_size_mm=1.2):
     out_dir.mkdir()
     for name in ("t1w", "t2w", "flair", "mask"):
         image = nib.load(entry_dir / f"{name}.nii.gz")
-        ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(image.affine),
-                                               nib.orientations.axcodes2ornt(("L", "P", "S")))
+        ornt = nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(image.affine), nib.orientations.axcodes2ornt(("L", "P", "S"))
+        )
         image = image.as_reoriented(ornt)
         affine = image.affine @ np.diag([voxel_size_mm] * 3 + [1])
         nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), affine), out_dir / f"{name}.nii.gz")
@@ -137,8 +169,13 @@ def test_inference_writes_maps_in_input_geometry_and_refuses_overwrite(study, tr
     test_dir = study["dataset_dir"] / manifest["testing"][0]["subject"]
     lps_manifest = _reoriented_copy(test_dir, tmp_path / "lps_input")
     output_dir = tmp_path / "maps"
-    run = dict(bundle_root=BUNDLE, datalist=lps_manifest, dataset_dir=lps_manifest.parent,
-               checkpoint=trained["ckpt_dir"] / "model.pt", output_dir=output_dir)
+    run = dict(
+        bundle_root=BUNDLE,
+        datalist=lps_manifest,
+        dataset_dir=lps_manifest.parent,
+        checkpoint=trained["ckpt_dir"] / "model.pt",
+        output_dir=output_dir,
+    )
     check(bundle_run("inference", ["inference.json"], **run))
 
     t1w = nib.load(lps_manifest.parent / "t1w.nii.gz")
@@ -162,16 +199,40 @@ def test_inference_writes_maps_in_input_geometry_and_refuses_overwrite(study, tr
 
 def test_evaluation_writes_reports(study, trained, tmp_path):
     maps = tmp_path / "maps"
-    check(bundle_run("inference", ["inference.json"], bundle_root=BUNDLE, checkpoint=trained["ckpt_dir"] / "model.pt",
-                     output_dir=maps, **study))
+    check(
+        bundle_run(
+            "inference",
+            ["inference.json"],
+            bundle_root=BUNDLE,
+            checkpoint=trained["ckpt_dir"] / "model.pt",
+            output_dir=maps,
+            **study,
+        )
+    )
     reports = tmp_path / "reports"
-    result = check(bundle_run("evaluating", ["evaluate.json"], bundle_root=BUNDLE, predictions_dir=maps,
-                              baseline_dir=maps, output_dir=reports, **study))
+    result = check(
+        bundle_run(
+            "evaluating",
+            ["evaluate.json"],
+            bundle_root=BUNDLE,
+            predictions_dir=maps,
+            baseline_dir=maps,
+            output_dir=reports,
+            **study,
+        )
+    )
     per_slice = pd.read_csv(reports / "per_slice.csv")
     assert list(per_slice.columns) == ["model", "subject", "slice", "map", "MPE", "HFEN", "PSNR", "SSIM"]
     assert set(per_slice["model"]) == {"hybrid", "supervised"} and set(per_slice["map"]) == {"T1", "T2"}
-    assert list(pd.read_csv(reports / "per_subject.csv").columns) == ["model", "subject", "map", "MPE", "HFEN",
-                                                                       "PSNR", "SSIM"]
+    assert list(pd.read_csv(reports / "per_subject.csv").columns) == [
+        "model",
+        "subject",
+        "map",
+        "MPE",
+        "HFEN",
+        "PSNR",
+        "SSIM",
+    ]
     summary = pd.read_csv(reports / "summary.csv")
     assert {"metric", "map", "supervised", "hybrid", "p_value"} <= set(summary.columns)
     assert (reports / "figure.png").stat().st_size > 10_000
@@ -180,9 +241,20 @@ def test_evaluation_writes_reports(study, trained, tmp_path):
 
 def test_multi_gpu_config_runs_two_processes_on_cpu(study, tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m")
-    result = check(bundle_run("training", ["train.json", "multi_gpu_train.json"], launcher=launcher, timeout=240,
-                              max_epochs=1, val_interval=1, bundle_root=BUNDLE, ckpt_dir=tmp_path / "models",
-                              log_dir=tmp_path / "logs", **study))
+    result = check(
+        bundle_run(
+            "training",
+            ["train.json", "multi_gpu_train.json"],
+            launcher=launcher,
+            timeout=240,
+            max_epochs=1,
+            val_interval=1,
+            bundle_root=BUNDLE,
+            ckpt_dir=tmp_path / "models",
+            log_dir=tmp_path / "logs",
+            **study,
+        )
+    )
     assert (tmp_path / "models" / "model.pt").is_file()
     state = torch.load(next((tmp_path / "models").glob("checkpoint*.pt")), weights_only=False)
     assert not any(key.startswith("module.") for key in state["model"]), "DDP wrapper is not saved"

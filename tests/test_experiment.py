@@ -27,9 +27,17 @@ def synthetic_per_slice(seeds=(0, 1, 2), slices=20) -> pd.DataFrame:
                 for index in range(slices):
                     noise = rng.normal(0.0, 0.05, size=4)
                     rows.append(
-                        {"seed": seed, "model": model, "subject": "sub-05", "slice": index, "map": map_name,
-                         "MPE": 10 - 2 * offset + noise[0], "HFEN": 1 - 0.5 * offset + noise[1],
-                         "PSNR": 30 + 2 * offset + noise[2], "SSIM": 0.9 + 0.05 * offset + noise[3] / 10}
+                        {
+                            "seed": seed,
+                            "model": model,
+                            "subject": "sub-05",
+                            "slice": index,
+                            "map": map_name,
+                            "MPE": 10 - 2 * offset + noise[0],
+                            "HFEN": 1 - 0.5 * offset + noise[1],
+                            "PSNR": 30 + 2 * offset + noise[2],
+                            "SSIM": 0.9 + 0.05 * offset + noise[3] / 10,
+                        }
                     )
     return pd.DataFrame(rows)
 
@@ -110,8 +118,19 @@ def test_edge_loss_diagnosis_prefers_the_truth_and_shows_the_noise_floor(tiny_st
     """The diagnosis script re-simulates the validation subject (checking it reproduces the files) with and without
     receive bias and noise, and evaluates the edge term at the 1 mm truth and at the 3.5 mm labels."""
     out = tmp_path / "diagnosis.csv"
-    command = [sys.executable, str(SCRIPT.with_name("diagnose_edge_loss.py")), "--datalist", str(tiny_study),
-               "--dataset_dir", str(tiny_study.parent), "--sigmas", "0", "1", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(SCRIPT.with_name("diagnose_edge_loss.py")),
+        "--datalist",
+        str(tiny_study),
+        "--dataset_dir",
+        str(tiny_study.parent),
+        "--sigmas",
+        "0",
+        "1",
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(out).set_index(["edge_smoothing_sigma", "images", "maps"])["sum"]
@@ -119,8 +138,9 @@ def test_edge_loss_diagnosis_prefers_the_truth_and_shows_the_noise_floor(tiny_st
         for images in ("clean", "bias", "acquired"):
             assert table[sigma, images, "truth (1 mm)"] < table[sigma, images, "labels (3.5 mm)"]
         assert table[sigma, "clean", "truth (1 mm)"] < table[sigma, "acquired", "truth (1 mm)"]  # noise floor
-    noise_floor = {sigma: table[sigma, "acquired", "truth (1 mm)"] - table[sigma, "bias", "truth (1 mm)"]
-                   for sigma in (0.0, 1.0)}
+    noise_floor = {
+        sigma: table[sigma, "acquired", "truth (1 mm)"] - table[sigma, "bias", "truth (1 mm)"] for sigma in (0.0, 1.0)
+    }
     assert noise_floor[1.0] < noise_floor[0.0]  # smoothing before the Sobel operator lowers it
 
 

@@ -25,7 +25,7 @@ SHAPE = (8, 40, 32)
 # the first array axis runs right to left (LAS storage): reading in RAS reverses it.
 AFFINE = np.array([[-1.0, 0, 0, 10.0], [0, 1.0, 0, -20.0], [0, 0, 1.0, -15.0], [0, 0, 0, 1]])
 MIN_BRAIN_FRACTION = 0.1
-METRICS = ["MPE", "HFEN", "PSNR", "SSIM"]
+METRICS = ["MPE", "HFEN", "PSNR", "SSIM", "MPE_parenchyma", "MAE_parenchyma_ms"]
 PER_SLICE_COLUMNS = ["model", "subject", "slice", "map", *METRICS]
 PER_SUBJECT_COLUMNS = ["model", "subject", "map", *METRICS]
 
@@ -39,7 +39,7 @@ def _subject_volumes(rng, x_shift):
     """Brain mask and reference maps (ms) of one subject, stored (not RAS) array order."""
     x, y, z = np.meshgrid(*(np.arange(n, dtype=float) for n in SHAPE), indexing="ij")
     mask = ((x - 3.5 - x_shift) / 3.8) ** 2 + ((y - 19.5) / 17) ** 2 + ((z - 15.5) / 13) ** 2 <= 1
-    t1 = 1100 + 500 * np.sin(y / 6) * np.cos(z / 5) + 40 * x
+    t1 = 1300 + 900 * np.sin(y / 6) * np.cos(z / 5) + 40 * x  # above 2000 ms (CSF-like) in places
     t2 = 80 + 30 * np.cos(y / 4) * np.sin(z / 7) + 3 * x
     background = rng.uniform(0, 200, SHAPE)  # reference noise outside the brain: must not be scored
     return {
@@ -119,6 +119,7 @@ def test_per_slice_metrics_match_direct_computation(study, data_range):
     assert set(per_slice["subject"]) == {"sub-a", "sub-b_T1w"}
     assert (per_slice["MPE"] > 0.5).all() and (per_slice["HFEN"] > 0.01).all()
     assert (per_slice["SSIM"] < 0.999).all() and np.isfinite(per_slice["PSNR"]).all()
+    assert (per_slice["MPE_parenchyma"] != per_slice["MPE"]).any()  # some slices have CSF-like voxels
     for row in per_slice.itertuples():
         volumes = study["references"][row.subject]
         key = {"T1": "t1_ref", "T2": "t2_ref"}[row.map]
@@ -133,6 +134,10 @@ def test_per_slice_metrics_match_direct_computation(study, data_range):
             ref_slice, pred_slice, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=peak
         )
         mpe = 100 * np.mean(np.abs(pred_slice - ref_slice)[mask_slice] / ref_slice[mask_slice])
+        parenchyma = mask_slice & (volumes["t1_ref"][::-1][row.slice] < 2000.0)  # CSF (T1 ~ 4 s) left out
+        errors = np.abs(pred_slice - ref_slice)[parenchyma]
+        assert row.MPE_parenchyma == pytest.approx(100 * np.mean(errors / ref_slice[parenchyma]), rel=1e-4)
+        assert row.MAE_parenchyma_ms == pytest.approx(MAP_UNIT_MS * np.mean(errors), rel=1e-4)
         assert row.SSIM == pytest.approx(ssim, abs=2e-4)
         assert row.PSNR == pytest.approx(peak_signal_noise_ratio(ref_slice, pred_slice, data_range=peak), abs=1e-3)
         assert row.MPE == pytest.approx(mpe, rel=1e-4)
@@ -172,7 +177,7 @@ def test_summary_statistics_and_paired_t_tests(report):
         assert row.supervised_mean == pytest.approx(cell["supervised"].mean())
         assert row.hybrid_std == pytest.approx(cell["hybrid"].std())
         assert row.p_value == pytest.approx(ttest_rel(cell["supervised"], cell["hybrid"]).pvalue, rel=1e-6)
-        decimals = 3 if row.metric == "SSIM" else 2
+        decimals = {"SSIM": 3, "MAE_parenchyma_ms": 1}.get(row.metric, 2)
         assert row.hybrid == f"{row.hybrid_mean:.{decimals}f}±{row.hybrid_std:.{decimals}f}"
     assert (report["summary"]["p_value"] < 0.05).all()  # the hybrid-like set is clearly better here
 
@@ -223,7 +228,7 @@ def test_summary_rejects_more_than_two_models():
     rng = np.random.default_rng(1)
     per_slice = pd.DataFrame(
         [
-            {"model": model, "subject": "s", "slice": index, "map": "T1", **dict(zip(METRICS, rng.uniform(size=4)))}
+            {"model": model, "subject": "s", "slice": index, "map": "T1", **dict(zip(METRICS, rng.uniform(size=6)))}
             for model in ("a", "b", "c")
             for index in range(4)
         ]

@@ -25,7 +25,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="study seed")
     parser.add_argument("--snr", type=float, default=DEFAULT_SNR, help="nominal white-matter intensity / noise sigma")
     parser.add_argument("--sagittal-slices", type=int, default=None, help="keep only N sagittal planes (fast tests)")
-    parser.add_argument("--slab-thickness-mm", type=float, default=3.5, help="label slab thickness")
+    parser.add_argument(
+        "--label-thickness",
+        "--slab-thickness-mm",
+        dest="slab_thickness_mm",
+        type=float,
+        default=3.5,
+        metavar="MM",
+        help="thickness (mm) of the label slabs along --slab-axis (3.5: the paper's labels)",
+    )
     parser.add_argument("--slab-axis", type=int, default=2, choices=(0, 1, 2), help="label slab axis (2: S-I)")
     parser.add_argument("--no-lesions", action="store_true", help="simulate without white-matter lesions")
     parser.add_argument(

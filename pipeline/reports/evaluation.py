@@ -24,6 +24,14 @@ Metrics, as in the paper's Table 2, are computed on T1 and T2 only (M0 is not ev
   sigma 1.5, k1 0.01, k2 0.03, valid region), which equals scikit-image's
   ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``.
 
+and in the form of the literature that excludes CSF (e.g. Qiu et al. 2021: 5.1 % T1 / 7.1 % T2), over the
+**parenchyma**: the brain-mask voxels whose reference T1 is below ``PARENCHYMA_MAX_T1_MS`` (2000 ms; CSF is
+~4000 ms, the longest tissue T1 -- lesions -- ~1700 ms; with relaxation rates mixed, a grey-matter voxel reaches
+2000 ms at about half CSF), the same region for T1 and T2:
+
+* ``MPE_parenchyma``: the MPE over the parenchyma, in %;
+* ``MAE_parenchyma_ms``: the mean absolute error over the parenchyma, in ms.
+
 HFEN, PSNR and SSIM are computed on the whole slice with the background (outside the brain mask)
 set to zero in both the prediction and the reference, so that neither the network's background
 output nor the reference's background noise enters the scores. ``data_range`` (the PSNR peak and the
@@ -50,8 +58,11 @@ from pipeline.engine import MAP_NAMES
 from pipeline.metrics import hfen, map_psnr_metric, map_ssim_metric, mpe
 from pipeline.physics import MAP_UNIT_MS
 
-METRICS = ("MPE", "HFEN", "PSNR", "SSIM")
-"""Metric columns, in the paper's Table-2 order."""
+METRICS = ("MPE", "HFEN", "PSNR", "SSIM", "MPE_parenchyma", "MAE_parenchyma_ms")
+"""Metric columns: the paper's Table-2 order, then the parenchyma (no CSF) forms of the literature."""
+
+PARENCHYMA_MAX_T1_MS = 2000.0
+"""Brain-mask voxels whose reference T1 is shorter are parenchyma (the rest is CSF or mostly CSF)."""
 
 PER_SLICE_COLUMNS = ["model", "subject", "slice", "map", *METRICS]
 """Columns of :func:`per_slice_metrics`' table (``per_slice.csv``)."""
@@ -145,9 +156,14 @@ def evaluated_slices(mask: np.ndarray, min_brain_fraction: float) -> np.ndarray:
 
 
 def slice_metrics(
-    pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, slices: np.ndarray, data_range: float
+    pred: np.ndarray,
+    ref: np.ndarray,
+    mask: np.ndarray,
+    slices: np.ndarray,
+    data_range: float,
+    parenchyma: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """MPE, HFEN, PSNR and SSIM of sagittal slices of one map.
+    """The ``METRICS`` of sagittal slices of one map.
 
     Args:
         pred: predicted map (X, Y, Z) in units of 3 s.
@@ -155,15 +171,18 @@ def slice_metrics(
         mask: boolean brain mask (X, Y, Z).
         slices: non-empty indices along X of the slices to evaluate.
         data_range: PSNR peak and SSIM dynamic range, in units of 3 s.
+        parenchyma: boolean (X, Y, Z) region of ``MPE_parenchyma`` and ``MAE_parenchyma_ms``; default ``mask``.
 
     Returns:
-        Columns ``slice`` and ``METRICS``, one row per slice.
+        Columns ``slice`` and ``METRICS``, one row per slice (NaN parenchyma metrics where a slice has none).
     """
     slice_mask = torch.as_tensor(mask[slices, None])  # (N, 1, Y, Z)
     pred_slices = torch.as_tensor(pred[slices, None]) * slice_mask
     ref_slices = torch.as_tensor(ref[slices, None]) * slice_mask
     psnr = map_psnr_metric(max_val=data_range)(pred_slices, ref_slices)
     ssim = map_ssim_metric(data_range=data_range)(pred_slices, ref_slices)
+    parenchyma = mask if parenchyma is None else parenchyma & mask
+    errors_ms = np.abs(pred - ref) * MAP_UNIT_MS
     return pd.DataFrame(
         {
             "slice": slices,
@@ -171,6 +190,10 @@ def slice_metrics(
             "HFEN": [hfen(p[0], r[0], normalized=True) for p, r in zip(pred_slices, ref_slices)],
             "PSNR": psnr.flatten().double().numpy(),
             "SSIM": ssim.flatten().double().numpy(),
+            "MPE_parenchyma": [mpe(pred[i], ref[i], mask=parenchyma[i]) for i in slices],
+            "MAE_parenchyma_ms": [
+                float(errors_ms[i][parenchyma[i]].mean()) if parenchyma[i].any() else np.nan for i in slices
+            ],
         }
     )
 
@@ -202,12 +225,13 @@ def per_slice_metrics(
         if slices.size == 0:
             warnings.warn(f"{entry['subject']}: no sagittal slice has a brain fraction >= {min_brain_fraction}.")
             continue
+        parenchyma = read_ras(entry[REFERENCE_KEYS["T1"]]) < PARENCHYMA_MAX_T1_MS
         for map_name, reference_key in REFERENCE_KEYS.items():
             ref = read_ras(entry[reference_key], grid_of=grid) / MAP_UNIT_MS
             subject_range = float(ref[mask].max()) if data_range is None else data_range
             for model, folder in prediction_sets.items():
                 pred = read_ras(prediction_path(folder, entry["subject"], map_name), grid_of=grid) / MAP_UNIT_MS
-                table = slice_metrics(pred, ref, mask, slices, subject_range)
+                table = slice_metrics(pred, ref, mask, slices, subject_range, parenchyma)
                 tables.append(table.assign(model=model, subject=entry["subject"], map=map_name))
     if not tables:
         raise ValueError(f"No sagittal slice of any subject has a brain fraction >= {min_brain_fraction}.")

@@ -21,7 +21,14 @@ from scipy.stats import ttest_rel
 from pipeline.reports.evaluation import METRICS
 from pipeline.reports.tables import DECIMALS
 
-HIGHER_IS_BETTER = {"MPE": False, "HFEN": False, "PSNR": True, "SSIM": True}
+HIGHER_IS_BETTER = {
+    "MPE": False,
+    "HFEN": False,
+    "PSNR": True,
+    "SSIM": True,
+    "MPE_parenchyma": False,
+    "MAE_parenchyma_ms": False,
+}
 """Direction of each metric."""
 
 
@@ -36,7 +43,9 @@ def _paired(per_slice: pd.DataFrame, metric: str, seed, models: Sequence[str]) -
     return of_seed.pivot(index=["subject", "slice"], columns="model", values=metric)[list(models)].dropna()
 
 
-def experiment_table(per_slice: pd.DataFrame, supervised: str, hybrid: str, oracle: str) -> pd.DataFrame:
+def experiment_table(
+    per_slice: pd.DataFrame, supervised: str, hybrid: str, oracle: str, labels: str | None = None
+) -> pd.DataFrame:
     """Table 2 of the paper with the oracle and the fraction of the gap closed, over seeds.
 
     One row per metric × map. Columns:
@@ -51,13 +60,16 @@ def experiment_table(per_slice: pd.DataFrame, supervised: str, hybrid: str, orac
     - ``hybrid_better_seeds``: in how many seeds the hybrid mean is better than the supervised one;
     - ``gap_closed_mean``, ``gap_closed_std``: the fraction of the gap closed (module docstring) per seed, mean
       and standard deviation over seeds (NaN for a seed where supervised and oracle means are equal);
-    - ``seeds``: the number of seeds.
+    - ``seeds``: the number of seeds;
+    - with ``labels``: the same ``labels``, ``labels_mean``, ... columns for that yardstick (e.g. the interpolated
+      low-resolution labels, :mod:`pipeline.reports.yardsticks`; rows for every seed, identical when it has no seed).
 
     Args:
         per_slice: per-slice metrics of every seed and model (module docstring).
         supervised, hybrid, oracle: the three models' names in ``per_slice["model"]``.
+        labels: optional name of a yardstick in ``per_slice["model"]``.
     """
-    models = {"supervised": supervised, "hybrid": hybrid, "oracle": oracle}
+    models = {"supervised": supervised, "hybrid": hybrid, "oracle": oracle} | ({"labels": labels} if labels else {})
     missing = sorted(set(models.values()) - set(per_slice["model"]))
     if missing:
         raise ValueError(f"per_slice has no rows of model(s) {missing}; it has {sorted(per_slice['model'].unique())}.")

@@ -1,7 +1,7 @@
 """Per-subject means and the paper's Table-2 summary (mean±std over slices, paired t-tests).
 
 Both tables are built from the per-slice table of :func:`pipeline.reports.evaluation.per_slice_metrics`
-(columns ``model, subject, slice, map, MPE, HFEN, PSNR, SSIM``).
+(columns ``model, subject, slice, map`` and its ``METRICS``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pipeline.reports.evaluation import METRICS
 PER_SUBJECT_COLUMNS = ["model", "subject", "map", *METRICS]
 """Columns of :func:`per_subject_table` (``per_subject.csv``)."""
 
-DECIMALS = {"MPE": 2, "HFEN": 2, "PSNR": 2, "SSIM": 3}
+DECIMALS = {"MPE": 2, "HFEN": 2, "PSNR": 2, "SSIM": 3, "MPE_parenchyma": 2, "MAE_parenchyma_ms": 1}
 """Decimals of each metric's "mean±std" cell, as in the paper's Table 2."""
 
 
