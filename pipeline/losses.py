@@ -149,11 +149,12 @@ class ScaleInvariantL1Loss(_Loss):
         """
         if mask is not None:
             input, target = input * mask, target * mask
-        if self.window:  # window sums: a zero-padded box filter (avg_pool2d counts the padding) times its area
-            area = self.window**2
+        if self.window:  # window sums: a zero-padded separable box filter (avg_pool2d counts the padding) x area
+            size, radius = self.window, self.window // 2
 
             def total(x):
-                return F.avg_pool2d(x, self.window, stride=1, padding=self.window // 2) * area
+                along_h = F.avg_pool2d(x, (size, 1), stride=1, padding=(radius, 0))
+                return F.avg_pool2d(along_h, (1, size), stride=1, padding=(0, radius)) * size**2
 
         else:
 

@@ -9,12 +9,14 @@ hybrid          lambda > 0 (the profile's or the setting's ``lambda_self``), 3.5
 oracle          lambda = 0, 1 mm labels (``train_oracle.json``): what the low-resolution labels keep us from
 ==============  =================================================================================================
 
-in each of two loss settings: ``paper`` (the published loss: plain L1 with T1 and T2 in units of 3 s) and
-``robust`` (``robust.json``: T2 weighted x10 in the L1, edges of Gaussian-smoothed images, its own lambda). Each
-trained model infers the test subject (``inference.json``); the maps are evaluated against the 1 mm truth and
-:func:`pipeline.reports.experiment.experiment_table` writes the Table-2 layout with the oracle column and the
-fraction of the gap closed. ``search`` trains the supervised and hybrid models of one setting for a list of
-lambdas and evaluates them on the **validation** subject only (the test subject never chooses anything).
+in each loss setting: ``paper`` (``paper_loss.json``: the published loss, plain L1 with T1 and T2 in units of 3 s,
+raw edges, sagittal slices), ``robust`` (``robust.json``: T2 weighted x10 in the L1, edges of Gaussian-smoothed
+images, sagittal) and ``default`` (``train.json`` as it is: the setting the ablation chose). Each trained model infers
+the test subject (``inference.json``); the maps are evaluated against the 1 mm truth and
+:func:`pipeline.reports.experiment.experiment_table` writes the Table-2 layout with the oracle column, the
+interpolated low-resolution labels as a yardstick and the fraction of the gap closed. ``search`` trains the
+supervised and hybrid models of one setting for a list of lambdas, ``ablate`` hybrid variants (bundle overrides) of
+one setting, and both evaluate on the **validation** subject only (the test subject never chooses anything).
 
 Runs are kept under ``--out``: a model whose maps exist is not retrained, and an interrupted training resumes
 from its last saved epoch, so an interrupted command can simply be started again.
@@ -23,6 +25,8 @@ Usage::
 
     python scripts/run_paper_experiment.py run --profile cpu --seeds 0 1 2 --jobs 2
     python scripts/run_paper_experiment.py search --setting paper --lambdas 0.01 0.03 0.1 --jobs 2
+    python scripts/run_paper_experiment.py ablate --setting robust --variant base+supervised \
+        --variant axial+supervised slice_axis=2 "slice_size=[176,224]" --jobs 2
 """
 
 from __future__ import annotations
@@ -50,10 +54,10 @@ from pipeline.reports.yardsticks import write_interpolated_labels
 
 BUNDLE = REPO / "bundles" / "qmap_hybrid"
 CONFIGS = BUNDLE / "configs"
-PROFILES = {"cpu": ["profile_cpu.json"], "paper": ["paper.json"]}
-"""Config files merged after ``train.json`` for each profile (``lambda_self`` there is the paper hybrid's)."""
-SETTINGS = {"paper": [], "robust": ["robust.json"]}
-"""Config files merged after the profile for each loss setting."""
+PROFILES = {"cpu": [], "paper": ["paper.json"]}
+"""Config files merged after ``train.json`` for each profile (``train.json`` itself is the 2-core ``cpu`` profile)."""
+SETTINGS = {"paper": ["paper_loss.json"], "robust": ["robust.json"], "default": []}
+"""Config files merged after the profile for each loss setting (``default``: ``train.json``'s own)."""
 MODELS = {"supervised": ["train_supervised.json"], "hybrid": [], "oracle": ["train_oracle.json"]}
 """Config files merged last for each model."""
 INFERENCE_KEYS = frozenset(json.loads((CONFIGS / "inference.json").read_text()))
@@ -61,7 +65,7 @@ INFERENCE_KEYS = frozenset(json.loads((CONFIGS / "inference.json").read_text()))
 
 
 def model_name(setting: str, model: str) -> str:
-    """The name of a model in the tables: ``hybrid`` for the paper setting, ``hybrid_robust`` for another."""
+    """The name of a model in the tables: ``hybrid`` for the paper setting, ``hybrid_robust`` (...) for another."""
     return model if setting == "paper" else f"{model}_{setting}"
 
 

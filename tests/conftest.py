@@ -16,10 +16,10 @@ def physics_reference():
 
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
-    """A 3-subject phantom study (train / validation / test) cropped to 12 sagittal planes.
+    """A 3-subject phantom study (train / validation / test) cropped to 16 sagittal planes (the default axial slices need >= 16 pixels per side).
 
     Returns the path of its ``dataset.json`` manifest (paths relative to its folder).
     """
     from pipeline.phantom import generate_study
 
-    return generate_study(tmp_path_factory.mktemp("tiny_study"), n_subjects=3, seed=7, sagittal_slices=12)
+    return generate_study(tmp_path_factory.mktemp("tiny_study"), n_subjects=3, seed=7, sagittal_slices=16)

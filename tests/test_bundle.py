@@ -260,3 +260,23 @@ def test_multi_gpu_config_runs_two_processes_on_cpu(study, tmp_path):
     assert not any(key.startswith("module.") for key in state["model"]), "DDP wrapper is not saved"
     assert "val_t1_ssim" in (tmp_path / "logs" / "metrics.csv").read_text()
     assert "Engine run finished" in result.stdout + result.stderr
+
+
+def test_best_model_is_the_lowest_validation_error_and_a_runaway_validation_stops_training():
+    """model.pt is kept by the mean T1/T2 validation MPE (lower is better), and the divergence stop watches the
+    validation errors the evaluator computes: a diverged model is never the best one."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    assert list(parser["validate#key_metric"]) == ["val_t1_t2_mpe"]
+    saver = next(h for h in parser["validate#handlers"] if h["_target_"] == "CheckpointSaver")
+    assert saver["key_metric_filename"] == "model.pt" and saver["key_metric_negative_sign"] is True
+    parser["device"] = "$torch.device('cpu')"
+    lower_is_better = parser.get_parsed_content("validate#evaluator#metric_cmp_fn")
+    assert lower_is_better(5.0, 6.0) and not lower_is_better(6.0, 5.0)
+    stop = parser["divergence_stop"]  # parsing the trainer would load the study: the wiring is checked as written
+    assert stop["_target_"] == "pipeline.handlers.DivergenceStop" and stop["trainer"].replace("::", "#") == "@train#trainer"
+    assert set(parser.get_parsed_content("divergence_metrics")) <= set(parser["validate#additional_metrics"])
+    assert parser.get_parsed_content("divergence_factor") > 1
+    assert any("@divergence_stop.attach(@validate" in step for step in parser["attach_state_handlers"])
+    warmup = next(h for h in parser["train#handlers"] if h["_target_"] == "pipeline.handlers.LambdaWarmup")
+    assert warmup["loss"] == "@loss" and warmup["lambda_self"] == "@lambda_self"

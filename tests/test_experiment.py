@@ -81,10 +81,11 @@ def test_missing_model_is_named():
         experiment_table(per_slice, "supervised", "hybrid", "oracle_robust")
 
 
-def test_driver_runs_both_settings_on_a_tiny_study_and_reuses_its_runs(tiny_study, tmp_path):
+def test_driver_runs_two_settings_on_a_tiny_study_and_reuses_its_runs(tiny_study, tmp_path):
     """Two training iterations per model, one seed: every output of the experiment is written."""
     command = [
         sys.executable, str(SCRIPT), "run", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path),
+        "--settings", "paper", "default",
         "--datalist", str(tiny_study), "--dataset_dir", str(tiny_study.parent),
         "--set", "max_epochs=1", "val_interval=1", "train#trainer#epoch_length=2",
     ]  # fmt: skip
@@ -93,12 +94,12 @@ def test_driver_runs_both_settings_on_a_tiny_study_and_reuses_its_runs(tiny_stud
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     table = pd.read_csv(tmp_path / "table2.csv")
-    assert len(table) == 2 * 4 * 2  # settings x metrics x maps
-    assert set(table["setting"]) == {"paper", "robust"}
-    for column in ("supervised", "hybrid", "oracle", "p_value_max", "gap_closed_mean", "hybrid_better_seeds"):
+    assert len(table) == 2 * 6 * 2  # settings x metrics x maps
+    assert set(table["setting"]) == {"paper", "default"}
+    for column in ("labels", "supervised", "hybrid", "oracle", "p_value_max", "gap_closed_mean", "hybrid_better_seeds"):
         assert column in table.columns
     per_slice = pd.read_csv(tmp_path / "per_slice.csv")
-    models = {"supervised", "hybrid", "oracle", "supervised_robust", "hybrid_robust", "oracle_robust"}
+    models = {"supervised", "hybrid", "oracle", "supervised_default", "hybrid_default", "oracle_default", "labels"}
     assert set(per_slice["model"]) == models and set(per_slice["subject"]) == {"sub-03"}
     assert (tmp_path / "figure.png").stat().st_size > 10_000
     record = json.loads((tmp_path / "experiment.json").read_text())
@@ -162,14 +163,24 @@ def test_every_profile_setting_and_model_config_parses_to_the_intended_loss_and_
             parser["device"] = "$torch.device('cpu')"
             loss = parser.get_parsed_content("loss")
             assert (loss.lambda_self > 0) == (model == "hybrid"), (profile, setting, model)
-            robust = setting == "robust"
-            assert loss.map_weights == ((1.0, 10.0, 1.0) if robust else (1.0, 1.0, 1.0))
-            assert loss.edge_smoothing_sigma == (1.0 if robust else 0.0)
+            published = setting == "paper"
+            assert loss.map_weights == ((1.0, 1.0, 1.0) if published else (1.0, 10.0, 1.0))
+            assert loss.edge_smoothing_sigma == (0.0 if published else 1.0)
+            assert loss.contrasts == (("mprage", "tse_epg") if setting == "default" else ("mprage", "tse"))
+            assert loss.scale_invariant_l1.window == 0
+            assert parser.get_parsed_content("slice_axis") == (2 if setting == "default" else 0)
             label_keys = parser.get_parsed_content("train#dataset#label_keys", default=LABEL_KEYS)
             assert tuple(label_keys) == (REFERENCE_KEYS if model == "oracle" else LABEL_KEYS)
 
 
-def test_epg_loss_override_of_the_realistic_experiment_parses_to_an_epg_tse_term():
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"self_contrasts": ["mprage", "tse_epg"]},  # of scripts/run_realistic_experiment.sh
+        {"self_contrasts": ["mprage", "tse_epg"], "scale_window": 31, "map_weights": "label_spread"},  # ablation
+    ],
+)
+def test_loss_overrides_of_the_experiment_scripts_parse_to_the_intended_loss(override):
     from monai.bundle import ConfigParser
 
     from pipeline.physics import TSEProtocol
@@ -178,12 +189,15 @@ def test_epg_loss_override_of_the_realistic_experiment_parses_to_an_epg_tse_term
     import run_paper_experiment as driver
 
     parser = ConfigParser()
-    parser.read_config([str(driver.CONFIGS / name) for name in ["train.json", "profile_cpu.json", "robust.json"]])
-    parser["self_contrasts"] = ["mprage", "tse_epg"]  # the override of scripts/run_realistic_experiment.sh
+    parser.read_config([str(driver.CONFIGS / name) for name in ["train.json", "robust.json"]])
+    for key, value in override.items():
+        parser[key] = value
     parser["device"] = "$torch.device('cpu')"
     loss = parser.get_parsed_content("loss")
     assert loss.contrasts == ("mprage", "tse_epg") and loss.input_channels["tse_epg"] == 1
     assert isinstance(loss.protocols["tse_epg"], TSEProtocol)
+    assert loss.scale_invariant_l1.window == override.get("scale_window", 0)
+    assert loss.map_weights == override.get("map_weights", (1.0, 10.0, 1.0))
 
 
 def test_acquisition_effect_summary_matches_a_direct_computation():
@@ -201,3 +215,39 @@ def test_acquisition_effect_summary_matches_a_direct_computation():
     assert summary.loc[("fine_anatomy", "clean"), "truth"] == pytest.approx(0.25)
     assert list(effects.variants())[0] == "ideal" and list(effects.variants())[-1] == "realistic"
     assert len(effects.variants()) == len(effects.Acquisition.effects()) + 2
+
+
+def test_ablation_trains_each_variant_on_the_validation_subject_with_its_overrides(tiny_study, tmp_path):
+    """A '+supervised' variant trains its own supervised model; the others share none; the labels yardstick is
+    evaluated beside them; inference gets the training's slice axis."""
+    command = [
+        sys.executable, str(SCRIPT), "ablate", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path),
+        "--datalist", str(tiny_study), "--dataset_dir", str(tiny_study.parent),
+        "--set", "max_epochs=1", "val_interval=1", "train#trainer#epoch_length=1", "slice_axis=0",
+        "--variant", "base+supervised", "--variant", "axial", "slice_axis=2", "slice_size=[16,208]",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = sorted(path.name for path in (tmp_path / "runs").iterdir())
+    assert runs == ["axial_hybrid_seed0", "base_hybrid_seed0", "base_supervised_seed0"]
+    inference_log = (tmp_path / "runs" / "axial_hybrid_seed0" / "log.txt").read_text()
+    assert "'slice_axis': 2" in inference_log or "slice_axis" in inference_log
+    per_seed = pd.read_csv(tmp_path / "ablation_per_seed.csv")
+    assert set(per_seed["model"]) == {"base:supervised", "base:hybrid", "axial:hybrid", "labels"}
+    assert {"T1_MPE", "T2_HFEN", "T1_MPE_parenchyma", "T2_MAE_parenchyma_ms"} <= set(per_seed.columns)
+    summary = pd.read_csv(tmp_path / "ablation.csv", index_col=0)
+    assert summary.loc["axial:hybrid", "T1_MPE_mean"] == pytest.approx(per_seed.set_index("model").loc["axial:hybrid", "T1_MPE"])
+
+
+def test_label_thickness_curve_plot_and_study_folders(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import run_label_thickness_curve as curve
+
+    assert curve.study_dir(tmp_path, "realistic", 3.5) == tmp_path / "phantom_realistic"
+    assert curve.study_dir(tmp_path, "realistic", 5.0) == tmp_path / "phantom_realistic_label5mm"
+    tables = [
+        experiment_table(synthetic_per_slice(), "supervised", "hybrid", "oracle").assign(label_thickness_mm=thickness)
+        for thickness in (2.0, 3.5, 7.0)
+    ]
+    curve.plot_curve(pd.concat(tables, ignore_index=True), tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 10_000

@@ -333,7 +333,7 @@ def test_subjects_differ_and_generation_is_byte_reproducible(tiny_study, tmp_pat
     for first, second in ((0, 1), (1, 2)):
         dice = 2 * np.sum(masks[first] & masks[second]) / (masks[first].sum() + masks[second].sum())
         assert 0.8 < dice < 0.99
-    again = generate_study(tmp_path / "again", n_subjects=3, seed=7, sagittal_slices=12)
+    again = generate_study(tmp_path / "again", n_subjects=3, seed=7, sagittal_slices=16)
     originals = sorted(path.relative_to(tiny_study.parent) for path in tiny_study.parent.rglob("*") if path.is_file())
     assert originals == sorted(path.relative_to(again.parent) for path in again.parent.rglob("*") if path.is_file())
     for relative in originals:

@@ -48,7 +48,7 @@ def experiment_table(
 ) -> pd.DataFrame:
     """Table 2 of the paper with the oracle and the fraction of the gap closed, over seeds.
 
-    One row per metric × map. Columns:
+    One row per metric (of ``METRICS`` present in ``per_slice``) × map. Columns:
 
     - ``metric``, ``map``;
     - for ``supervised``, ``hybrid`` and ``oracle`` (these column names, whatever the models are called): a
@@ -75,7 +75,7 @@ def experiment_table(
         raise ValueError(f"per_slice has no rows of model(s) {missing}; it has {sorted(per_slice['model'].unique())}.")
     seeds = sorted(per_slice["seed"].unique())
     rows = []
-    for metric in METRICS:
+    for metric in [metric for metric in METRICS if metric in per_slice]:  # tables of older runs lack some
         for map_name, map_slices in per_slice.groupby("map", sort=False):
             means = _seed_means(map_slices, metric)
             slice_std = map_slices.groupby(["seed", "model"])[metric].std().unstack("model").mean()
