@@ -4,6 +4,8 @@
 * :mod:`pipeline.reports.tables` -- per-subject means and the Table-2 summary.
 * :mod:`pipeline.reports.figure` -- the Figure-2 PNG.
 * :mod:`pipeline.reports.report` -- :func:`evaluate_predictions`, what the ``evaluating`` bundle step calls.
+* :mod:`pipeline.reports.experiment` -- the paper experiment's table over seeds (oracle, gap closed, yardstick).
+* :mod:`pipeline.reports.yardsticks` -- the interpolated low-resolution labels written as a prediction set.
 """
 
 from pipeline.reports.evaluation import (
