@@ -305,11 +305,11 @@ def test_files_have_scanner_like_types_and_a_shared_grid(tiny_study):
     ):
         image = nib.load(tiny_study.parent / entry[key])
         assert image.get_data_dtype() == dtype, key
-        assert image.shape[:2] == reference.shape[:2] == (12, reference.shape[1])
+        assert image.shape[:2] == reference.shape[:2] == (16, reference.shape[1])
         if not key.endswith("_map"):
             np.testing.assert_allclose(image.affine, reference.affine)
     # the kept planes are centred ~25 mm right of the midline
-    assert np.mean([reference.affine @ [i, 0, 0, 1] for i in range(12)], axis=0)[0] == pytest.approx(25.0, abs=1.0)
+    assert np.mean([reference.affine @ [i, 0, 0, 1] for i in range(16)], axis=0)[0] == pytest.approx(25.0, abs=1.0)
 
 
 def test_top_level_manifest_is_the_default_study():
