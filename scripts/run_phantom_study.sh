@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded digital brain phantom, end to end with the bundle's own commands:
-#   1. train the hybrid model (generates the phantom study of data_manifest.json first if it is missing),
+#   0. generate the realistic phantom study (python -m pipeline.phantom --acquisition realistic) if it is missing:
+#      scanner effects the loss does not model and an unseen test brain (QMAP_STUDY=ideal: the ideal study of
+#      data_manifest.json, imaged with the loss's own simplified equations),
+#   1. train the hybrid model (train.json: the default loss setting),
 #   2. train the supervised-only baseline (train_supervised.json: lambda_self = 0, everything else the same),
 #   3. infer both on the test subject,
 #   4. evaluate both against the 1 mm reference maps: CSVs, Table-2 summary with paired t-tests, Figure-2 PNG.
@@ -11,8 +14,14 @@ cd "$(dirname "$0")/.."
 bundle=bundles/qmap_hybrid
 configs=$bundle/configs
 out=${QMAP_OUT:-runs/phantom_study}
+if [ "${QMAP_STUDY:-realistic}" = realistic ]; then
+  [ -f data/phantom_realistic/dataset.json ] || python -m pipeline.phantom --out data/phantom_realistic --acquisition realistic
+  study=(--datalist data/phantom_realistic/dataset.json --dataset_dir data/phantom_realistic)
+else
+  study=(--datalist data_manifest.json --dataset_dir data/phantom)
+fi
 run() { python -m monai.bundle run "$1" --meta_file $configs/metadata.json --logging_file $configs/logging.conf \
-          --bundle_root $bundle "${@:2}"; }
+          --bundle_root $bundle "${study[@]}" "${@:2}"; }
 
 run training --config_file $configs/train.json --ckpt_dir $out/hybrid/models --log_dir $out/hybrid/logs --overwrite true "$@"
 run training --config_file "['$configs/train.json','$configs/train_supervised.json']" \
