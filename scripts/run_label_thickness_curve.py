@@ -53,7 +53,11 @@ CURVE_METRICS = ("HFEN", "MPE", "SSIM")
 
 def study_dir(root: pathlib.Path, acquisition: str, thickness: float, default: float = 3.5) -> pathlib.Path:
     """``<root>/phantom_<acquisition>`` for the default thickness, ``..._label<T>mm`` for the others."""
-    return root / f"phantom_{acquisition}" if thickness == default else root / f"phantom_{acquisition}_label{thickness:g}mm"
+    return (
+        root / f"phantom_{acquisition}"
+        if thickness == default
+        else root / f"phantom_{acquisition}_label{thickness:g}mm"
+    )
 
 
 def ensure_study(folder: pathlib.Path, acquisition: str, thickness: float) -> dict:

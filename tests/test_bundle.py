@@ -273,7 +273,10 @@ def test_best_model_is_the_lowest_validation_error_and_a_runaway_validation_stop
     lower_is_better = parser.get_parsed_content("validate#evaluator#metric_cmp_fn")
     assert lower_is_better(5.0, 6.0) and not lower_is_better(6.0, 5.0)
     stop = parser["divergence_stop"]  # parsing the trainer would load the study: the wiring is checked as written
-    assert stop["_target_"] == "pipeline.handlers.DivergenceStop" and stop["trainer"].replace("::", "#") == "@train#trainer"
+    assert (
+        stop["_target_"] == "pipeline.handlers.DivergenceStop"
+        and stop["trainer"].replace("::", "#") == "@train#trainer"
+    )
     assert set(parser.get_parsed_content("divergence_metrics")) <= set(parser["validate#additional_metrics"])
     assert parser.get_parsed_content("divergence_factor") > 1
     assert any("@divergence_stop.attach(@validate" in step for step in parser["attach_state_handlers"])

@@ -226,7 +226,9 @@ def test_ablation_trains_each_variant_on_the_validation_subject_with_its_overrid
         "--set", "max_epochs=1", "val_interval=1", "train#trainer#epoch_length=1", "slice_axis=0",
         "--variant", "base+supervised", "--variant", "axial", "slice_axis=2", "slice_size=[16,208]",
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore")
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = sorted(path.name for path in (tmp_path / "runs").iterdir())
     assert runs == ["axial_hybrid_seed0", "base_hybrid_seed0", "base_supervised_seed0"]
@@ -236,7 +238,9 @@ def test_ablation_trains_each_variant_on_the_validation_subject_with_its_overrid
     assert set(per_seed["model"]) == {"base:supervised", "base:hybrid", "axial:hybrid", "labels"}
     assert {"T1_MPE", "T2_HFEN", "T1_MPE_parenchyma", "T2_MAE_parenchyma_ms"} <= set(per_seed.columns)
     summary = pd.read_csv(tmp_path / "ablation.csv", index_col=0)
-    assert summary.loc["axial:hybrid", "T1_MPE_mean"] == pytest.approx(per_seed.set_index("model").loc["axial:hybrid", "T1_MPE"])
+    assert summary.loc["axial:hybrid", "T1_MPE_mean"] == pytest.approx(
+        per_seed.set_index("model").loc["axial:hybrid", "T1_MPE"]
+    )
 
 
 def test_label_thickness_curve_plot_and_study_folders(tmp_path):
