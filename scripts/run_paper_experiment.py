@@ -164,6 +164,13 @@ def evaluate(runs: Sequence[Run], maps_dirs: Sequence[pathlib.Path], names: Sequ
     return pd.concat(tables, ignore_index=True), subjects
 
 
+def map_means(per_slice: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Slice means of every metric per ``by`` group, one column per map and metric (``T1_MPE``, ``T2_HFEN``, ...)."""
+    means = per_slice.groupby([*by, "map"])[[m for m in METRICS if m in per_slice]].mean().unstack("map")
+    means.columns = [f"{map_name}_{metric}" for metric, map_name in means.columns]
+    return means
+
+
 def labels_yardstick(out: pathlib.Path, section: str, data: dict, seeds: Sequence[int]) -> pd.DataFrame:
     """Per-slice metrics of the section's own low-resolution labels interpolated to 1 mm (model ``labels``), one copy
     per seed so that they sit beside every seed's models in the tables."""
@@ -265,8 +272,7 @@ def run_search(args: argparse.Namespace) -> None:
             names.append(f"{model_name(args.setting, 'hybrid')}_lambda{lambda_self:g}")
     per_slice, _ = evaluate(runs, execute_all(runs, data, args.jobs), names, data)
     per_slice.to_csv(args.out / f"search_{args.setting}_per_slice.csv", index=False)
-    summary = per_slice.groupby(["model", "map"])[list(METRICS)].mean().unstack("map")
-    summary.columns = [f"{map_name}_{metric}" for metric, map_name in summary.columns]
+    summary = map_means(per_slice, ["model"])
     summary["mean_T1_T2_MPE"] = summary[["T1_MPE", "T2_MPE"]].mean(axis=1)
     summary = summary.sort_values("mean_T1_T2_MPE")
     summary.to_csv(args.out / f"search_{args.setting}.csv")
@@ -299,8 +305,7 @@ def run_ablation(args: argparse.Namespace) -> None:
     per_slice, _ = evaluate(runs, execute_all(runs, data, args.jobs), names, data)
     per_slice = pd.concat([per_slice, labels_yardstick(args.out, "validation", data, args.seeds)], ignore_index=True)
     per_slice.to_csv(args.out / "ablation_per_slice.csv", index=False)
-    per_seed = per_slice.groupby(["model", "seed", "map"])[list(METRICS)].mean().unstack("map")
-    per_seed.columns = [f"{map_name}_{metric}" for metric, map_name in per_seed.columns]
+    per_seed = map_means(per_slice, ["model", "seed"])
     per_seed.to_csv(args.out / "ablation_per_seed.csv")
     summary = per_seed.groupby("model").agg(["mean", "std"])
     summary.columns = [f"{column}_{statistic}" for column, statistic in summary.columns]
