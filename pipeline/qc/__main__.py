@@ -1,0 +1,75 @@
+"""``python -m pipeline.qc``: QC of maps already on disk (any method's), with the checks inference runs.
+
+``check MANIFEST --maps DIR``: for every subject of a manifest section, reads ``DIR/<subject>/{t1,t2,m0}_map.nii.gz``
+(ms) and the subject's inputs and writes ``qc.json`` and ``report.html`` beside the maps, and ``DIR/index.html``;
+exit code 1 if any subject is flagged. ``calibrate MANIFEST --maps DIR --out qc_calibration.json``: the same on
+validation subjects, then their thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from pipeline.data import build_volume_dataset
+from pipeline.engine import MAP_NAMES
+from pipeline.qc.calibration import DEFAULT_MARGIN
+from pipeline.qc.transforms import SubjectQCd, calibrate_directory, load_on_grid, write_run_index
+
+import numpy as np
+from monai.data import MetaTensor
+
+
+def check_maps(args: argparse.Namespace, calibration: str | None) -> list[dict]:
+    """Run :class:`SubjectQCd` over the maps of ``args.maps`` for every subject of ``args.section``."""
+    volumes = build_volume_dataset(
+        args.manifest, args.dataset_dir, args.section, with_labels=False, with_reference=False
+    )
+    qc = SubjectQCd(
+        "pred",
+        args.maps,
+        contrasts=args.contrasts,
+        calibration=calibration,
+        datalist=args.manifest,
+        dataset_dir=args.dataset_dir,
+        section=args.section,
+        overwrite=args.overwrite,
+    )
+    flagged = []
+    for volume in volumes:
+        grid = volume["image"]
+        maps = np.stack([load_on_grid(args.maps / volume["subject"] / f"{name}.nii.gz", grid) for name in MAP_NAMES])
+        qc({**volume, "pred": MetaTensor(maps, affine=grid.affine)})
+        flagged.append(volume["subject"])
+    write_run_index(args.maps)
+    return flagged
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.qc", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, section in (("check", "testing"), ("calibrate", "validation")):
+        command = commands.add_parser(name)
+        command.add_argument("manifest", help="decathlon-style manifest (dataset.json)")
+        command.add_argument(
+            "--maps", type=pathlib.Path, required=True, help="folder of <subject>/{t1,t2,m0}_map.nii.gz"
+        )
+        command.add_argument("--dataset-dir", default=None, help="root of the manifest's paths (its folder)")
+        command.add_argument("--section", default=section, help=f"manifest section ({section})")
+        command.add_argument("--contrasts", nargs="+", default=["mprage", "tse_epg"], help="re-synthesised contrasts")
+        command.add_argument("--overwrite", action="store_true", help="replace existing qc.json / report.html")
+    commands.choices["check"].add_argument("--calibration", default=None, help="qc_calibration.json of the model")
+    commands.choices["calibrate"].add_argument("--out", type=pathlib.Path, required=True, help="calibration to write")
+    commands.choices["calibrate"].add_argument("--margin", type=float, default=DEFAULT_MARGIN)
+    args = parser.parse_args(argv)
+    if args.command == "calibrate":
+        check_maps(args, calibration=None)
+        print(calibrate_directory(args.maps, args.out, args.margin, overwrite=args.overwrite))
+        return 0
+    check_maps(args, calibration=args.calibration)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
