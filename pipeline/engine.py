@@ -12,6 +12,8 @@
 * :func:`loss_terms_output` -- what the training stats handlers log: total loss and its terms.
 * :func:`slice_names` -- row names (``<subject>/slice_<n>``) for MONAI's ``MetricsSaver``.
 * :func:`latest_checkpoint` -- the newest full training state, for resuming.
+* :func:`remove_superseded_checkpoints` -- deletes the full training states a newer one supersedes (a resumed
+  run's ``CheckpointSaver`` only knows, and removes, the files it wrote itself).
 * :func:`check_new_run` -- refuses to train over an earlier run's checkpoints by accident.
 * :func:`as_flag` -- a command-line override (``--resume true``) as a bool.
 """
@@ -27,8 +29,8 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.handlers import from_engine
 from monai.data import MetaTensor
+from monai.handlers import from_engine
 from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 from monai.utils import convert_to_tensor
 
@@ -198,16 +200,40 @@ def _atomic_save(image: nib.Nifti1Image, target: pathlib.Path) -> None:
             os.remove(temporary)
 
 
-def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str:
-    """Path of the newest full training state ``<prefix>*.pt`` in ``ckpt_dir`` (for resuming).
+CHECKPOINT_GLOB = "*checkpoint_epoch=*.pt"
+"""Full training states in a ``ckpt_dir``: ``checkpoint_epoch=<N>.pt``, the name Ignite gives a checkpoint of several
+objects (``checkpoint``) saved each epoch by the bundle's ``CheckpointSaver`` (``file_prefix`` ""); the leading ``*``
+also finds the ``checkpoint_checkpoint_epoch=<N>.pt`` of bundle versions before 0.4.0, so their runs resume."""
+
+
+def _full_state_checkpoints(ckpt_dir: str | os.PathLike) -> list[pathlib.Path]:
+    """The full training states (:data:`CHECKPOINT_GLOB`) in ``ckpt_dir``, oldest first (by modification time)."""
+    return sorted(pathlib.Path(ckpt_dir).glob(CHECKPOINT_GLOB), key=lambda path: path.stat().st_mtime)
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
+    """Path of the newest full training state in ``ckpt_dir`` (for resuming).
 
     Raises:
         FileNotFoundError: when there is none, naming the folder.
     """
-    candidates = sorted(pathlib.Path(ckpt_dir).glob(f"{prefix}*.pt"), key=lambda p: p.stat().st_mtime)
+    candidates = _full_state_checkpoints(ckpt_dir)
     if not candidates:
-        raise FileNotFoundError(f"no training state '{prefix}*.pt' to resume from in {ckpt_dir}.")
+        raise FileNotFoundError(f"no training state '{CHECKPOINT_GLOB}' to resume from in {ckpt_dir}.")
     return str(candidates[-1])
+
+
+def remove_superseded_checkpoints(ckpt_dir: str | os.PathLike) -> list[str]:
+    """Delete every full training state in ``ckpt_dir`` but the newest; returns the deleted paths.
+
+    Called after the trainer's ``CheckpointSaver`` at the end of each epoch: the newest file is then the one just
+    written, so nothing is deleted before its successor exists, and a resumed run (or one started over with
+    ``--overwrite true``) drops the earlier run's state. ``model.pt`` and other files are never touched.
+    """
+    superseded = _full_state_checkpoints(ckpt_dir)[:-1]
+    for path in superseded:
+        path.unlink()
+    return [str(path) for path in superseded]
 
 
 def check_new_run(ckpt_dir: str | os.PathLike, resume: bool | str = False, overwrite: bool | str = False) -> None:

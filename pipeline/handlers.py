@@ -1,4 +1,4 @@
-"""Ignite handlers of the training schedule that neither MONAI nor Ignite provides.
+"""Ignite handlers (and an event filter) of the training that MONAI and Ignite lack in the form the bundle needs.
 
 * :class:`LambdaWarmup` -- ramps ``HybridLoss.lambda_self`` up over the first epochs. Ignite's parameter
   schedulers (``LinearCyclicalScheduler``, ``PiecewiseLinear``) act on an optimizer's ``param_groups``, not on an
@@ -6,17 +6,29 @@
 * :class:`DivergenceStop` -- stops training when a validation metric runs away from its best value. Ignite's
   ``EarlyStopping`` stops when a score has not *improved* for ``patience`` validations, which would also stop a
   run that plateaus; a run whose T2 error doubles should stop at once, so this is written by hand too.
+* :class:`NonFiniteLossStop` -- stops training at the first NaN or infinite loss. Ignite's ``TerminateOnNan`` does
+  the same check, but its warning names neither the epoch nor the iteration, goes through a console handler of its
+  own (printed twice under the bundle's logging config), and it decides per process: in a DDP run the processes
+  whose loss is still finite would wait in the next gradient all-reduce for the one that stopped, until the
+  collective times out. This handler shares the decision across processes and otherwise relies on what
+  ``Engine.terminate`` does (see the class).
+* :func:`every_n_iterations_of_epoch` -- an event filter for ``StatsHandler(iteration_log=...)``. Ignite's
+  ``Events.ITERATION_COMPLETED(every=n)`` counts iterations over the whole run, so with an epoch length that is not
+  a multiple of ``n`` the log lines wander through the epochs (``Iter: 20/49``, ``40/49``, ``11/49``, ...); this
+  filter counts within each epoch, as the line's ``Iter: i/L`` does.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
-__all__ = ["DivergenceStop", "LambdaWarmup"]
+__all__ = ["DivergenceStop", "LambdaWarmup", "NonFiniteLossStop", "every_n_iterations_of_epoch"]
 
 
 class LambdaWarmup:
@@ -93,3 +105,80 @@ class DivergenceStop:
                 self.trainer.terminate()
                 return
             self.best[name] = min(best, value)
+
+
+class NonFiniteLossStop:
+    """Stop training after the first iteration whose loss (or a loss term) is NaN or infinite; keep the checkpoints.
+
+    Attach to the trainer: after every iteration it reads ``output_transform(engine.state.output)`` (a mapping of
+    names to Python floats or 0-d tensors, e.g. ``pipeline.engine.loss_terms_output(loss)``: the total loss and the
+    terms of ``loss.last_components``); when a value is not finite in any process of the run (the flag is
+    all-reduced, so every DDP process stops at the same iteration), it logs an error naming the epoch, the
+    iteration and the values, and terminates the trainer. ``stopped_at`` records ``(epoch, iteration)`` (None while
+    the run is healthy).
+
+    The optimiser step of that iteration has already made the network's weights non-finite; none of them reaches a
+    checkpoint: ``Engine.terminate()`` during an iteration ends the run *without* ``EPOCH_COMPLETED`` (Ignite 0.5:
+    the terminate signal leaves the epoch loop before that event; ``TERMINATE`` and ``COMPLETED`` follow), so the
+    epoch-level ``CheckpointSaver`` and the ``ValidationHandler`` (with the key-metric checkpoint ``model.pt`` of
+    its evaluator) do not run again, and the files on disk stay those of the last completed epoch. A saver of the
+    final state (``CheckpointSaver(save_final=True)``, attached to ``COMPLETED``) would write the non-finite
+    weights: the bundle has none.
+
+    Args:
+        output_transform: engine output -> ``{name: value}`` of the values to check and log; default: the engine
+            output's ``"loss"`` (MONAI trainers with ``decollate=False``).
+    """
+
+    def __init__(
+        self, output_transform: Callable[[Any], Mapping[str, Any]] = lambda output: {"loss": output["loss"]}
+    ) -> None:
+        self.output_transform = output_transform
+        self.stopped_at: tuple[int, int] | None = None
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        values = {name: float(value) for name, value in self.output_transform(engine.state.output).items()}
+        finite_here = all(math.isfinite(value) for value in values.values())
+        if idist.all_reduce(float(not finite_here), op="MAX") == 0:
+            return
+        state = engine.state
+        self.stopped_at = (state.epoch, state.iteration)
+        shown = ", ".join(f"{name} = {value:.4g}" for name, value in values.items())
+        where = " in another process" if finite_here else ""
+        self.logger.error(
+            f"non-finite training loss{where} at epoch {state.epoch}, iteration {state.iteration} "
+            f"({_iteration_in_epoch(state)}/{state.epoch_length} of the epoch): {shown}; training stops before the "
+            "epoch completes, so no checkpoint or validation is made of these weights: the checkpoints of the last "
+            "completed epoch stay."
+        )
+        engine.terminate()
+
+
+def every_n_iterations_of_epoch(n: int) -> Callable[[Engine, int], bool]:
+    """Ignite event filter ``(engine, iteration) -> bool``: true at iterations ``n, 2n, ...`` of every epoch.
+
+    Ignite filters see the global iteration count (1-based); its position in the epoch is what ``StatsHandler``
+    prints as ``Iter: i/L``. An epoch of ``L`` iterations therefore logs ``L // n`` lines, at the same positions in
+    every epoch.
+
+    Args:
+        n: iterations between two log lines (>= 1).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}.")
+
+    def every_n(engine: Engine, iteration: int) -> bool:
+        return _iteration_in_epoch(engine.state) % n == 0
+
+    return every_n
+
+
+def _iteration_in_epoch(state) -> int:
+    """1-based position of ``state.iteration`` in its epoch (the global count while the epoch length is unknown)."""
+    if state.epoch_length is None:
+        return state.iteration
+    return (state.iteration - 1) % state.epoch_length + 1

@@ -3,8 +3,10 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -15,13 +17,17 @@ from monai.bundle import ConfigParser
 
 from pipeline.engine import latest_checkpoint
 
-BUNDLE = pathlib.Path(__file__).resolve().parents[1] / "bundles" / "qmap_hybrid"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "qmap_hybrid"
 CONFIGS = BUNDLE / "configs"
 RUN_TIMEOUT_S = 300
 
 
 TRAINING_STEPS_PER_EPOCH = 3
 """Steps of a test training epoch: the tiny study's axial slices would make ~60 (the bundle default, slower here)."""
+
+LOG_EVERY = 2
+"""``log_every_n_iterations`` of the ``training`` run: ``TRAINING_STEPS_PER_EPOCH // LOG_EVERY`` = 1 line (step 2)."""
 
 
 def bundle_run(run_id, config_files, timeout=RUN_TIMEOUT_S, launcher=(sys.executable, "-m"), **overrides):
@@ -34,12 +40,18 @@ def bundle_run(run_id, config_files, timeout=RUN_TIMEOUT_S, launcher=(sys.execut
     for key, value in overrides.items():
         command += [f"--{key}", str(value)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def check(result):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result
+
+
+def iteration_log_lines(log: str) -> list[tuple[int, int]]:
+    """(epoch, step of the epoch) of each iteration line of the training ``StatsHandler`` (``Epoch: e/E, Iter: i/L --
+    loss: ...``) in a run's output."""
+    return [(int(epoch), int(step)) for epoch, step in re.findall(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+ -- ", log)]
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +60,22 @@ def study(tiny_study):
 
 
 @pytest.fixture(scope="module")
-def trained(study, tmp_path_factory):
-    """One epoch of hybrid training on the tiny study; returns the run's folders."""
+def training(study, tmp_path_factory):
+    """One epoch of hybrid training on the tiny study, a log line every ``LOG_EVERY`` steps; returns the run's
+    folders and its console output (stdout + stderr)."""
     root = tmp_path_factory.mktemp("bundle")
     dirs = {"bundle_root": BUNDLE, "ckpt_dir": root / "models", "log_dir": root / "logs"}
-    check(bundle_run("training", ["train.json"], max_epochs=1, val_interval=1, **study, **dirs))
-    return dirs
+    run = bundle_run(
+        "training", ["train.json"], max_epochs=1, val_interval=1, log_every_n_iterations=LOG_EVERY, **study, **dirs
+    )
+    check(run)
+    return dirs, run.stdout + run.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(training):
+    """The folders of the ``training`` run."""
+    return training[0]
 
 
 def test_metadata_has_model_zoo_keys_and_matches_network():
@@ -89,6 +111,33 @@ def test_metadata_has_model_zoo_keys_and_matches_network():
     assert torch.all(pred > 0), "softplus output: maps are positive"
 
 
+EVAL_METRICS = {
+    "test_t1_mpe_percent": ("MPE", "T1", 2),
+    "test_t2_mpe_percent": ("MPE", "T2", 2),
+    "test_t1_hfen": ("HFEN", "T1", 3),
+    "test_t2_hfen": ("HFEN", "T2", 3),
+    "test_t1_psnr_db": ("PSNR", "T1", 2),
+    "test_t2_psnr_db": ("PSNR", "T2", 2),
+    "test_t1_ssim": ("SSIM", "T1", 4),
+    "test_t2_ssim": ("SSIM", "T2", 4),
+}
+"""metadata ``eval_metrics`` key: (metric, map) of the experiment's Table 2 and the decimals the README shows."""
+
+
+def test_metadata_eval_metrics_are_the_default_settings_test_results():
+    """The hybrid default on the realistic test subject, mean over seeds 0-2 (docs/results/default/realistic)."""
+    results = REPO / "docs" / "results" / "default" / "realistic"
+    assert json.loads((results / "experiment.json").read_text())["arguments"]["seeds"] == [0, 1, 2]
+    table = pd.read_csv(results / "table2.csv")
+    assert set(table["setting"]) == {"default"} and set(table["seeds"]) == {3}
+    hybrid = table.set_index(["metric", "map"])["hybrid_mean"]
+    metrics = json.loads((CONFIGS / "metadata.json").read_text())["eval_metrics"]
+    assert metrics == {
+        key: round(float(hybrid[(metric, map_name)]), decimals)
+        for key, (metric, map_name, decimals) in EVAL_METRICS.items()
+    }
+
+
 def test_supervised_override_only_sets_lambda_zero():
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "train_supervised.json")])
@@ -97,8 +146,8 @@ def test_supervised_override_only_sets_lambda_zero():
 
 
 def test_training_writes_best_model_and_state(trained):
-    assert (trained["ckpt_dir"] / "model.pt").is_file()
-    state = torch.load(next(trained["ckpt_dir"].glob("checkpoint*.pt")), weights_only=False)
+    assert sorted(path.name for path in trained["ckpt_dir"].iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
+    state = torch.load(trained["ckpt_dir"] / "checkpoint_epoch=1.pt", weights_only=False)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch
     metrics = (trained["log_dir"] / "metrics.csv").read_text()
@@ -106,12 +155,54 @@ def test_training_writes_best_model_and_state(trained):
         assert name in metrics
 
 
-def test_training_resumes_from_latest_state(study, trained, tmp_path):
-    ckpt_dir = tmp_path / "models"
+def test_console_shows_a_log_line_every_n_iterations_and_no_progress_bar(training):
+    _, log = training
+    assert iteration_log_lines(log) == [(1, LOG_EVERY)]
+    assert "%|" not in log, "no progress bar beside the log lines"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "progress_bar", "logged_steps"),
+    [
+        ({}, False, [20, 40]),
+        ({"log_every_n_iterations": 15}, False, [15, 30, 45]),
+        ({"log_every_n_iterations": 0}, False, []),
+        ({"progress_bar": "true"}, True, []),
+        ({"progress_bar": "true", "log_every_n_iterations": 1}, True, []),
+    ],
+)
+def test_console_is_a_progress_bar_or_log_lines_never_both(overrides, progress_bar, logged_steps):
+    """``--progress_bar`` and ``--log_every_n_iterations`` (as the command line hands them) choose the console of
+    training; the steps of a 49-step epoch that get a StatsHandler line."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    for key, value in overrides.items():
+        parser[key] = value
+    handlers = parser["train#handlers"]
+    bar = next(i for i, handler in enumerate(handlers) if handler["_target_"] == "ignite.handlers.ProgressBar")
+    assert parser.get_parsed_content(f"train#handlers#{bar}#_disabled_") is not progress_bar
+    stats = next(handler for handler in handlers if handler["_target_"] == "StatsHandler")
+    assert stats["iteration_log"] == "@train_iteration_log"
+    iteration_log = parser.get_parsed_content("train_iteration_log")
+
+    def logs(iteration):  # a line after this (global) iteration of a run of 49-step epochs?
+        engine = SimpleNamespace(state=SimpleNamespace(iteration=iteration, epoch_length=49))
+        return bool(iteration_log) and iteration_log(engine, iteration)
+
+    assert [step for step in range(1, 50) if logs(49 + step)] == logged_steps  # steps of the second epoch
+
+
+def _copy_of_the_trained_run(trained, ckpt_dir):
+    """``ckpt_dir`` holding a copy of the ``trained`` run's files (``checkpoint_epoch=1.pt``, ``model.pt``)."""
     ckpt_dir.mkdir()
-    first = next(trained["ckpt_dir"].glob("checkpoint*.pt"))
-    (ckpt_dir / first.name).write_bytes(first.read_bytes())
-    iterations = torch.load(first, weights_only=False)["trainer"]["iteration"]
+    for path in trained["ckpt_dir"].iterdir():
+        (ckpt_dir / path.name).write_bytes(path.read_bytes())
+    return ckpt_dir
+
+
+def test_training_resumes_from_latest_state_and_removes_the_state_it_supersedes(study, trained, tmp_path):
+    ckpt_dir = _copy_of_the_trained_run(trained, tmp_path / "models")
+    iterations = torch.load(ckpt_dir / "checkpoint_epoch=1.pt", weights_only=False)["trainer"]["iteration"]
 
     result = check(
         bundle_run(
@@ -120,6 +211,7 @@ def test_training_resumes_from_latest_state(study, trained, tmp_path):
             max_epochs=2,
             val_interval=5,
             resume="true",
+            log_every_n_iterations=1,
             bundle_root=BUNDLE,
             ckpt_dir=ckpt_dir,
             log_dir=tmp_path / "logs",
@@ -128,8 +220,36 @@ def test_training_resumes_from_latest_state(study, trained, tmp_path):
     )
     log = result.stdout + result.stderr
     assert "Restored all variables" in log and "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
+    assert sorted(path.name for path in ckpt_dir.iterdir()) == ["checkpoint_epoch=2.pt", "model.pt"]
     resumed = torch.load(latest_checkpoint(ckpt_dir), weights_only=False)["trainer"]
     assert resumed["iteration"] == 2 * iterations
+    assert iteration_log_lines(log) == [(2, step) for step in range(1, TRAINING_STEPS_PER_EPOCH + 1)]  # every step
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoints(study, trained, tmp_path):
+    """Resumed after epoch 1 with a NaN lambda: the first step of epoch 2 has a NaN loss, training stops there with
+    a message naming it, and neither checkpoint_epoch=1.pt nor model.pt is touched."""
+    ckpt_dir = _copy_of_the_trained_run(trained, tmp_path / "models")
+    before = {path.name: path.read_bytes() for path in ckpt_dir.iterdir()}
+    result = check(
+        bundle_run(
+            "training",
+            ["train.json"],
+            max_epochs=2,
+            val_interval=1,
+            resume="true",
+            lambda_self="$float('nan')",
+            bundle_root=BUNDLE,
+            ckpt_dir=ckpt_dir,
+            log_dir=tmp_path / "logs",
+            **study,
+        )
+    )
+    log = result.stdout + result.stderr
+    first_step = TRAINING_STEPS_PER_EPOCH + 1
+    assert f"non-finite training loss at epoch 2, iteration {first_step} (1/3 of the epoch): loss = nan" in log
+    assert "Epoch[2] Complete" not in log and "Engine run finished" in log
+    assert {path.name: path.read_bytes() for path in ckpt_dir.iterdir()} == before
 
 
 def test_training_refuses_to_start_over_an_earlier_run(study, trained):
@@ -175,13 +295,13 @@ def test_inference_writes_maps_in_input_geometry_and_refuses_overwrite(study, tr
     test_dir = study["dataset_dir"] / manifest["testing"][0]["subject"]
     lps_manifest = _reoriented_copy(test_dir, tmp_path / "lps_input")
     output_dir = tmp_path / "maps"
-    run = dict(
-        bundle_root=BUNDLE,
-        datalist=lps_manifest,
-        dataset_dir=lps_manifest.parent,
-        checkpoint=trained["ckpt_dir"] / "model.pt",
-        output_dir=output_dir,
-    )
+    run = {
+        "bundle_root": BUNDLE,
+        "datalist": lps_manifest,
+        "dataset_dir": lps_manifest.parent,
+        "checkpoint": trained["ckpt_dir"] / "model.pt",
+        "output_dir": output_dir,
+    }
     check(bundle_run("inference", ["inference.json"], **run))
 
     t1w = nib.load(lps_manifest.parent / "t1w.nii.gz")
@@ -239,6 +359,8 @@ def test_evaluation_writes_reports(study, trained, tmp_path):
 
 
 def test_multi_gpu_config_runs_two_processes_on_cpu(study, tmp_path):
+    """Two gloo processes (every one runs the non-finite loss stop, which all-reduces its flag each step: a process
+    without it would hang the run), with the progress bar instead of log lines."""
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m")
     result = check(
         bundle_run(
@@ -248,6 +370,7 @@ def test_multi_gpu_config_runs_two_processes_on_cpu(study, tmp_path):
             timeout=240,
             max_epochs=1,
             val_interval=1,
+            progress_bar="true",
             bundle_root=BUNDLE,
             ckpt_dir=tmp_path / "models",
             log_dir=tmp_path / "logs",
@@ -255,10 +378,12 @@ def test_multi_gpu_config_runs_two_processes_on_cpu(study, tmp_path):
         )
     )
     assert (tmp_path / "models" / "model.pt").is_file()
-    state = torch.load(next((tmp_path / "models").glob("checkpoint*.pt")), weights_only=False)
+    state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=False)
     assert not any(key.startswith("module.") for key in state["model"]), "DDP wrapper is not saved"
     assert "val_t1_ssim" in (tmp_path / "logs" / "metrics.csv").read_text()
-    assert "Engine run finished" in result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    assert "Engine run finished" in log
+    assert "%|" in log and iteration_log_lines(log) == []
 
 
 def test_best_model_is_the_lowest_validation_error_and_a_runaway_validation_stops_training():

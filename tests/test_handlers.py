@@ -1,11 +1,16 @@
-"""The training-schedule handlers: lambda warm-up and the divergence stop, on real Ignite engines."""
+"""The training handlers (lambda warm-up, divergence stop, non-finite loss stop, log filter) on real engines."""
 
 import logging
 
 import pytest
+import torch
 from ignite.engine import Engine, Events
+from monai.data import DataLoader
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import CheckpointSaver, MeanAbsoluteError, ValidationHandler, from_engine
 
-from pipeline.handlers import DivergenceStop, LambdaWarmup
+from pipeline.engine import loss_terms_output
+from pipeline.handlers import DivergenceStop, LambdaWarmup, NonFiniteLossStop, every_n_iterations_of_epoch
 from pipeline.losses import HybridLoss
 
 
@@ -57,3 +62,131 @@ def test_divergence_stop_lets_a_healthy_or_nan_free_run_finish_and_stops_on_nan(
     DivergenceStop(trainer, ["val_t1_mpe"]).attach(evaluator)
     with pytest.raises(KeyError, match="val_t1_mpe"):
         evaluator.run([0])
+
+
+class _LossTurningNaN(torch.nn.Module):
+    """L1 loss that is NaN at its ``nan_call``-th call (1-based), with ``last_components`` as HybridLoss has."""
+
+    def __init__(self, nan_call: int) -> None:
+        super().__init__()
+        self.nan_call, self.calls = nan_call, 0
+        self.last_components: dict[str, torch.Tensor] = {}
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = torch.nn.functional.l1_loss(pred, target)
+        if self.calls == self.nan_call:
+            loss = loss * float("nan")
+        self.last_components = {"supervised": loss.detach(), "self_mprage": torch.tensor(0.5)}
+        return loss
+
+
+def _state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in network.state_dict().items()}
+
+
+def test_non_finite_loss_stops_at_its_iteration_and_keeps_the_last_good_checkpoints(tmp_path, caplog):
+    """The bundle's wiring on a small MONAI trainer: a full-state CheckpointSaver each epoch (n_saved=1) and a
+    validation each epoch keeping ``model.pt`` by its key metric. The loss turns NaN at epoch 2, iteration 5
+    (2/3 of the epoch): training stops there and both files still hold the finite weights of epoch 1."""
+    torch.manual_seed(0)
+    items = [{"image": torch.rand(1, 4, 4), "label": torch.rand(1, 4, 4)} for _ in range(6)]
+    network = torch.nn.Conv2d(1, 1, 3, padding=1)
+    optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
+    loss = _LossTurningNaN(nan_call=5)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(items[:2], batch_size=2),
+        network=network,
+        key_val_metric={"val_mae": MeanAbsoluteError(output_transform=from_engine(["pred", "label"]))},
+        metric_cmp_fn=lambda current, best: current < best,
+        val_handlers=[
+            CheckpointSaver(
+                save_dir=tmp_path,
+                save_dict={"model": network},
+                save_key_metric=True,
+                key_metric_filename="model.pt",
+                key_metric_negative_sign=True,
+            )
+        ],
+    )
+    stop = NonFiniteLossStop(output_transform=loss_terms_output(loss))
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=3,
+        train_data_loader=DataLoader(items, batch_size=2),
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss,
+        train_handlers=[ValidationHandler(validator=evaluator, interval=1, epoch_level=True), stop],
+        decollate=False,
+    )
+    state_dict = {"model": network, "optimizer": optimizer, "trainer": trainer}
+    CheckpointSaver(save_dir=tmp_path, save_dict=state_dict, save_interval=1, n_saved=1, epoch_level=True).attach(
+        trainer
+    )
+    saved_weights = {}
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda engine: saved_weights.update({engine.state.epoch: _state(network)})
+    )
+
+    with caplog.at_level(logging.ERROR, logger="pipeline.handlers"):
+        trainer.run()
+
+    assert stop.stopped_at == (2, 5) and (trainer.state.epoch, trainer.state.iteration) == (2, 5)
+    assert "non-finite training loss at epoch 2, iteration 5 (2/3 of the epoch): loss = nan, supervised = nan, " in (
+        caplog.text
+    )
+    assert "self_mprage = 0.5" in caplog.text
+    assert not all(torch.isfinite(value).all() for value in network.state_dict().values()), "the NaN step happened"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
+    assert list(saved_weights) == [1] and evaluator.state.epoch == 1  # no epoch end, no validation after the NaN
+    full_state = torch.load(tmp_path / "checkpoint_epoch=1.pt", weights_only=False)
+    assert full_state["trainer"]["iteration"] == 3
+    for weights in (full_state["model"], torch.load(tmp_path / "model.pt")):
+        assert weights.keys() == saved_weights[1].keys()
+        for name, value in weights.items():
+            assert torch.isfinite(value).all() and torch.equal(value, saved_weights[1][name]), name
+
+
+def test_non_finite_loss_in_another_process_stops_this_one_too(monkeypatch, caplog):
+    """DDP: the flag is all-reduced (max over processes), so a process with a finite loss stops at the same
+    iteration as the one whose loss is NaN, instead of waiting in the next gradient all-reduce."""
+    flags = []
+
+    def all_reduce_with_another_nan_at_iteration_2(flag, op):
+        flags.append((flag, op))
+        return max(flag, float(len(flags) == 2))
+
+    monkeypatch.setattr("pipeline.handlers.idist.all_reduce", all_reduce_with_another_nan_at_iteration_2)
+    trainer = Engine(lambda engine, batch: {"loss": torch.tensor(0.25)})
+    stop = NonFiniteLossStop()
+    stop.attach(trainer)
+    with caplog.at_level(logging.ERROR, logger="pipeline.handlers"):
+        trainer.run([0, 1, 2], max_epochs=2)
+    assert stop.stopped_at == (1, 2) and trainer.state.iteration == 2
+    assert flags == [(0.0, "MAX"), (0.0, "MAX")]
+    assert "non-finite training loss in another process at epoch 1, iteration 2 (2/3 of the epoch): loss = 0.25" in (
+        caplog.text
+    )
+
+
+def test_non_finite_loss_stop_lets_a_finite_run_finish():
+    trainer = Engine(lambda engine, batch: {"loss": torch.tensor(float(engine.state.iteration))})
+    stop = NonFiniteLossStop()
+    stop.attach(trainer)
+    trainer.run([0, 1], max_epochs=3)
+    assert stop.stopped_at is None and trainer.state.iteration == 6
+
+
+def test_every_n_iterations_of_epoch_counts_within_each_epoch():
+    logged = []
+    trainer = Engine(lambda engine, batch: None)
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED(event_filter=every_n_iterations_of_epoch(2)),
+        lambda engine: logged.append((engine.state.epoch, engine.state.iteration)),
+    )
+    trainer.run(range(5), max_epochs=3)
+    assert logged == [(1, 2), (1, 4), (2, 7), (2, 9), (3, 12), (3, 14)]  # positions 2 and 4 of each 5-iteration epoch
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        every_n_iterations_of_epoch(0)
