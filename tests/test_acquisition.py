@@ -1,5 +1,6 @@
 """The phantom's realistic acquisition: each effect against an independent computation, switches, determinism."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -16,11 +17,13 @@ from pipeline.phantom.acquisition import (
     TRANSMIT_RANGE,
     Acquisition,
     CompartmentSignals,
+    check_protocols,
     intensity_scale,
     protocol_at,
     refocusing_schedule,
 )
 from pipeline.phantom.anatomy import load_template_anatomy
+from pipeline.phantom.contrasts import protocol_overrides, protocols
 from pipeline.phantom.kspace import acquire_axis, line_weights, train_sample_of_lines
 from pipeline.phantom.labels import FIT_NOISE_CV, add_fit_errors, slab_weights
 from pipeline.phantom.simulate import SubjectParameters, fine_grid, simulate_subject, tissue_fractions, transmit_field
@@ -36,11 +39,11 @@ def anatomy():
     return load_template_anatomy()
 
 
-def _simulate(anatomy, acquisition, index=0, held_out=False, planes=12, snr=30.0):
+def _simulate(anatomy, acquisition, index=0, held_out=False, planes=12, snr=30.0, protocols=None):
     parameters = SubjectParameters.draw(7, index, anatomy, acquisition=acquisition, held_out=held_out)
     margin = VARIETY_GRID_MARGIN_MM if acquisition.anatomical_variety else 6
     grid = study_grid(anatomy, sagittal_slices=planes, margin_mm=margin)
-    return simulate_subject(anatomy, grid, parameters, snr=snr, acquisition=acquisition)
+    return simulate_subject(anatomy, grid, parameters, snr=snr, acquisition=acquisition, protocols=protocols)
 
 
 # ---------------------------------------------------------------------------------------------- switches
@@ -153,6 +156,69 @@ def test_transmit_field_gives_the_closed_form_at_the_scaled_angles():
                 expected = physics.tse_epg(WHITE.t1_ms, WHITE.t2_ms, WHITE.pd, scaled)
             assert looked_up == pytest.approx(scale * expected, rel=2e-3), (contrast, b1)
     assert protocol_at("mprage", 1.0).inversion_efficiency == pytest.approx(1.0)
+
+
+SITE_PROTOCOLS = {"mprage": {"ti": 1000.0}, "tse": {"te": 120.0, "echo_spacing": 10.0}, "flair": {"ti": 2000.0}}
+"""A new site's protocols (the TSE's TE a whole number of echo spacings, as its echo train needs)."""
+
+
+def test_overridden_protocols_reach_every_train_and_keep_the_default_intensity_scale():
+    acquisition = Acquisition(transmit_field=True, mprage_readout=True, tse_echo_train=True, flair_variable_flip=True)
+    overrides = protocol_overrides(SITE_PROTOCOLS)
+    values = np.array([[WHITE.t1_ms, WHITE.t2_ms, WHITE.pd]])
+    for contrast in ("mprage", "tse", "flair"):
+        site = physics.resolve_protocol(contrast, {**protocols()[contrast].to_dict(), **SITE_PROTOCOLS[contrast]})
+        table = CompartmentSignals.tabulate(contrast, acquisition, values, np.array([0.03]), 64, overrides)
+        scale = intensity_scale(contrast, acquisition)  # the default protocols': nominal white matter = 1000 there
+        for b1 in (0.88, 1.1):
+            eta = -math.cos(math.pi * b1)
+            if contrast == "mprage":
+                scaled = dataclasses.replace(site, flip_angle=9.0 * b1, inversion_efficiency=eta)
+                expected = physics.mprage(WHITE.t1_ms, WHITE.pd, scaled)
+            elif contrast == "tse":
+                scaled = dataclasses.replace(site, refocusing_angle=150.0 * b1, excitation_angle=90.0 * b1)
+                expected = physics.tse_epg(WHITE.t1_ms, WHITE.t2_ms, WHITE.pd, scaled)
+            else:
+                scaled = dataclasses.replace(site, excitation_angle=90.0 * b1, inversion_efficiency=eta)
+                angles = [min(angle * b1, 180.0) for angle in refocusing_schedule(200, 100)[:101]]
+                expected = physics.flair_echo_train(WHITE.t1_ms, WHITE.t2_ms, WHITE.pd, angles, scaled)[-1]
+            assert protocol_at(contrast, b1, overrides) == scaled
+            looked_up = float(table.lookup(0, torch.zeros(1), torch.tensor([b1]))[0])
+            assert looked_up == pytest.approx(scale * expected, rel=2e-3), (contrast, b1)
+    # the TSE train's k-space modulation: centre echo TE / ESP = 12 of the overridden train
+    tse = physics.resolve_protocol("tse", SITE_PROTOCOLS["tse"])
+    table = CompartmentSignals.tabulate("tse", acquisition, values, np.array([0.03]), 64, overrides)
+    expected = line_weights(physics.tse_echo_train(WHITE.t1_ms, WHITE.t2_ms, WHITE.pd, tse)[None], 11, 64)
+    np.testing.assert_allclose(table.line_weights, expected, rtol=1e-9)
+
+
+def test_protocols_that_do_not_fit_the_acquisition_are_refused():
+    off_the_echo_grid = protocol_overrides({"tse": {"te": 120.0}})  # 120 / 9.3 echo spacings
+    check_protocols(Acquisition(), off_the_echo_grid)  # the simplified TSE takes any TE
+    with pytest.raises(ValueError, match="whole number of echo spacings"):
+        check_protocols(Acquisition(tse_echo_train=True), off_the_echo_grid)
+    steep = protocol_overrides({"mprage": {"flip_angle": 160.0}})
+    check_protocols(Acquisition(mprage_readout=True), steep)
+    with pytest.raises(ValueError, match="flip_angle must be in"):  # 160 deg x B1+ 1.2
+        check_protocols(Acquisition(transmit_field=True), steep)
+    with pytest.raises(ValueError, match="whole number of echo spacings"):
+        generate_study("unused", acquisition="realistic", protocols={"tse": {"te": 120.0}})
+
+
+def test_tse_override_in_the_realistic_acquisition_changes_only_the_t2w(anatomy):
+    # B1+ off: it moves the EPG echo amplitudes of either TE (the tabulation test checks it under overrides)
+    acquisition = Acquisition.preset("realistic", ["transmit_field", "anatomical_variety", "label_acquisition"])
+    default = _simulate(anatomy, acquisition, snr=np.inf)
+    site = _simulate(anatomy, acquisition, snr=np.inf, protocols={"tse": SITE_PROTOCOLS["tse"]})
+    for contrast in ("mprage", "flair"):
+        np.testing.assert_array_equal(site.weighted[contrast], default.weighted[contrast])
+    white = default.fractions[COMPARTMENTS.index("white_matter")] > 0.99
+    t1_ms, t2_ms = default.t1_ms[white], default.t2_ms[white]
+    longer = physics.resolve_protocol("tse", SITE_PROTOCOLS["tse"])
+    expected = physics.tse_epg(t1_ms, t2_ms, 1.0, longer) / physics.tse_epg(t1_ms, t2_ms, 1.0, physics.TSEProtocol())
+    ratio = site.weighted["tse"][white] / default.weighted["tse"][white]
+    assert np.median(ratio / expected) == pytest.approx(1.0, abs=2e-3)  # the point-spread functions: +-0.5 %
+    assert np.median(ratio) < 0.8  # darker: the intensity scale stays the default protocol's
 
 
 def test_transmit_field_is_smooth_and_within_range(anatomy):

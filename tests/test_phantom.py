@@ -9,13 +9,28 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 from scipy import ndimage
+from scipy.optimize import brentq
 
+from pipeline import physics
+from pipeline.data import ensure_study
 from pipeline.phantom import generate_study, study_manifest
 from pipeline.phantom.__main__ import main as phantom_cli
 from pipeline.phantom.anatomy import load_template_anatomy
-from pipeline.phantom.contrasts import WHITE_MATTER_INTENSITY, signed_signal
+from pipeline.phantom.contrasts import (
+    WHITE_MATTER_INTENSITY,
+    null_t1_ms,
+    protocol_overrides,
+    protocols,
+    signed_signal,
+)
 from pipeline.phantom.labels import slab_affine
-from pipeline.phantom.simulate import SubjectParameters, mix_relaxation_rates, mix_signals, simulate_subject
+from pipeline.phantom.simulate import (
+    SubjectParameters,
+    compartment_values,
+    mix_relaxation_rates,
+    mix_signals,
+    simulate_subject,
+)
 from pipeline.phantom.study import study_grid
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
 
@@ -364,3 +379,190 @@ def test_cli_writes_study_and_figure(tmp_path):
     phantom_cli(["--out", str(tmp_path / "study"), "--subjects", "1", "--sagittal-slices", "3", "--figure", str(png)])
     assert (tmp_path / "study" / "dataset.json").is_file()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+# ------------------------------------------------------------------------------------------ protocol overrides
+
+SITE_PROTOCOLS = {"tse": {"te": 120.0}, "flair": {"ti": 2000.0}}
+"""A new site's protocols: one override per contrast, tested one at a time."""
+
+
+@pytest.fixture(scope="module")
+def default_protocols():
+    """The phantom's default protocols from pipeline.physics alone: the paper's, FLAIR's TI nulling nominal CSF."""
+    csf = TISSUES_3T["csf"]
+    flair = physics.FLAIRProtocol()
+    latest_ti = flair.tr - flair.echo_train_length * flair.echo_spacing
+    csf_null_ti = brentq(lambda ti: physics.inversion_recovery(csf.t1_ms, physics.FLAIRProtocol(ti=ti)), 1.0, latest_ti)
+    return {
+        "mprage": physics.MPRAGEProtocol(),
+        "tse": physics.TSEProtocol(),
+        "flair": physics.FLAIRProtocol(ti=csf_null_ti),
+    }
+
+
+@pytest.fixture(scope="module")
+def noiseless(anatomy):
+    """(parameters, {name: volumes}) of one subject without noise and receive bias: the default protocols
+    ("default") and each contrast of :data:`SITE_PROTOCOLS` overridden alone (its contrast's name)."""
+    parameters = SubjectParameters.draw(7, 0, anatomy)
+    grid = study_grid(anatomy, sagittal_slices=12)
+    variants = {"default": None, **{contrast: {contrast: fields} for contrast, fields in SITE_PROTOCOLS.items()}}
+    return parameters, {
+        name: simulate_subject(anatomy, grid, parameters, snr=np.inf, receive_bias=False, protocols=overrides)
+        for name, overrides in variants.items()
+    }
+
+
+def _ideal_images(parameters, volumes, protocol_of, default_protocols):
+    """Independent ideal images at the mask voxels: ``|sum_k f_k sign_k S_k|`` through pipeline.physics.
+
+    ``S_k`` is each compartment's simplified-model signal under ``protocol_of``, ``sign_k`` the sign of its Mz at the
+    k-space centre (MPRAGE: the readout's centre excitation; FLAIR: the inversion recovery at TI), and the scale puts
+    nominal white matter at 1000 under ``default_protocols``.
+    """
+    t1, t2, pd = compartment_values(parameters, volumes.grid, volumes.mask).astype(np.float64).transpose(1, 0, 2)
+    mprage = protocol_of["mprage"]
+    t1_grid = np.geomspace(1.0, 30000.0, 4096)
+    centre = physics.mprage_readout(t1_grid, 1.0, mprage)[:, mprage.centre_index]
+    signs = {
+        "mprage": np.sign(np.interp(np.log(t1), np.log(t1_grid), centre)),
+        "tse": 1.0,
+        "flair": np.sign(physics.inversion_recovery(t1, protocol_of["flair"])),
+    }
+    white = TISSUES_3T["white_matter"]
+    fractions = volumes.fractions[:, volumes.mask]
+    images = {}
+    for contrast, protocol in protocol_of.items():
+        nominal = physics.synthesize(contrast, white.t1_ms, white.t2_ms, white.pd, default_protocols[contrast])
+        signal = np.sum(fractions * signs[contrast] * physics.synthesize(contrast, t1, t2, pd, protocol), axis=0)
+        images[contrast] = WHITE_MATTER_INTENSITY / nominal * np.abs(signal)
+    return images
+
+
+def _assert_images_match(volumes, expected):
+    for contrast, image in expected.items():
+        np.testing.assert_allclose(
+            volumes.weighted[contrast][volumes.mask], image, rtol=1e-4, atol=0.05, err_msg=contrast
+        )
+
+
+def test_default_protocols_are_recorded_as_before_and_image_as_before(noiseless, default_protocols):
+    assert "protocols" not in study_manifest()["generator"]
+    for none in (None, {}, {"tse": {}}, ()):
+        assert study_manifest(protocols=none) == study_manifest()
+        assert protocol_overrides(none) == ()
+    assert protocols()["mprage"] == default_protocols["mprage"] and protocols()["tse"] == default_protocols["tse"]
+    assert protocols()["flair"] == physics.FLAIRProtocol(ti=protocols()["flair"].ti)
+    assert protocols()["flair"].ti == pytest.approx(default_protocols["flair"].ti, rel=1e-6)
+    parameters, volumes = noiseless
+    _assert_images_match(
+        volumes["default"], _ideal_images(parameters, volumes["default"], default_protocols, default_protocols)
+    )
+
+
+def test_protocol_overrides_are_normalised_and_hashable():
+    overrides = protocol_overrides({"flair": {"ti": "2000"}, "tse": {"echo_train_length": 18.0, "te": 120}})
+    assert overrides == (("tse", (("te", 120.0), ("echo_train_length", 18))), ("flair", (("ti", 2000.0),)))
+    assert isinstance(overrides[0][1][1][1], int) and hash(overrides) == hash(protocol_overrides(overrides))
+    tse = protocols(overrides)["tse"]
+    assert (tse.te, tse.echo_train_length, tse.tr) == (120.0, 18, physics.TSEProtocol().tr)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"t2w": {"te": 120.0}}, "unknown contrast"),
+        ({"tse": {"tee": 120.0}}, "unknown tse field"),
+        ({"tse": {"te": "long"}}, "must be a number"),
+        ({"tse": {"echo_train_length": 16.5}}, "must be a whole number"),
+        ({"tse": {"te": 500.0}}, "te must be in"),
+        ({"flair": {"ti": 4500.0}}, "does not fit in tr - ti"),
+    ],
+)
+def test_invalid_protocol_overrides_are_refused_before_anything_is_written(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        generate_study(tmp_path / "study", n_subjects=1, sagittal_slices=2, protocols=overrides)
+    assert not (tmp_path / "study").exists()
+
+
+def test_longer_tse_echo_time_darkens_t2w_by_the_closed_form_only(noiseless, default_protocols):
+    parameters, volumes = noiseless
+    default, site = volumes["default"], volumes["tse"]
+    for contrast in ("mprage", "flair"):
+        np.testing.assert_array_equal(site.weighted[contrast], default.weighted[contrast])
+    longer = default_protocols | {"tse": physics.TSEProtocol(te=120.0)}
+    _assert_images_match(site, _ideal_images(parameters, site, longer, default_protocols))
+    for name in ("white_matter", "cortical_grey_matter", "csf", "lesion"):
+        pure = default.fractions[COMPARTMENTS.index(name)] == 1.0  # the voxel's T2 is the compartment's
+        assert pure.sum() >= 10, name
+        ratio = site.weighted["tse"][pure] / default.weighted["tse"][pure]
+        np.testing.assert_allclose(ratio, np.exp(-(120.0 - 93.0) / default.t2_ms[pure]), rtol=1e-5, err_msg=name)
+
+
+def test_flair_inversion_time_override_changes_flair_only_and_its_null(noiseless, default_protocols):
+    parameters, volumes = noiseless
+    default, site = volumes["default"], volumes["flair"]
+    for contrast in ("mprage", "tse"):
+        np.testing.assert_array_equal(site.weighted[contrast], default.weighted[contrast])
+    later = default_protocols | {"flair": physics.FLAIRProtocol(ti=2000.0)}
+    _assert_images_match(site, _ideal_images(parameters, site, later, default_protocols))
+    csf = _pure(default, "csf")
+    assert np.median(site.weighted["flair"][csf]) > 5 * np.median(default.weighted["flair"][csf])  # CSF not nulled
+
+
+def test_flair_sign_follows_the_null_of_the_overridden_inversion_time():
+    csf = TISSUES_3T["csf"]
+    overrides = protocol_overrides({"flair": {"ti": 1700.0}})
+    null = null_t1_ms("flair", overrides)
+    assert physics.inversion_recovery(null, protocols(overrides)["flair"]) == pytest.approx(0.0, abs=1e-7)
+    assert null > 1.2 * null_t1_ms("flair") and null_t1_ms("flair") == pytest.approx(csf.t1_ms, rel=1e-3)
+
+    def flair(t1_ms):
+        return float(signed_signal("flair", np.float32(t1_ms), np.float32(csf.t2_ms), np.float32(csf.pd), overrides))
+
+    assert flair(0.95 * null) > 0 > flair(1.05 * null)
+    assert flair(csf.t1_ms) > 20.0  # nominal CSF is no longer nulled
+
+
+def test_cli_records_protocol_overrides_and_the_record_regenerates_the_study(tmp_path):
+    site = tmp_path / "site"
+    arguments = ["--subjects", "1", "--sagittal-slices", "2"]
+    overrides = ["--protocol", "tse.te=120", "--protocol", "flair.ti=2000", "--protocol", "tse.echo_train_length=18"]
+    phantom_cli(["--out", str(site), *arguments, *overrides])
+    manifest = json.loads((site / "dataset.json").read_text())
+    expected = {"tse": {"te": 120.0, "echo_train_length": 18}, "flair": {"ti": 2000.0}}
+    assert manifest["generator"]["protocols"] == expected
+    generator = dict(manifest["generator"])
+    generator.pop("module")
+    assert study_manifest(**generator) == manifest
+    record = json.loads((site / "sub-01" / "phantom.json").read_text())["protocols"]
+    assert record["tse"] == {**physics.TSEProtocol().to_dict(), **expected["tse"]}
+    assert record["flair"] == {**protocols()["flair"].to_dict(), "ti": 2000.0}
+    assert record["mprage"] == physics.MPRAGEProtocol().to_dict()
+    files = {name: (site / "sub-01" / f"{name}.nii.gz").read_bytes() for name in ("t1w", "t2w", "flair")}
+    (site / "sub-01" / "t2w.nii.gz").unlink()
+    ensure_study(site / "dataset.json")  # regenerates from the generator record
+    assert (site / "sub-01" / "t2w.nii.gz").read_bytes() == files["t2w"]
+    phantom_cli(["--out", str(tmp_path / "default"), *arguments])
+    default = {name: (tmp_path / "default" / "sub-01" / f"{name}.nii.gz").read_bytes() for name in files}
+    assert default["t1w"] == files["t1w"] and default["t2w"] != files["t2w"] and default["flair"] != files["flair"]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--protocol", "tse.te"], "expected CONTRAST.FIELD=VALUE"),
+        (["--protocol", "te=120"], "expected CONTRAST.FIELD=VALUE"),
+        (["--protocol", "t2w.te=120"], "unknown contrast"),
+        (["--protocol", "tse.tee=120"], "unknown tse field"),
+        (["--protocol", "tse.te=500"], "te must be in"),
+        (["--acquisition", "realistic", "--protocol", "tse.te=120"], "whole number of echo spacings"),
+    ],
+)
+def test_cli_refuses_bad_protocol_overrides(tmp_path, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        phantom_cli(["--out", str(tmp_path / "study"), "--subjects", "1", "--sagittal-slices", "2", *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()

@@ -1,5 +1,8 @@
 """Command line: ``python -m pipeline.phantom --out DIR [--acquisition realistic [--without EFFECT ...]] ...``.
 
+``--protocol CONTRAST.FIELD=VALUE`` (repeatable) images the study with another site's protocol, e.g.
+``--protocol tse.te=120 --protocol flair.ti=2000``.
+
 Writes the study (``DIR/dataset.json`` and one folder per subject) and optionally a PNG of one sagittal
 slice set of its testing subject. The default arguments give the default study of data_manifest.json.
 """
@@ -8,10 +11,30 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 
-from pipeline.phantom.acquisition import Acquisition
+from pipeline.phantom.acquisition import Acquisition, check_protocols
+from pipeline.phantom.contrasts import CONTRASTS, protocol_overrides
 from pipeline.phantom.figure import save_slice_figure
 from pipeline.phantom.study import DEFAULT_SNR, generate_study
+
+
+def protocol_argument(text: str) -> tuple[str, str, str]:
+    """``(contrast, field, value)`` of one ``CONTRAST.FIELD=VALUE`` argument (argparse ``type``; values are checked
+    by :func:`~pipeline.phantom.contrasts.protocol_overrides`)."""
+    target, equals, value = text.partition("=")
+    contrast, dot, field = target.partition(".")
+    if not (equals and dot and contrast and field and value):
+        raise argparse.ArgumentTypeError(f"expected CONTRAST.FIELD=VALUE (e.g. tse.te=120), got {text!r}")
+    return contrast.strip(), field.strip(), value.strip()
+
+
+def overrides_of(arguments: Sequence[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    """``{contrast: {field: value}}`` of parsed ``--protocol`` arguments (a field given twice: the last counts)."""
+    overrides: dict[str, dict[str, str]] = {}
+    for contrast, field, value in arguments:
+        overrides.setdefault(contrast, {})[field] = value
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,9 +73,24 @@ def main(argv: list[str] | None = None) -> None:
         metavar="EFFECT",
         help=f"switch these effects of the realistic acquisition off: {', '.join(Acquisition.effects())}",
     )
+    parser.add_argument(
+        "--protocol",
+        action="append",
+        default=[],
+        type=protocol_argument,
+        metavar="CONTRAST.FIELD=VALUE",
+        help=f"override a field of a contrast's protocol ({', '.join(CONTRASTS)}; fields of pipeline.physics' "
+        "MPRAGEProtocol, TSEProtocol, FLAIRProtocol; ms, degrees), e.g. tse.te=120; repeatable",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a different study in --out")
     parser.add_argument("--figure", default=None, help="also write a PNG of one sagittal slice set here")
     args = parser.parse_args(argv)
+    acquisition = Acquisition.preset(args.acquisition, args.without)
+    try:
+        protocols = protocol_overrides(overrides_of(args.protocol))
+        check_protocols(acquisition, protocols)
+    except ValueError as error:
+        parser.error(str(error))
 
     start = time.perf_counter()
     manifest = generate_study(
@@ -64,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         slab_thickness_mm=args.slab_thickness_mm,
         slab_axis=args.slab_axis,
         lesions=not args.no_lesions,
-        acquisition=Acquisition.preset(args.acquisition, args.without),
+        acquisition=acquisition,
+        protocols=protocols,
         overwrite=args.overwrite,
     )
     print(f"wrote {manifest} in {time.perf_counter() - start:.1f} s")

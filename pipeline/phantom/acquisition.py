@@ -29,7 +29,9 @@ loss inverts (:mod:`pipeline.phantom.contrasts`). A win of the loss there may be
                          bias (:mod:`pipeline.phantom.labels`); the 1 mm references stay the exact truth.
 =======================  ===============================================================================================
 
-Every effect builds on :mod:`pipeline.physics` (never a second copy of its equations). Its EPG
+Every effect images the study's protocols (:func:`~pipeline.phantom.contrasts.protocols`: the defaults, or a new
+site's through the ``overrides`` arguments) and builds on :mod:`pipeline.physics` (never a second copy of its
+equations). Its EPG
 (:func:`pipeline.physics.cpmg_echo_train`) is tested against the pulse-by-pulse reference values and an isochromat
 Bloch simulation; a maintained EPG package was considered and not taken: ``mrpro`` (its ``EPG`` operator) requires
 ``cufinufft``, ``pytorch-finufft``, ``torchvision`` (which does not import beside the CPU torch 2.13 this
@@ -56,7 +58,14 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import physics
-from pipeline.phantom.contrasts import WHITE_MATTER_INTENSITY, protocols, signed_magnitude
+from pipeline.phantom.contrasts import (
+    CONTRASTS,
+    WHITE_MATTER_INTENSITY,
+    ProtocolOverrides,
+    overrides_as_dict,
+    protocols,
+    signed_magnitude,
+)
 from pipeline.phantom.kspace import acquire_axis, line_weights, phase_encode
 from pipeline.phantom.tissues import TISSUES_3T
 
@@ -150,9 +159,9 @@ def refocusing_schedule(n_echoes: int, centre: int) -> list[float]:
     return np.where(echo <= centre, falling, np.maximum(rising, FLAIR_MINIMUM_ANGLE)).tolist()
 
 
-def protocol_at(contrast: str, transmit: float):
-    """The contrast's protocol (:func:`~pipeline.phantom.contrasts.protocols`), all angles times B1+ ``transmit``."""
-    protocol = protocols()[contrast]
+def protocol_at(contrast: str, transmit: float, overrides: ProtocolOverrides = ()):
+    """The contrast's protocol under ``overrides`` (:func:`~pipeline.phantom.contrasts.protocols`), angles times B1+."""
+    protocol = protocols(overrides)[contrast]
     if contrast == "mprage":
         return dataclasses.replace(
             protocol,
@@ -167,10 +176,9 @@ def protocol_at(contrast: str, transmit: float):
     return dataclasses.replace(protocol, **scaled)
 
 
-def flair_centre_echo() -> int:
-    """0-based echo of the SPACE-like FLAIR train at the k-space centre: the echo nearest the protocol's TE."""
-    protocol = protocols()["flair"]
-    return round(protocol.te / protocol.echo_spacing) - 1
+def flair_centre_echo(protocol: physics.FLAIRProtocol) -> int:
+    """0-based echo of the SPACE-like FLAIR train at the k-space centre: the echo (at ``k ESP``, k >= 1) nearest TE."""
+    return max(round(protocol.te / protocol.echo_spacing), 1) - 1
 
 
 def signal_train(
@@ -181,6 +189,7 @@ def signal_train(
     pd: np.ndarray,
     transmit: float,
     through_centre: bool = False,
+    overrides: ProtocolOverrides = (),
 ) -> tuple[np.ndarray, int]:
     """Signed signal of every sample of the contrast's train (M0 units) and the sample at the k-space centre.
 
@@ -193,11 +202,12 @@ def signal_train(
         t1_ms, t2_ms, pd: (N,) float64 compartment values.
         transmit: relative B1+ (1 = nominal).
         through_centre: only the echoes up to the centre one (the signal at the k-space centre is the last sample).
+        overrides: the study's protocol overrides (:func:`~pipeline.phantom.contrasts.protocol_overrides`).
 
     Returns:
         (N, L) float64 train and the 0-based centre sample.
     """
-    protocol = protocol_at(contrast, transmit)
+    protocol = protocol_at(contrast, transmit, overrides)
     if contrast == "mprage" and acquisition.mprage_readout:
         return physics.mprage_readout(t1_ms, pd, protocol), protocol.centre_index
     if contrast == "tse" and acquisition.tse_echo_train:
@@ -206,17 +216,41 @@ def signal_train(
             return physics.tse_epg(t1_ms, t2_ms, pd, protocol)[:, None], 0
         return physics.tse_echo_train(t1_ms, t2_ms, pd, protocol), centre
     if contrast == "flair" and acquisition.flair_variable_flip:
-        centre = flair_centre_echo()
+        centre = flair_centre_echo(protocol)
         angles = [min(angle * transmit, 180.0) for angle in refocusing_schedule(protocol.echo_train_length, centre)]
         if through_centre:
             angles = angles[: centre + 1]
         return physics.flair_echo_train(t1_ms, t2_ms, pd, angles, protocol), centre
-    return signed_magnitude(contrast, t1_ms, t2_ms, pd, protocol)[:, None], 0
+    return signed_magnitude(contrast, t1_ms, t2_ms, pd, protocol, overrides)[:, None], 0
+
+
+def check_protocols(acquisition: Acquisition, overrides: ProtocolOverrides) -> None:
+    """Raise a ``ValueError`` before any subject is simulated if the overridden protocols do not fit ``acquisition``.
+
+    Runs every contrast's :func:`signal_train` for nominal white matter at the B1+ extremes the acquisition uses, so
+    any protocol the simulation would build is built (e.g. ``tse_echo_train`` needs the TSE's ``te`` to be a whole
+    number of ``echo_spacing``: the echo that fills the k-space centre).
+    """
+    white = TISSUES_3T["white_matter"]
+    values = [np.array([value]) for value in (white.t1_ms, white.t2_ms, white.pd)]
+    try:
+        for contrast in CONTRASTS:
+            for transmit in TRANSMIT_RANGE if acquisition.transmit_field else (1.0,):
+                signal_train(contrast, acquisition, *values, transmit, overrides=overrides)
+    except ValueError as error:
+        raise ValueError(
+            f"protocol overrides {overrides_as_dict(overrides)} do not fit the acquisition (effects "
+            f"{[effect for effect, on in acquisition.to_dict().items() if on]}): {error}"
+        ) from error
 
 
 @functools.cache
 def intensity_scale(contrast: str, acquisition: Acquisition) -> float:
-    """Factor from signal to image intensity: nominal white matter at nominal B1+ → :data:`WHITE_MATTER_INTENSITY`."""
+    """Factor from signal to image intensity: nominal white matter at nominal B1+ → :data:`WHITE_MATTER_INTENSITY`.
+
+    Defined by the *default* protocols (no overrides), as a scanner's fixed receive gain: an overridden protocol
+    changes the image intensities by its own signal change.
+    """
     white = TISSUES_3T["white_matter"]
     train, centre = signal_train(
         contrast, acquisition, *(np.array([v]) for v in (white.t1_ms, white.t2_ms, white.pd)), 1.0
@@ -247,10 +281,12 @@ class CompartmentSignals:
         values: np.ndarray,
         texture_cv: np.ndarray,
         n_lines: int,
+        overrides: ProtocolOverrides = (),
     ) -> CompartmentSignals:
         """Tabulate ``contrast`` for compartments of subject ``values`` (K, 3: T1 ms, T2 ms, PD) and texture CVs (K,).
 
         The texture multiplies T1, T2 and PD together by ``exp(cv * s)`` (as in :mod:`pipeline.phantom.simulate`).
+        ``overrides``: the study's protocol overrides (the intensity scale stays the default protocols').
         """
         transmit = np.linspace(*TRANSMIT_RANGE, TABLE_SIZE[0]) if acquisition.transmit_field else np.ones(1)
         sigmas = np.linspace(-TABLE_TEXTURE_SIGMAS, TABLE_TEXTURE_SIGMAS, TABLE_SIZE[1])
@@ -260,10 +296,12 @@ class CompartmentSignals:
         centre = np.empty((len(values), len(transmit), len(sigmas)))
         for b, b1 in enumerate(transmit):
             train, index = signal_train(
-                contrast, acquisition, t1.ravel(), t2.ravel(), pd.ravel(), b1, through_centre=True
+                contrast, acquisition, t1.ravel(), t2.ravel(), pd.ravel(), b1, through_centre=True, overrides=overrides
             )
             centre[:, b] = scale * train[:, index].reshape(t1.shape)
-        nominal, index = signal_train(contrast, acquisition, values[:, 0], values[:, 1], values[:, 2], 1.0)
+        nominal, index = signal_train(
+            contrast, acquisition, values[:, 0], values[:, 1], values[:, 2], 1.0, overrides=overrides
+        )
         weights = line_weights(nominal, index, n_lines) if nominal.shape[-1] > 1 else None
         return cls(transmit, centre, weights)
 

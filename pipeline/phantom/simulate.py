@@ -26,6 +26,7 @@ step 5 goes through k-space (:func:`acquire_images`): signal trains across the p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +47,13 @@ from pipeline.phantom.acquisition import (
     acquire_contrast,
 )
 from pipeline.phantom.anatomy import ANATOMICAL_CLASSES, TemplateAnatomy
-from pipeline.phantom.contrasts import CONTRASTS, WHITE_MATTER_INTENSITY, signed_signal
+from pipeline.phantom.contrasts import (
+    CONTRASTS,
+    WHITE_MATTER_INTENSITY,
+    ProtocolOverrides,
+    protocol_overrides,
+    signed_signal,
+)
 from pipeline.phantom.fields import FIELD_DOMAIN_MM, SmoothRandomField
 from pipeline.phantom.grid import VoxelGrid
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
@@ -329,10 +336,11 @@ def mix_relaxation_rates(fractions: np.ndarray, values: np.ndarray) -> tuple[np.
     return t1_ms, t2_ms, np.sum(fractions * values[:, 2], axis=0)
 
 
-def mix_signals(fractions: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
+def mix_signals(fractions: np.ndarray, values: np.ndarray, overrides: ProtocolOverrides = ()) -> dict[str, np.ndarray]:
     """Magnitudes ``|sum_k f_k s_k|`` of the signed compartment signals of every contrast.
 
-    Args and shapes as :func:`mix_relaxation_rates`; each compartment is simulated only where present.
+    Args and shapes as :func:`mix_relaxation_rates`; each compartment is simulated only where present. ``overrides``:
+    the study's protocol overrides (:func:`~pipeline.phantom.contrasts.protocol_overrides`).
 
     Returns:
         contrast name (:data:`CONTRASTS`) → (N,) float32 magnitude.
@@ -342,7 +350,7 @@ def mix_signals(fractions: np.ndarray, values: np.ndarray) -> dict[str, np.ndarr
         present = np.flatnonzero(fraction > 0)
         t1_ms, t2_ms, pd = compartment[:, present]
         for contrast, signal in signals.items():
-            signal[present] += fraction[present] * signed_signal(contrast, t1_ms, t2_ms, pd)
+            signal[present] += fraction[present] * signed_signal(contrast, t1_ms, t2_ms, pd, overrides)
     return {contrast: np.abs(signal) for contrast, signal in signals.items()}
 
 
@@ -455,6 +463,7 @@ def acquire_images(
     grid: VoxelGrid,
     fractions: np.ndarray,
     bias: np.ndarray | float,
+    overrides: ProtocolOverrides = (),
 ) -> dict[str, np.ndarray]:
     """Noise-free complex images of every contrast through the effects of :mod:`~pipeline.phantom.acquisition`.
 
@@ -464,6 +473,7 @@ def acquire_images(
         grid: the acquired (1 mm) grid.
         fractions: (K, *simulated shape) compartment fractions on the acquired or the fine grid.
         bias: (X, Y, Z) receive bias on ``grid``, or 1.
+        overrides: the study's protocol overrides (:func:`~pipeline.phantom.contrasts.protocol_overrides`).
 
     Returns:
         contrast name → (X, Y, Z) complex64 image in intensity units.
@@ -476,7 +486,7 @@ def acquire_images(
     images = {}
     for contrast in CONTRASTS:
         axis = PHASE_ENCODE_AXIS[contrast]
-        signals = CompartmentSignals.tabulate(contrast, acquisition, values, texture_cv, grid.shape[axis])
+        signals = CompartmentSignals.tabulate(contrast, acquisition, values, texture_cv, grid.shape[axis], overrides)
         fields = torch.stack([signals.lookup(k, texture[k], transmit) for k in range(len(COMPARTMENTS))])
         images[contrast] = acquire_contrast(signals, fractions, fields * torch.as_tensor(bias), axis, grid.shape)
     return images
@@ -489,6 +499,7 @@ def simulate_subject(
     snr: float,
     receive_bias: bool = True,
     acquisition: Acquisition = Acquisition(),
+    protocols: Mapping[str, Mapping[str, float]] | ProtocolOverrides | None = None,
 ) -> SubjectVolumes:
     """Simulate one subject on ``grid``.
 
@@ -503,10 +514,14 @@ def simulate_subject(
             one images each compartment with the closed-form models and mixes the signals voxel by voxel. With
             ``fine_anatomy`` the tissues are simulated on :func:`fine_grid` and the 1 mm fractions (the truth's)
             are their block means.
+        protocols: overrides of the default protocols, ``{contrast: {field: value}}`` (a new site's; validated by
+            :func:`~pipeline.phantom.contrasts.protocol_overrides`); every contrast images with them, the intensity
+            scale stays the default protocols' (nominal white matter = 1000 under them). None: the defaults.
 
     Returns:
         the subject's :class:`SubjectVolumes`.
     """
+    overrides = protocol_overrides(protocols)
     simulated_mask, simulated_inside, lesion_centres, lesion_volumes = tissue_fractions(
         anatomy, grid, parameters, fine=acquisition.fine_anatomy
     )
@@ -524,10 +539,12 @@ def simulate_subject(
     sigma = WHITE_MATTER_INTENSITY / snr
     bias_field = np.exp(BIAS_LOG_STD * parameters.bias(grid)[0]) if receive_bias else 1.0
     if acquisition.images_need_kspace:
-        images = acquire_images(acquisition, parameters, grid, simulated_fractions, bias_field)
+        images = acquire_images(acquisition, parameters, grid, simulated_fractions, bias_field, overrides)
     else:
         bias = bias_field[mask] if receive_bias else 1.0
-        images = {contrast: _fill(bias * signal, mask) for contrast, signal in mix_signals(inside, values).items()}
+        images = {
+            contrast: _fill(bias * signal, mask) for contrast, signal in mix_signals(inside, values, overrides).items()
+        }
     weighted = {
         contrast: rician_noise(image, grid, parameters, stream, sigma)
         for stream, (contrast, image) in enumerate(images.items(), start=1)

@@ -24,13 +24,20 @@ import gzip
 import json
 import os
 import pathlib
+from collections.abc import Mapping
 
 import nibabel as nib
 import numpy as np
 
-from pipeline.phantom.acquisition import Acquisition
+from pipeline.phantom.acquisition import Acquisition, check_protocols
 from pipeline.phantom.anatomy import TemplateAnatomy, load_template_anatomy
-from pipeline.phantom.contrasts import WHITE_MATTER_INTENSITY, protocols
+from pipeline.phantom.contrasts import (
+    WHITE_MATTER_INTENSITY,
+    ProtocolOverrides,
+    overrides_as_dict,
+    protocol_overrides,
+    protocols,
+)
 from pipeline.phantom.grid import VoxelGrid
 from pipeline.phantom.labels import SLICE_PROFILE_EDGE, acquire_low_resolution_maps, add_fit_errors, slab_affine
 from pipeline.phantom.simulate import PARAMETERS, SubjectParameters, SubjectVolumes, simulate_subject
@@ -102,8 +109,9 @@ def _generator_parameters(
     slab_axis: int,
     lesions: bool,
     acquisition: str | Acquisition | dict,
+    protocols: Mapping[str, Mapping[str, float]] | ProtocolOverrides | None,
 ) -> dict:
-    """Validated, JSON-normalised keyword arguments of :func:`generate_study`."""
+    """Validated, JSON-normalised keyword arguments of :func:`generate_study` (``protocols`` only if it overrides)."""
     if int(n_subjects) < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
     if not float(snr) > 0:
@@ -114,7 +122,9 @@ def _generator_parameters(
         raise ValueError(f"slab_thickness_mm must be >= 1 (the 1 mm voxel), got {slab_thickness_mm}")
     if int(slab_axis) not in (0, 1, 2):
         raise ValueError(f"slab_axis must be 0, 1 or 2, got {slab_axis}")
-    return {
+    overrides = protocol_overrides(protocols)
+    check_protocols(as_acquisition(acquisition), overrides)
+    parameters = {
         "n_subjects": int(n_subjects),
         "seed": int(seed),
         "snr": float(snr),
@@ -124,6 +134,9 @@ def _generator_parameters(
         "lesions": bool(lesions),
         "acquisition": as_acquisition(acquisition).to_dict(),
     }
+    if overrides:  # without overrides the record (and so the default study's manifest) is that of every earlier study
+        parameters["protocols"] = overrides_as_dict(overrides)
+    return parameters
 
 
 def as_acquisition(acquisition: str | Acquisition | dict) -> Acquisition:
@@ -145,13 +158,14 @@ def study_manifest(
     slab_axis: int = 2,
     lesions: bool = True,
     acquisition: str | Acquisition | dict = "ideal",
+    protocols: Mapping[str, Mapping[str, float]] | ProtocolOverrides | None = None,
 ) -> dict:
     """The manifest :func:`generate_study` writes for these parameters (no data are generated).
 
     Its ``generator`` record is ``{"module": "pipeline.phantom", **generate_study keyword arguments}``.
     """
     generator = _generator_parameters(
-        n_subjects, seed, snr, sagittal_slices, slab_thickness_mm, slab_axis, lesions, acquisition
+        n_subjects, seed, snr, sagittal_slices, slab_thickness_mm, slab_axis, lesions, acquisition, protocols
     )
     manifest = {
         "name": "qmap-hybrid digital brain phantom",
@@ -203,6 +217,7 @@ def write_subject(
     slab_thickness_mm: float,
     slab_axis: int,
     acquisition: Acquisition = Acquisition(),
+    overrides: ProtocolOverrides = (),
 ) -> None:
     """Write one subject's files (see the module docstring) into ``subject_dir``.
 
@@ -213,6 +228,7 @@ def write_subject(
         slab_thickness_mm, slab_axis: label slabs.
         acquisition: with ``label_acquisition``, labels through a slice profile with fit errors
             (:mod:`pipeline.phantom.labels`).
+        overrides: the study's protocol overrides; ``phantom.json`` records the protocols they give.
     """
     subject_dir.mkdir(parents=True, exist_ok=True)
     affine = volumes.grid.affine
@@ -245,7 +261,7 @@ def write_subject(
             {"centre_mm": centre.round(2).tolist(), "volume_mm3": round(float(volume), 2)}
             for centre, volume in zip(volumes.lesion_centres_mm, volumes.lesion_volumes_mm3)
         ],
-        "protocols": {contrast: protocol.to_dict() for contrast, protocol in protocols().items()},
+        "protocols": {contrast: protocol.to_dict() for contrast, protocol in protocols(overrides).items()},
         "acquisition": acquisition.to_dict(),
         "weighted_image_units": f"nominal pure white matter = {WHITE_MATTER_INTENSITY:g} before receive bias",
         "noise_sigma": volumes.noise_sigma,
@@ -278,7 +294,15 @@ def simulate_study_subject(
         generator["seed"], index, anatomy, lesions=generator["lesions"], acquisition=acquisition, held_out=held_out
     )
     snr = generator["snr"] if snr is None else snr
-    volumes = simulate_subject(anatomy, grid, parameters, snr, receive_bias=receive_bias, acquisition=acquisition)
+    volumes = simulate_subject(
+        anatomy,
+        grid,
+        parameters,
+        snr,
+        receive_bias=receive_bias,
+        acquisition=acquisition,
+        protocols=generator.get("protocols"),
+    )
     return volumes, parameters
 
 
@@ -306,6 +330,7 @@ def generate_study(
     slab_axis: int = 2,
     lesions: bool = True,
     acquisition: str | Acquisition | dict = "ideal",
+    protocols: Mapping[str, Mapping[str, float]] | ProtocolOverrides | None = None,
     overwrite: bool = False,
 ) -> pathlib.Path:
     """Generate a phantom study (deterministic: same arguments → byte-identical files).
@@ -322,6 +347,11 @@ def generate_study(
         acquisition: ``"ideal"`` (the loss's own equations), ``"realistic"`` (every scanner effect of
             :mod:`pipeline.phantom.acquisition`), an :class:`~pipeline.phantom.acquisition.Acquisition` or its
             ``to_dict`` mapping (effects one by one).
+        protocols: overrides of the default protocols (:func:`~pipeline.phantom.contrasts.protocols`) for a new
+            site, ``{contrast: {field: value}}`` with fields of the :mod:`pipeline.physics` protocol dataclasses
+            (ms, degrees), e.g. ``{"tse": {"te": 120.0}}``: both acquisitions image with them; intensities keep the
+            default protocols' scale (a longer TE gives darker images). Recorded in the ``generator`` record (only
+            when given) and in each ``phantom.json``. Invalid overrides raise ``ValueError`` before anything is written.
         overwrite: replace a study generated with different parameters (another ``generator`` record);
             without it such a study in ``out_dir`` raises :class:`FileExistsError`, as does any other
             ``dataset.json`` there. A study with the same parameters is regenerated in place.
@@ -339,6 +369,7 @@ def generate_study(
         slab_axis=slab_axis,
         lesions=lesions,
         acquisition=acquisition,
+        protocols=protocols,
     )
     manifest_path = out_dir / MANIFEST_NAME
     if manifest_path.exists():
@@ -369,6 +400,7 @@ def generate_study(
             slab_thickness_mm=generator["slab_thickness_mm"],
             slab_axis=generator["slab_axis"],
             acquisition=as_acquisition(generator["acquisition"]),
+            overrides=protocol_overrides(generator.get("protocols")),
         )
     _write_atomically(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest_path
