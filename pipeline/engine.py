@@ -45,13 +45,14 @@ class PrepareMapBatch:
 
     Args:
         label_key: batch key of the target maps (B, 3, H, W): ``"label"`` (the low-resolution labels)
-            for training, ``"reference"`` to validate against 1 mm reference maps when a subject has them.
+            for training, ``"reference"`` to validate against 1 mm reference maps when a subject has them; None: no
+            maps (the target is ``{"image", "mask"}``, for :class:`pipeline.losses.SelfSupervisedLoss`).
         with_acquired: if True the target is ``{"label": (B,3,H,W), "image": (B,3,H,W), "mask":
             (B,1,H,W)}`` (what :class:`pipeline.losses.HybridLoss` takes); otherwise the bare label tensor
             (what metric handlers take).
     """
 
-    def __init__(self, label_key: str = "label", with_acquired: bool = True) -> None:
+    def __init__(self, label_key: str | None = "label", with_acquired: bool = True) -> None:
         self.label_key = label_key
         self.with_acquired = with_acquired
 
@@ -59,10 +60,11 @@ class PrepareMapBatch:
         def to_device(key: str) -> torch.Tensor:
             return batchdata[key].to(device=device, non_blocking=non_blocking, **kwargs)
 
-        image, label = to_device("image"), to_device(self.label_key)
+        image = to_device("image")
+        label = None if self.label_key is None else to_device(self.label_key)
         if not self.with_acquired:
             return image, label
-        target = {"label": label, "image": image}
+        target = {"image": image} if label is None else {"label": label, "image": image}
         if "mask" in batchdata:
             target["mask"] = to_device("mask")
         return image, target

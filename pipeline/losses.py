@@ -23,7 +23,7 @@ from torch.nn.modules.loss import _Loss
 
 from pipeline.physics import MAP_UNIT_MS, resolve_protocol, synthesize
 
-__all__ = ["HybridLoss", "ScaleInvariantL1Loss", "label_spread_weights", "sobel_edges"]
+__all__ = ["HybridLoss", "ScaleInvariantL1Loss", "SelfSupervisedLoss", "label_spread_weights", "sobel_edges"]
 
 LABEL_SPREAD = "label_spread"
 """``HybridLoss(map_weights=LABEL_SPREAD)``: weigh each map by :func:`label_spread_weights`."""
@@ -352,15 +352,47 @@ class HybridLoss(_Loss):
         terms = {"total": supervised, "supervised": supervised}
         if self.lambda_self == 0:
             return terms
+        terms.update(self._weighted_self_terms(pred, image, mask))
+        terms["total"] = supervised + self.lambda_self * terms["self_supervised"]
+        return terms
+
+    def _weighted_self_terms(self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None) -> dict:
+        """``self_<contrast>`` terms and their ``contrast_weights``-weighted sum ``self_supervised``."""
         per_contrast = self.self_supervised_terms(pred, image, mask)
         self_supervised = torch.stack([self.contrast_weights[c] * value for c, value in per_contrast.items()]).sum()
-        terms.update({f"self_{c}": value for c, value in per_contrast.items()})
-        terms["self_supervised"] = self_supervised
-        terms["total"] = supervised + self.lambda_self * self_supervised
-        return terms
+        return {**{f"self_{c}": value for c, value in per_contrast.items()}, "self_supervised": self_supervised}
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Total loss (scalar); see :meth:`components` for the arguments."""
         terms = self.components(pred, target)
         self.last_components = {name: value.detach() for name, value in terms.items()}
         return terms["total"]
+
+
+class SelfSupervisedLoss(HybridLoss):
+    """The self-supervised edge term of :class:`HybridLoss` alone: ``sum_c w_c SI-L1(S(synth_c), S(acquired_c))``.
+
+    No labels: what adapts a trained model to a new subject's own images (:mod:`pipeline.adaptation`), with the
+    protocol of that subject's scanner in ``protocols``. Arguments as :class:`HybridLoss` (``lambda_self`` only
+    scales the term; the supervised options are unused).
+
+    ``target`` is ``{"image": (B, C, H, W)[, "mask": (B, 1, H, W)]}`` (``PrepareMapBatch(label_key=None)``).
+    """
+
+    def __init__(self, lambda_self: float = 1.0, **options) -> None:
+        if lambda_self <= 0:
+            raise ValueError(f"SelfSupervisedLoss needs lambda_self > 0, got {lambda_self}.")
+        super().__init__(lambda_self=lambda_self, **options)
+
+    def components(self, pred: torch.Tensor, target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``total`` (= ``lambda_self * self_supervised``), ``self_supervised`` and ``self_<contrast>`` terms."""
+        if not isinstance(target, Mapping) or "image" not in target:
+            raise ValueError("SelfSupervisedLoss needs target={'image': acquired images[, 'mask': brain mask]}.")
+        if pred.ndim != 4 or pred.shape[1] != 3 or target["image"].shape[2:] != pred.shape[2:]:
+            raise ValueError(
+                f"pred must be (B, 3, H, W) maps and image (B, C, H, W) of the same H, W; got {tuple(pred.shape)} and "
+                f"{tuple(target['image'].shape)}."
+            )
+        terms = self._weighted_self_terms(pred, target["image"], target.get("mask"))
+        terms["total"] = self.lambda_self * terms["self_supervised"]
+        return terms

@@ -14,6 +14,11 @@
 
 from pipeline.qc.assess import assess_subject
 from pipeline.qc.calibration import QCCalibration
-from pipeline.qc.transforms import SubjectQCd, calibrate_directory, read_reports, write_run_index
+from pipeline.qc.transforms import (
+    SubjectQCd,
+    calibrate_directory,
+    read_reports,
+    write_run_index,
+)
 
 __all__ = ["QCCalibration", "SubjectQCd", "assess_subject", "calibrate_directory", "read_reports", "write_run_index"]

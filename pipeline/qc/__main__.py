@@ -12,13 +12,18 @@ import argparse
 import pathlib
 import sys
 
+import numpy as np
+from monai.data import MetaTensor
+
 from pipeline.data import build_volume_dataset
 from pipeline.engine import MAP_NAMES
 from pipeline.qc.calibration import DEFAULT_MARGIN
-from pipeline.qc.transforms import SubjectQCd, calibrate_directory, load_on_grid, write_run_index
-
-import numpy as np
-from monai.data import MetaTensor
+from pipeline.qc.transforms import (
+    SubjectQCd,
+    calibrate_directory,
+    load_on_grid,
+    write_run_index,
+)
 
 
 def check_maps(args: argparse.Namespace, calibration: str | None) -> list[dict]:

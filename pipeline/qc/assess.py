@@ -17,7 +17,11 @@ from pipeline.physics import resolve_protocol
 from pipeline.qc.calibration import QCCalibration
 from pipeline.qc.consistency import self_consistency
 from pipeline.qc.label_check import label_resolution_mpe
-from pipeline.qc.plausibility import PUBLISHED_RANGES_3T, plausibility_flags, tissue_medians
+from pipeline.qc.plausibility import (
+    PUBLISHED_RANGES_3T,
+    plausibility_flags,
+    tissue_medians,
+)
 from pipeline.qc.tissues import segment_tissues
 
 MAP_VOLUMES = ("t1_map", "t2_map", "m0_map")

@@ -1,0 +1,197 @@
+"""Adaptation of a trained model to a new subject's own images: the self-supervised term only, kept if it helps.
+
+A model trained on one site's protocol sees another site's images as a shifted input (another TE darkens the T2w
+TSE, another TI changes FLAIR) and writes wrong maps without a word (:mod:`pipeline.qc` flags them). The physics
+that the hybrid loss uses knows the new protocol: with the subject's own protocol in force, fine-tuning on the
+subject's own slices with :class:`pipeline.losses.SelfSupervisedLoss` (no labels) pulls the maps towards ones
+that re-synthesise what this scanner acquired.
+
+Per subject (:class:`SubjectAdaptation`): the trained weights are loaded, the maps predicted and their
+self-consistency scored (:func:`consistency_score`); ``steps`` iterations of MONAI's ``SupervisedTrainer`` on random
+crops of the subject's slices follow; the maps are predicted and scored again, and the adapted weights are kept
+only if the score improved (a run that drifts or diverges falls back to the trained model). The kept maps go
+through the inference postprocessing (maps written, QC), and ``<output_dir>/<subject>/adaptation.json`` records the
+scores, the decision and the settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Events
+from monai.data import DataLoader
+from monai.engines import SupervisedTrainer
+from monai.utils import convert_to_numpy
+
+from pipeline.data.slices import SliceDataset
+from pipeline.engine import PrepareMapBatch
+from pipeline.physics import MAP_UNIT_MS
+from pipeline.qc.consistency import self_consistency
+from pipeline.qc.tissues import segment_tissues
+
+ADAPTATION_FILE = "adaptation.json"
+
+
+def consistency_score(
+    maps_ms: np.ndarray,
+    images: np.ndarray,
+    mask: np.ndarray,
+    contrasts: Sequence[str],
+    protocols: Mapping[str, Any] | None = None,
+) -> float:
+    """Mean over ``contrasts`` of the QC re-synthesis ``residual`` (:mod:`pipeline.qc.consistency`): lower is better.
+
+    Args:
+        maps_ms: (3, X, Y, Z) T1 (ms), T2 (ms), M0; images: (3, X, Y, Z) acquired; mask: (X, Y, Z).
+    """
+    tissues = segment_tissues(images[0], mask)
+    residuals, _ = self_consistency(maps_ms, images, mask, tissues, contrasts, protocols)
+    return float(np.mean([residuals[contrast]["residual"] for contrast in contrasts]))
+
+
+def load_weights(network: torch.nn.Module, checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> None:
+    """Load a bundle checkpoint (``model.pt``: the network's state dict, or a dict holding it under ``"model"``)."""
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    network.load_state_dict(state.get("model", state) if isinstance(state, Mapping) else state)
+
+
+class SubjectAdaptation:
+    """Adapt the trained network to each subject of a dataset in turn (module docstring) and write the kept maps.
+
+    Args:
+        network: the bundle's network (softplus output, network units).
+        checkpoint: the trained weights every subject starts from.
+        dataset: processed volumes (``image`` (3, X, Y, Z) ``MetaTensor``, ``mask`` (1, X, Y, Z), ``subject``), e.g.
+            the inference config's ``dataset``.
+        inferer: predicts a volume's maps from a (1, 3, X, Y, Z) image batch (the inference config's ``SliceInferer``).
+        postprocessing: applied to ``{"pred", "image", "mask", "subject"}`` of the kept maps (the inference config's:
+            masking, ms, writing, QC).
+        loss: the self-supervised loss with the subject's protocol (:class:`pipeline.losses.SelfSupervisedLoss`).
+        output_dir: where ``<subject>/adaptation.json`` goes (the maps' folder).
+        steps, learning_rate, batch_size: the fine-tuning: Adam, this many iterations of this many slices.
+        slice_axis, min_brain_fraction, slice_transforms: the training slices (as the training config's; random crops).
+        contrasts, protocols: of the self-consistency score; default the loss's.
+        map_unit_ms: ms per network unit of T1 and T2.
+        device: where the network runs.
+        overwrite: replace an existing ``adaptation.json`` (otherwise ``FileExistsError``).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        checkpoint: str | os.PathLike,
+        dataset: Sequence[Mapping],
+        inferer: Callable,
+        postprocessing: Callable,
+        loss: torch.nn.Module,
+        output_dir: str | os.PathLike,
+        steps: int = 100,
+        learning_rate: float = 1e-4,
+        batch_size: int = 8,
+        slice_axis: int = 2,
+        min_brain_fraction: float = 0.05,
+        slice_transforms: Sequence[Callable] | None = None,
+        contrasts: Sequence[str] | None = None,
+        protocols: Mapping[str, Any] | None = None,
+        map_unit_ms: float = MAP_UNIT_MS,
+        device: torch.device | str = "cpu",
+        overwrite: bool = False,
+    ) -> None:
+        if steps < 1 or learning_rate <= 0:
+            raise ValueError(f"adaptation needs steps >= 1 and learning_rate > 0, got {steps} and {learning_rate}.")
+        self.network, self.checkpoint, self.dataset = network, checkpoint, dataset
+        self.inferer, self.postprocessing, self.loss = inferer, postprocessing, loss
+        self.output_dir = pathlib.Path(output_dir)
+        self.steps, self.learning_rate, self.batch_size = int(steps), float(learning_rate), int(batch_size)
+        self.slice_axis, self.min_brain_fraction, self.slice_transforms = (
+            slice_axis,
+            min_brain_fraction,
+            slice_transforms,
+        )
+        self.contrasts = tuple(contrasts or loss.contrasts)
+        self.protocols = dict(protocols if protocols is not None else loss.protocols)
+        self.map_unit_ms, self.device, self.overwrite = float(map_unit_ms), torch.device(device), overwrite
+        self.logger = logging.getLogger(__name__)
+
+    def predict(self, volume: Mapping) -> torch.Tensor:
+        """The network's maps (3, X, Y, Z) in network units, 0 outside the mask, on the CPU."""
+        self.network.eval()
+        with torch.no_grad():
+            pred = self.inferer(torch.as_tensor(volume["image"])[None].to(self.device), self.network)[0].cpu()
+        return pred * torch.as_tensor(volume["mask"]).to(pred)
+
+    def score(self, pred: torch.Tensor, volume: Mapping) -> float:
+        """:func:`consistency_score` of network-unit maps (3, X, Y, Z)."""
+        maps_ms = convert_to_numpy(pred, dtype=np.float32) * np.array([self.map_unit_ms, self.map_unit_ms, 1.0])[
+            :, None, None, None
+        ].astype(np.float32)
+        images = convert_to_numpy(volume["image"], dtype=np.float32)
+        mask = convert_to_numpy(volume["mask"], dtype=np.float32)[0]
+        return consistency_score(maps_ms, images, mask, self.contrasts, self.protocols)
+
+    def fine_tune(self, volume: Mapping) -> None:
+        """``steps`` iterations of the self-supervised loss on random crops of ``volume``'s slices."""
+        slices = SliceDataset([volume], self.slice_axis, self.min_brain_fraction, self.slice_transforms)
+        loader = DataLoader(slices, batch_size=self.batch_size, shuffle=True, num_workers=0)
+        trainer = SupervisedTrainer(
+            device=self.device,
+            max_epochs=math.ceil(self.steps / len(loader)),
+            train_data_loader=loader,
+            network=self.network,
+            optimizer=torch.optim.Adam(self.network.parameters(), lr=self.learning_rate),
+            loss_function=self.loss,
+            prepare_batch=PrepareMapBatch(label_key=None),
+            decollate=False,
+        )
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=self.steps), lambda engine: engine.terminate())
+        trainer.run()
+
+    def adapt(self, volume: Mapping) -> dict:
+        """Adapt to one subject, write its kept maps (postprocessing) and ``adaptation.json``; returns the record."""
+        subject = str(volume["subject"])
+        record_path = self.output_dir / subject / ADAPTATION_FILE
+        if record_path.exists() and not self.overwrite:
+            raise FileExistsError(f"refusing to overwrite {record_path}; pass --overwrite true.")
+        load_weights(self.network, self.checkpoint, self.device)
+        trained_state = copy.deepcopy(self.network.state_dict())
+        before = self.predict(volume)
+        score_before = self.score(before, volume)
+        self.fine_tune(volume)
+        after = self.predict(volume)
+        score_after = self.score(after, volume)
+        kept = bool(score_after < score_before)  # NaN (a diverged run) is never kept
+        if not kept:
+            self.network.load_state_dict(trained_state)
+        self.postprocessing({**volume, "pred": after if kept else before})
+        record = {
+            "subject": subject,
+            "checkpoint": str(self.checkpoint),
+            "kept": kept,
+            "score_before": score_before,
+            "score_after": score_after,
+            "steps": self.steps,
+            "learning_rate": self.learning_rate,
+            "batch_size": self.batch_size,
+            "contrasts": list(self.contrasts),
+            "protocols": {contrast: protocol.to_dict() for contrast, protocol in self.loss.protocols.items()},
+        }
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        self.logger.info(
+            f"{subject}: self-consistency {score_before:.4f} -> {score_after:.4f} after {self.steps} steps: "
+            f"{'adapted model kept' if kept else 'trained model kept'}"
+        )
+        return record
+
+    def run(self) -> list[dict]:
+        """:meth:`adapt` every subject of the dataset; returns their records."""
+        return [self.adapt(volume) for volume in self.dataset]
