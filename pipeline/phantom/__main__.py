@@ -11,30 +11,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 
+from pipeline.cli import overrides_of, protocol_argument
 from pipeline.phantom.acquisition import Acquisition, check_protocols
 from pipeline.phantom.contrasts import CONTRASTS, protocol_overrides
 from pipeline.phantom.figure import save_slice_figure
 from pipeline.phantom.study import DEFAULT_SNR, generate_study
-
-
-def protocol_argument(text: str) -> tuple[str, str, str]:
-    """``(contrast, field, value)`` of one ``CONTRAST.FIELD=VALUE`` argument (argparse ``type``; values are checked
-    by :func:`~pipeline.phantom.contrasts.protocol_overrides`)."""
-    target, equals, value = text.partition("=")
-    contrast, dot, field = target.partition(".")
-    if not (equals and dot and contrast and field and value):
-        raise argparse.ArgumentTypeError(f"expected CONTRAST.FIELD=VALUE (e.g. tse.te=120), got {text!r}")
-    return contrast.strip(), field.strip(), value.strip()
-
-
-def overrides_of(arguments: Sequence[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
-    """``{contrast: {field: value}}`` of parsed ``--protocol`` arguments (a field given twice: the last counts)."""
-    overrides: dict[str, dict[str, str]] = {}
-    for contrast, field, value in arguments:
-        overrides.setdefault(contrast, {})[field] = value
-    return overrides
 
 
 def main(argv: list[str] | None = None) -> None:

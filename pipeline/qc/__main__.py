@@ -15,6 +15,7 @@ import sys
 import numpy as np
 from monai.data import MetaTensor
 
+from pipeline.cli import overrides_of, protocol_argument
 from pipeline.data import build_volume_dataset
 from pipeline.engine import MAP_NAMES
 from pipeline.qc.calibration import DEFAULT_MARGIN
@@ -22,12 +23,14 @@ from pipeline.qc.transforms import (
     SubjectQCd,
     calibrate_directory,
     load_on_grid,
+    read_reports,
     write_run_index,
 )
 
 
-def check_maps(args: argparse.Namespace, calibration: str | None) -> list[dict]:
-    """Run :class:`SubjectQCd` over the maps of ``args.maps`` for every subject of ``args.section``."""
+def check_maps(args: argparse.Namespace, calibration: str | None) -> list[str]:
+    """Run :class:`SubjectQCd` over the maps of ``args.maps`` for every subject of ``args.section``; returns the
+    flagged subjects."""
     volumes = build_volume_dataset(
         args.manifest, args.dataset_dir, args.section, with_labels=False, with_reference=False
     )
@@ -35,20 +38,22 @@ def check_maps(args: argparse.Namespace, calibration: str | None) -> list[dict]:
         "pred",
         args.maps,
         contrasts=args.contrasts,
+        protocols=overrides_of(args.protocol),
         calibration=calibration,
         datalist=args.manifest,
         dataset_dir=args.dataset_dir,
         section=args.section,
         overwrite=args.overwrite,
     )
-    flagged = []
     for volume in volumes:
         grid = volume["image"]
         maps = np.stack([load_on_grid(args.maps / volume["subject"] / f"{name}.nii.gz", grid) for name in MAP_NAMES])
         qc({**volume, "pred": MetaTensor(maps, affine=grid.affine)})
-        flagged.append(volume["subject"])
-    write_run_index(args.maps)
-    return flagged
+    print(write_run_index(args.maps))
+    subjects = {volume["subject"] for volume in volumes}
+    return [
+        report["subject"] for report in read_reports(args.maps) if report["flagged"] and report["subject"] in subjects
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--section", default=section, help=f"manifest section ({section})")
         command.add_argument("--contrasts", nargs="+", default=["mprage", "tse_epg"], help="re-synthesised contrasts")
         command.add_argument("--overwrite", action="store_true", help="replace existing qc.json / report.html")
+        command.add_argument(
+            "--protocol",
+            action="append",
+            default=[],
+            type=protocol_argument,
+            metavar="CONTRAST.FIELD=VALUE",
+            help="the protocol in force, where it differs from the defaults (e.g. tse_epg.te=120)",
+        )
     commands.choices["check"].add_argument("--calibration", default=None, help="qc_calibration.json of the model")
     commands.choices["calibrate"].add_argument("--out", type=pathlib.Path, required=True, help="calibration to write")
     commands.choices["calibrate"].add_argument("--margin", type=float, default=DEFAULT_MARGIN)
@@ -72,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         check_maps(args, calibration=None)
         print(calibrate_directory(args.maps, args.out, args.margin, overwrite=args.overwrite))
         return 0
-    check_maps(args, calibration=args.calibration)
-    return 0
+    flagged = check_maps(args, calibration=args.calibration)
+    print(f"{len(flagged)} flagged subject(s){': ' + ', '.join(flagged) if flagged else ''}")
+    return 1 if flagged else 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
-DEFAULT_MARGIN = 1.5
+DEFAULT_MARGIN = 2.0
 """Limits over the largest validation value (or departure)."""
 DEFAULT_MIN_TOLERANCE = 0.06
 """Smallest tolerated departure of a tissue's bias from the validation centre (brain-median intensity units)."""
