@@ -407,3 +407,71 @@ def test_best_model_is_the_lowest_validation_error_and_a_runaway_validation_stop
     assert any("@divergence_stop.attach(@validate" in step for step in parser["attach_state_handlers"])
     warmup = next(h for h in parser["train#handlers"] if h["_target_"] == "pipeline.handlers.LambdaWarmup")
     assert warmup["loss"] == "@loss" and warmup["lambda_self"] == "@lambda_self"
+
+
+@pytest.fixture(scope="module")
+def calibrated_model(study, trained, tmp_path_factory):
+    """A copy of the trained model with its QC calibration (the ``calibrating`` command) beside it."""
+    ckpt_dir = tmp_path_factory.mktemp("calibrated")
+    checkpoint = ckpt_dir / "model.pt"
+    checkpoint.write_bytes((trained["ckpt_dir"] / "model.pt").read_bytes())
+    run = {"bundle_root": BUNDLE, "checkpoint": checkpoint, **study}
+    check(bundle_run("calibrating", ["inference.json", "calibrate.json"], **run))
+    return run
+
+
+def test_calibrating_writes_thresholds_beside_the_model_and_never_replaces_them(calibrated_model):
+    calibration = calibrated_model["checkpoint"].parent / "qc_calibration.json"
+    values = json.loads(calibration.read_text())
+    manifest = json.loads(calibrated_model["datalist"].read_text())
+    assert values["subjects"] == [entry["subject"] for entry in manifest["validation"]]
+    assert values["model"] == str(calibrated_model["checkpoint"]) and values["margin"] == 2.0
+    again = bundle_run("calibrating", ["inference.json", "calibrate.json"], **calibrated_model)
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr
+    assert json.loads(calibration.read_text()) == values
+
+
+@pytest.fixture(scope="module")
+def inferred(calibrated_model, tmp_path_factory):
+    """Inference (with its QC) of the calibrated model on the tiny study's test subject; returns the maps folder and
+    the console output."""
+    output_dir = tmp_path_factory.mktemp("qc_inference")
+    run = check(bundle_run("inference", ["inference.json"], output_dir=output_dir, **calibrated_model))
+    return output_dir, run.stdout + run.stderr
+
+
+def test_inference_writes_qc_and_a_report_per_subject_and_an_index(study, inferred):
+    output_dir, log = inferred
+    subject = json.loads(study["datalist"].read_text())["testing"][0]["subject"]
+    qc = json.loads((output_dir / subject / "qc.json").read_text())
+    assert qc["calibrated"] and set(qc["self_consistency"]) == {"mprage", "tse_epg"}
+    assert qc["label_resolution"] is not None and qc["metrics"] is not None  # the tiny study has labels and references
+    # three training steps make no model: its maps are implausible, and the console says so
+    assert qc["flagged"] and f"{subject}: QC flags:" in log
+    report, index = (output_dir / subject / "report.html").read_text(), (output_dir / "index.html").read_text()
+    assert qc["flags"][0]["message"] in report and f"{subject}/report.html" in index
+
+
+def test_inference_without_qc_writes_maps_only(calibrated_model, tmp_path):
+    check(bundle_run("inference", ["inference.json"], output_dir=tmp_path, qc=False, **calibrated_model))
+    written = sorted(path.name for path in tmp_path.rglob("*") if path.is_file())
+    assert written == ["m0_map.nii.gz", "t1_map.nii.gz", "t2_map.nii.gz"]
+
+
+@pytest.mark.parametrize("learning_rate, kept", [(1e-4, None), (1e6, False)])
+def test_adapting_keeps_the_fine_tuned_model_only_if_self_consistency_improves(
+    study, calibrated_model, inferred, tmp_path, learning_rate, kept
+):
+    run = {"output_dir": tmp_path, "adapt_steps": 2, "adapt_learning_rate": learning_rate, **calibrated_model}
+    check(bundle_run("adapting", ["inference.json", "adapt.json"], **run))
+    subject = json.loads(study["datalist"].read_text())["testing"][0]["subject"]
+    record = json.loads((tmp_path / subject / "adaptation.json").read_text())
+    assert record["steps"] == 2 and record["learning_rate"] == learning_rate
+    assert record["kept"] == (record["score_after"] < record["score_before"])
+    assert (tmp_path / subject / "qc.json").is_file() and (tmp_path / "index.html").is_file()
+    if kept is False:  # a step of 1e6 wrecks the network: the trained model's maps are written
+        assert not record["kept"]
+        for name in ("t1_map", "t2_map", "m0_map"):
+            adapted = nib.load(tmp_path / subject / f"{name}.nii.gz").get_fdata()
+            trained = nib.load(inferred[0] / subject / f"{name}.nii.gz").get_fdata()
+            np.testing.assert_allclose(adapted, trained, rtol=1e-5, atol=1e-4)

@@ -6,7 +6,14 @@ import torch
 from scipy import ndimage, optimize
 
 from pipeline import physics
-from pipeline.losses import HybridLoss, ScaleInvariantL1Loss, label_spread_weights, sobel_edges
+from pipeline.engine import PrepareMapBatch
+from pipeline.losses import (
+    HybridLoss,
+    ScaleInvariantL1Loss,
+    SelfSupervisedLoss,
+    label_spread_weights,
+    sobel_edges,
+)
 
 CONTRAST_CHANNELS = {"mprage": 0, "tse": 1, "flair": 2}
 
@@ -299,3 +306,29 @@ def test_label_spread_weights_are_the_ratio_of_mean_absolute_deviations_from_the
     assert loss(pred, {"label": label, "mask": mask}).item() == pytest.approx(direct.item(), rel=1e-9)
     with pytest.raises(ValueError, match="label_spread"):
         HybridLoss(map_weights="spread")
+
+
+def test_self_supervised_loss_is_the_hybrid_losss_edge_term_without_labels():
+    torch.manual_seed(0)
+    pred = (torch.rand(2, 3, 24, 20) * 0.5 + 0.01).requires_grad_()
+    image, mask = torch.rand(2, 3, 24, 20), (torch.rand(2, 1, 24, 20) > 0.2).float()
+    options = {"contrasts": ("mprage", "tse_epg"), "edge_smoothing_sigma": 1.0, "contrast_weights": {"tse_epg": 2.0}}
+    hybrid = HybridLoss(lambda_self=0.3, **options).components(
+        pred, {"label": torch.zeros_like(pred), "image": image, "mask": mask}
+    )
+    loss = SelfSupervisedLoss(lambda_self=0.3, **options)
+    total = loss(pred, {"image": image, "mask": mask})
+    torch.testing.assert_close(total, 0.3 * hybrid["self_supervised"])
+    torch.testing.assert_close(loss.last_components["self_tse_epg"], hybrid["self_tse_epg"].detach())
+    total.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs target"):
+        loss(pred, image)
+    with pytest.raises(ValueError, match="lambda_self > 0"):
+        SelfSupervisedLoss(lambda_self=0.0)
+
+
+def test_prepare_batch_without_labels_hands_the_images_and_mask_to_the_loss():
+    batch = {"image": torch.rand(2, 3, 8, 8), "mask": torch.ones(2, 1, 8, 8)}
+    inputs, target = PrepareMapBatch(label_key=None)(batch)
+    assert inputs is batch["image"] and set(target) == {"image", "mask"}
