@@ -5,8 +5,9 @@
 #      data_manifest.json, imaged with the loss's own simplified equations),
 #   1. train the hybrid model (train.json: the default loss setting),
 #   2. train the supervised-only baseline (train_supervised.json: lambda_self = 0, everything else the same),
-#   3. infer both on the test subject,
-#   4. evaluate both against the 1 mm reference maps: CSVs, Table-2 summary with paired t-tests, Figure-2 PNG.
+#   3. calibrate each model's QC on the validation subject (qc_calibration.json beside model.pt),
+#   4. infer both on the test subject (maps, qc.json, report.html per subject, index.html),
+#   5. evaluate both against the 1 mm reference maps: CSVs, Table-2 summary with paired t-tests, Figure-2 PNG.
 # Extra arguments go to both training runs (e.g. --max_epochs 2 for a quick look).
 # Outputs go to $QMAP_OUT (default runs/phantom_study); existing maps there are replaced.
 set -euo pipefail
@@ -27,8 +28,11 @@ run training --config_file $configs/train.json --ckpt_dir $out/hybrid/models --l
 run training --config_file "['$configs/train.json','$configs/train_supervised.json']" \
   --ckpt_dir $out/supervised/models --log_dir $out/supervised/logs --overwrite true "$@"
 for model in hybrid supervised; do
+  run calibrating --config_file "['$configs/inference.json','$configs/calibrate.json']" \
+    --checkpoint $out/$model/models/model.pt --overwrite true
   run inference --config_file $configs/inference.json --checkpoint $out/$model/models/model.pt \
     --output_dir $out/$model/maps --overwrite true
 done
 run evaluating --config_file $configs/evaluate.json --predictions_dir $out/hybrid/maps \
   --baseline_dir $out/supervised/maps --output_dir $out/report
+echo "QC reports: $out/hybrid/maps/index.html, $out/supervised/maps/index.html"
