@@ -6,12 +6,16 @@ that the hybrid loss uses knows the new protocol: with the subject's own protoco
 subject's own slices with :class:`pipeline.losses.SelfSupervisedLoss` (no labels) pulls the maps towards ones
 that re-synthesise what this scanner acquired.
 
-Per subject (:class:`SubjectAdaptation`): the trained weights are loaded, the maps predicted and their
-self-consistency scored (:func:`consistency_score`); ``steps`` iterations of MONAI's ``SupervisedTrainer`` on random
-crops of the subject's slices follow; the maps are predicted and scored again, and the adapted weights are kept
-only if the score improved (a run that drifts or diverges falls back to the trained model). The kept maps go
-through the inference postprocessing (maps written, QC), and ``<output_dir>/<subject>/adaptation.json`` records the
-scores, the decision and the settings.
+Per subject (:class:`SubjectAdaptation`): the trained weights are loaded, the maps predicted and judged by the QC of
+the inference postprocessing (:meth:`pipeline.qc.SubjectQCd.assess`: the self-consistency ``residual``, averaged
+over the contrasts, and the number of flags); ``steps`` iterations of MONAI's ``SupervisedTrainer`` on random crops of
+the subject's slices follow; the maps are predicted and judged again, and the adapted weights are kept only if the
+residual fell **and** the QC raises no more flags than before. The second condition matters: the edge term can be
+lowered by maps that fit the images better than the exact maps do (the signal models are simpler than the scanner),
+which drifts T2 away (a long, fast run on the phantom fitted the images best with white-matter T2 at 120 ms, which
+the plausibility and label checks flag). A run that drifts or diverges falls back to the trained model. The kept
+maps go through the inference postprocessing (maps written, QC), and ``<output_dir>/<subject>/adaptation.json``
+records the figures, the decision and the settings.
 """
 
 from __future__ import annotations
@@ -23,39 +27,19 @@ import math
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Events
 from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
-from monai.utils import convert_to_numpy
 
 from pipeline.data.slices import SliceDataset
 from pipeline.engine import PrepareMapBatch
 from pipeline.physics import MAP_UNIT_MS
-from pipeline.qc.consistency import self_consistency
-from pipeline.qc.tissues import segment_tissues
+from pipeline.qc.transforms import SubjectQCd
 
 ADAPTATION_FILE = "adaptation.json"
-
-
-def consistency_score(
-    maps_ms: np.ndarray,
-    images: np.ndarray,
-    mask: np.ndarray,
-    contrasts: Sequence[str],
-    protocols: Mapping[str, Any] | None = None,
-) -> float:
-    """Mean over ``contrasts`` of the QC re-synthesis ``residual`` (:mod:`pipeline.qc.consistency`): lower is better.
-
-    Args:
-        maps_ms: (3, X, Y, Z) T1 (ms), T2 (ms), M0; images: (3, X, Y, Z) acquired; mask: (X, Y, Z).
-    """
-    tissues = segment_tissues(images[0], mask)
-    residuals, _ = self_consistency(maps_ms, images, mask, tissues, contrasts, protocols)
-    return float(np.mean([residuals[contrast]["residual"] for contrast in contrasts]))
 
 
 def load_weights(network: torch.nn.Module, checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> None:
@@ -75,11 +59,12 @@ class SubjectAdaptation:
         inferer: predicts a volume's maps from a (1, 3, X, Y, Z) image batch (the inference config's ``SliceInferer``).
         postprocessing: applied to ``{"pred", "image", "mask", "subject"}`` of the kept maps (the inference config's:
             masking, ms, writing, QC).
+        qc: the QC that judges the maps (the :class:`~pipeline.qc.SubjectQCd` of ``postprocessing``, with the
+            subject's protocol and the model's calibration).
         loss: the self-supervised loss with the subject's protocol (:class:`pipeline.losses.SelfSupervisedLoss`).
         output_dir: where ``<subject>/adaptation.json`` goes (the maps' folder).
         steps, learning_rate, batch_size: the fine-tuning: Adam, this many iterations of this many slices.
         slice_axis, min_brain_fraction, slice_transforms: the training slices (as the training config's; random crops).
-        contrasts, protocols: of the self-consistency score; default the loss's.
         map_unit_ms: ms per network unit of T1 and T2.
         device: where the network runs.
         overwrite: replace an existing ``adaptation.json`` (otherwise ``FileExistsError``).
@@ -92,6 +77,7 @@ class SubjectAdaptation:
         dataset: Sequence[Mapping],
         inferer: Callable,
         postprocessing: Callable,
+        qc: SubjectQCd,
         loss: torch.nn.Module,
         output_dir: str | os.PathLike,
         steps: int = 100,
@@ -100,8 +86,6 @@ class SubjectAdaptation:
         slice_axis: int = 2,
         min_brain_fraction: float = 0.05,
         slice_transforms: Sequence[Callable] | None = None,
-        contrasts: Sequence[str] | None = None,
-        protocols: Mapping[str, Any] | None = None,
         map_unit_ms: float = MAP_UNIT_MS,
         device: torch.device | str = "cpu",
         overwrite: bool = False,
@@ -109,7 +93,9 @@ class SubjectAdaptation:
         if steps < 1 or learning_rate <= 0:
             raise ValueError(f"adaptation needs steps >= 1 and learning_rate > 0, got {steps} and {learning_rate}.")
         self.network, self.checkpoint, self.dataset = network, checkpoint, dataset
-        self.inferer, self.postprocessing, self.loss = inferer, postprocessing, loss
+        if not isinstance(qc, SubjectQCd):
+            raise TypeError(f"adaptation needs the QC (a pipeline.qc.SubjectQCd) to judge the maps, got {qc!r}.")
+        self.inferer, self.postprocessing, self.qc, self.loss = inferer, postprocessing, qc, loss
         self.output_dir = pathlib.Path(output_dir)
         self.steps, self.learning_rate, self.batch_size = int(steps), float(learning_rate), int(batch_size)
         self.slice_axis, self.min_brain_fraction, self.slice_transforms = (
@@ -117,8 +103,6 @@ class SubjectAdaptation:
             min_brain_fraction,
             slice_transforms,
         )
-        self.contrasts = tuple(contrasts or loss.contrasts)
-        self.protocols = dict(protocols if protocols is not None else loss.protocols)
         self.map_unit_ms, self.device, self.overwrite = float(map_unit_ms), torch.device(device), overwrite
         self.logger = logging.getLogger(__name__)
 
@@ -129,14 +113,12 @@ class SubjectAdaptation:
             pred = self.inferer(torch.as_tensor(volume["image"])[None].to(self.device), self.network)[0].cpu()
         return pred * torch.as_tensor(volume["mask"]).to(pred)
 
-    def score(self, pred: torch.Tensor, volume: Mapping) -> float:
-        """:func:`consistency_score` of network-unit maps (3, X, Y, Z)."""
-        maps_ms = convert_to_numpy(pred, dtype=np.float32) * np.array([self.map_unit_ms, self.map_unit_ms, 1.0])[
-            :, None, None, None
-        ].astype(np.float32)
-        images = convert_to_numpy(volume["image"], dtype=np.float32)
-        mask = convert_to_numpy(volume["mask"], dtype=np.float32)[0]
-        return consistency_score(maps_ms, images, mask, self.contrasts, self.protocols)
+    def judge(self, pred: torch.Tensor, volume: Mapping) -> tuple[float, list[dict]]:
+        """The QC's mean self-consistency residual over its contrasts and its flags, of network-unit maps (3, X, Y, Z)."""
+        scale = torch.tensor([self.map_unit_ms, self.map_unit_ms, 1.0]).reshape(3, 1, 1, 1)
+        qc, _ = self.qc.assess({**volume, "pred": pred * scale})
+        residual = float(np.mean([figures["residual"] for figures in qc["self_consistency"].values()]))
+        return residual, qc["flags"]
 
     def fine_tune(self, volume: Mapping) -> None:
         """``steps`` iterations of the self-supervised loss on random crops of ``volume``'s slices."""
@@ -164,11 +146,11 @@ class SubjectAdaptation:
         load_weights(self.network, self.checkpoint, self.device)
         trained_state = copy.deepcopy(self.network.state_dict())
         before = self.predict(volume)
-        score_before = self.score(before, volume)
+        score_before, flags_before = self.judge(before, volume)
         self.fine_tune(volume)
         after = self.predict(volume)
-        score_after = self.score(after, volume)
-        kept = bool(score_after < score_before)  # NaN (a diverged run) is never kept
+        score_after, flags_after = self.judge(after, volume)
+        kept = bool(score_after < score_before and len(flags_after) <= len(flags_before))  # NaN is never kept
         if not kept:
             self.network.load_state_dict(trained_state)
         self.postprocessing({**volume, "pred": after if kept else before})
@@ -178,16 +160,18 @@ class SubjectAdaptation:
             "kept": kept,
             "score_before": score_before,
             "score_after": score_after,
+            "flags_before": [flag["message"] for flag in flags_before],
+            "flags_after": [flag["message"] for flag in flags_after],
             "steps": self.steps,
             "learning_rate": self.learning_rate,
             "batch_size": self.batch_size,
-            "contrasts": list(self.contrasts),
             "protocols": {contrast: protocol.to_dict() for contrast, protocol in self.loss.protocols.items()},
         }
         record_path.parent.mkdir(parents=True, exist_ok=True)
         record_path.write_text(json.dumps(record, indent=2) + "\n")
         self.logger.info(
-            f"{subject}: self-consistency {score_before:.4f} -> {score_after:.4f} after {self.steps} steps: "
+            f"{subject}: self-consistency residual {score_before:.4f} -> {score_after:.4f}, QC flags "
+            f"{len(flags_before)} -> {len(flags_after)} after {self.steps} steps: "
             f"{'adapted model kept' if kept else 'trained model kept'}"
         )
         return record

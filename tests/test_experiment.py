@@ -87,7 +87,7 @@ def test_driver_runs_two_settings_on_a_tiny_study_and_reuses_its_runs(tiny_study
         sys.executable, str(SCRIPT), "run", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path),
         "--settings", "paper", "default",
         "--datalist", str(tiny_study), "--dataset_dir", str(tiny_study.parent),
-        "--set", "max_epochs=1", "val_interval=1", "train#trainer#epoch_length=2",
+        "--set", "max_epochs=1", "val_interval=1", "train#trainer#epoch_length=2", "log_every_n_iterations=1",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)

@@ -120,6 +120,26 @@ class SubjectQCd(MapTransform):
             raise ValueError(f"{entry[LABEL_KEYS[0]]} and {entry[LABEL_KEYS[1]]} are not on the same grid.")
         return np.stack([image.get_fdata(dtype=np.float32) for image in images]), images[0].affine
 
+    def assess(self, data: Mapping[Hashable, Any], key: str = "pred") -> tuple[dict, dict]:
+        """The QC record and report volumes of one item's maps ``data[key]`` (ms), without writing anything."""
+        subject = str(data[self.subject_key])
+        grid = data[self.image_key]
+        entry = self.entries.get(subject, {})
+        references = None
+        if all(name in entry for name in REFERENCE_KEYS):
+            references = np.stack([load_on_grid(entry[name], grid) for name in REFERENCE_KEYS])
+        return assess_subject(
+            subject,
+            convert_to_numpy(data[key], dtype=np.float32),
+            convert_to_numpy(grid, dtype=np.float32),
+            convert_to_numpy(data[self.mask_key], dtype=np.float32)[0],
+            np.asarray(convert_to_numpy(grid.affine), dtype=np.float64),
+            calibration=self.calibration,
+            labels=self._labels(entry),
+            references_ms=references,
+            **self.options,
+        )
+
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         subject = str(d[self.subject_key])
@@ -128,23 +148,8 @@ class SubjectQCd(MapTransform):
         existing = [str(target) for target in targets if target.exists()]
         if existing and not self.overwrite:
             raise FileExistsError(f"refusing to overwrite existing QC files {existing}; pass --overwrite true.")
-        grid = d[self.image_key]
-        entry = self.entries.get(subject, {})
-        references = None
-        if all(key in entry for key in REFERENCE_KEYS):
-            references = np.stack([load_on_grid(entry[key], grid) for key in REFERENCE_KEYS])
         for key in self.key_iterator(d):
-            qc, volumes = assess_subject(
-                subject,
-                convert_to_numpy(d[key], dtype=np.float32),
-                convert_to_numpy(grid, dtype=np.float32),
-                convert_to_numpy(d[self.mask_key], dtype=np.float32)[0],
-                np.asarray(convert_to_numpy(grid.affine), dtype=np.float64),
-                calibration=self.calibration,
-                labels=self._labels(entry),
-                references_ms=references,
-                **self.options,
-            )
+            qc, volumes = self.assess(d, key)
             subject_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write_text(subject_dir / QC_FILE, json.dumps(qc, indent=2) + "\n")
             if self.report:
