@@ -15,7 +15,8 @@ lowered by maps that fit the images better than the exact maps do (the signal mo
 which drifts T2 away (a long, fast run on the phantom fitted the images best with white-matter T2 at 120 ms, which
 the plausibility and label checks flag). A run that drifts or diverges falls back to the trained model. The kept
 maps go through the inference postprocessing (maps written, QC), and ``<output_dir>/<subject>/adaptation.json``
-records the figures, the decision and the settings.
+records the figures, the decision and the settings (and, where the subject has 1 mm references, the metrics of both
+the trained and the adapted maps, kept or not).
 """
 
 from __future__ import annotations
@@ -113,12 +114,12 @@ class SubjectAdaptation:
             pred = self.inferer(torch.as_tensor(volume["image"])[None].to(self.device), self.network)[0].cpu()
         return pred * torch.as_tensor(volume["mask"]).to(pred)
 
-    def judge(self, pred: torch.Tensor, volume: Mapping) -> tuple[float, list[dict]]:
-        """The QC's mean self-consistency residual over its contrasts and its flags, of network-unit maps (3, X, Y, Z)."""
+    def judge(self, pred: torch.Tensor, volume: Mapping) -> tuple[float, dict]:
+        """The QC's mean self-consistency residual over its contrasts, and its record, of network-unit maps
+        (3, X, Y, Z)."""
         scale = torch.tensor([self.map_unit_ms, self.map_unit_ms, 1.0]).reshape(3, 1, 1, 1)
         qc, _ = self.qc.assess({**volume, "pred": pred * scale})
-        residual = float(np.mean([figures["residual"] for figures in qc["self_consistency"].values()]))
-        return residual, qc["flags"]
+        return float(np.mean([figures["residual"] for figures in qc["self_consistency"].values()])), qc
 
     def fine_tune(self, volume: Mapping) -> None:
         """``steps`` iterations of the self-supervised loss on random crops of ``volume``'s slices."""
@@ -146,11 +147,11 @@ class SubjectAdaptation:
         load_weights(self.network, self.checkpoint, self.device)
         trained_state = copy.deepcopy(self.network.state_dict())
         before = self.predict(volume)
-        score_before, flags_before = self.judge(before, volume)
+        score_before, qc_before = self.judge(before, volume)
         self.fine_tune(volume)
         after = self.predict(volume)
-        score_after, flags_after = self.judge(after, volume)
-        kept = bool(score_after < score_before and len(flags_after) <= len(flags_before))  # NaN is never kept
+        score_after, qc_after = self.judge(after, volume)
+        kept = bool(score_after < score_before and len(qc_after["flags"]) <= len(qc_before["flags"]))  # NaN: never
         if not kept:
             self.network.load_state_dict(trained_state)
         self.postprocessing({**volume, "pred": after if kept else before})
@@ -160,8 +161,10 @@ class SubjectAdaptation:
             "kept": kept,
             "score_before": score_before,
             "score_after": score_after,
-            "flags_before": [flag["message"] for flag in flags_before],
-            "flags_after": [flag["message"] for flag in flags_after],
+            "flags_before": [flag["message"] for flag in qc_before["flags"]],
+            "flags_after": [flag["message"] for flag in qc_after["flags"]],
+            "metrics_before": qc_before["metrics"],
+            "metrics_after": qc_after["metrics"],
             "steps": self.steps,
             "learning_rate": self.learning_rate,
             "batch_size": self.batch_size,
@@ -171,7 +174,7 @@ class SubjectAdaptation:
         record_path.write_text(json.dumps(record, indent=2) + "\n")
         self.logger.info(
             f"{subject}: self-consistency residual {score_before:.4f} -> {score_after:.4f}, QC flags "
-            f"{len(flags_before)} -> {len(flags_after)} after {self.steps} steps: "
+            f"{len(qc_before['flags'])} -> {len(qc_after['flags'])} after {self.steps} steps: "
             f"{'adapted model kept' if kept else 'trained model kept'}"
         )
         return record

@@ -12,7 +12,7 @@ own commands:
 3. adaptation to the new protocol (``adapting``, TSE protocol in force): its steps and learning rate are chosen on
    the shifted study's **validation** subject for seed 0 (lowest mean T1/T2 MPE against its 1 mm truth; the row with
    0 steps is the model without adaptation), then applied to the test subject for every seed: MPE before (the
-   ``protocol`` case) and after.
+   ``protocol`` case), adapted (kept or not) and written (what the keep rule chose).
 
 Writes ``qc_cases.csv``, ``adaptation_search.csv``, ``adaptation.csv`` and ``qc_experiment.json`` (command, commit,
 wall time) to ``--results``. Finished steps are reused (their output files exist), so an interrupted run restarts.
@@ -186,17 +186,14 @@ def run(args: argparse.Namespace) -> None:
                     folder / "index.html",
                     log,
                 )
-                qc, record_ = (
-                    qc_of(folder, validation),
-                    json.loads((folder / validation[0]["subject"] / "adaptation.json").read_text()),
-                )
-                metrics = qc["metrics"]
+                result = json.loads((folder / validation[0]["subject"] / "adaptation.json").read_text())
+                metrics = result["metrics_after"]  # the adapted model's, kept or not
                 search.append(
                     {
                         **settings,
-                        "kept": record_["kept"],
-                        "score_before": record_["score_before"],
-                        "score_after": record_["score_after"],
+                        "kept": result["kept"],
+                        "score_before": result["score_before"],
+                        "score_after": result["score_after"],
                         **metrics,
                         "t1_t2_mpe": (metrics["t1_mpe_percent"] + metrics["t2_mpe_percent"]) / 2,
                     }
@@ -211,21 +208,21 @@ def run(args: argparse.Namespace) -> None:
             folder / "index.html",
             log,
         )
-        before, after = qc_of(maps["protocol"], testing), qc_of(folder, testing)
-        record_ = json.loads((folder / testing[0]["subject"] / "adaptation.json").read_text())
+        result = json.loads((folder / testing[0]["subject"] / "adaptation.json").read_text())
+        in_protocol = qc_of(maps["normal"], testing)["metrics"]
         adaptation.append(
             {
                 "seed": seed,
                 **chosen,
-                "kept": record_["kept"],
-                "score_before": record_["score_before"],
-                "score_after": record_["score_after"],
-                **{f"before_{k}": v for k, v in before["metrics"].items()},
-                **{f"after_{k}": v for k, v in after["metrics"].items()},
-                "flagged_before": before["flagged"],
-                "flagged_after": after["flagged"],
-                "in_protocol_t1_mpe_percent": qc_of(maps["normal"], testing)["metrics"]["t1_mpe_percent"],
-                "in_protocol_t2_mpe_percent": qc_of(maps["normal"], testing)["metrics"]["t2_mpe_percent"],
+                "kept": result["kept"],
+                "score_before": result["score_before"],
+                "score_after": result["score_after"],
+                "flags_before": len(result["flags_before"]),
+                "flags_after": len(result["flags_after"]),
+                **{f"before_{name}": value for name, value in result["metrics_before"].items()},
+                **{f"adapted_{name}": value for name, value in result["metrics_after"].items()},
+                **{f"written_{name}": value for name, value in qc_of(folder, testing)["metrics"].items()},
+                **{f"in_protocol_{name}": value for name, value in in_protocol.items()},
             }
         )
     pd.DataFrame(cases).to_csv(args.results / "qc_cases.csv", index=False, float_format="%.5g")

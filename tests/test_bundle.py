@@ -467,7 +467,12 @@ def test_adapting_keeps_the_fine_tuned_model_only_if_self_consistency_improves(
     subject = json.loads(study["datalist"].read_text())["testing"][0]["subject"]
     record = json.loads((tmp_path / subject / "adaptation.json").read_text())
     assert record["steps"] == 2 and record["learning_rate"] == learning_rate
-    assert record["kept"] == (record["score_after"] < record["score_before"])
+    improved = record["score_after"] < record["score_before"]
+    assert record["kept"] == (improved and len(record["flags_after"]) <= len(record["flags_before"]))
+    assert (
+        record["metrics_before"]["t2_mpe_percent"] > 0
+        and record["metrics_after"].keys() == record["metrics_before"].keys()
+    )
     assert (tmp_path / subject / "qc.json").is_file() and (tmp_path / "index.html").is_file()
     if kept is False:  # a step of 1e6 wrecks the network: the trained model's maps are written
         assert not record["kept"]
