@@ -37,6 +37,7 @@ from monai.engines import SupervisedTrainer
 
 from pipeline.data.slices import SliceDataset
 from pipeline.engine import PrepareMapBatch
+from pipeline.files import write_atomically
 from pipeline.physics import MAP_UNIT_MS
 from pipeline.qc.transforms import SubjectQCd
 
@@ -170,8 +171,7 @@ class SubjectAdaptation:
             "batch_size": self.batch_size,
             "protocols": {contrast: protocol.to_dict() for contrast, protocol in self.loss.protocols.items()},
         }
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        write_atomically(record_path, json.dumps(record, indent=2) + "\n")
         self.logger.info(
             f"{subject}: self-consistency residual {score_before:.4f} -> {score_after:.4f}, QC flags "
             f"{len(qc_before['flags'])} -> {len(qc_after['flags'])} after {self.steps} steps: "

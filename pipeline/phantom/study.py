@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import nibabel as nib
 import numpy as np
 
+from pipeline.files import write_atomically
 from pipeline.phantom.acquisition import Acquisition, check_protocols
 from pipeline.phantom.anatomy import TemplateAnatomy, load_template_anatomy
 from pipeline.phantom.contrasts import (
@@ -192,20 +193,13 @@ def study_manifest(
     return manifest
 
 
-def _write_atomically(path: pathlib.Path, content: bytes) -> None:
-    """Write ``content`` to ``path`` through a temporary file in the same folder (no partial files)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(content)
-    os.replace(temporary, path)
-
-
 def write_nifti(path: pathlib.Path, data: np.ndarray, affine: np.ndarray) -> None:
     """Write ``data`` (dtype kept) as gzipped NIfTI-1 with a scanner-space q/sform, byte-reproducibly."""
     image = nib.Nifti1Image(data, affine)
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    _write_atomically(path, gzip.compress(image.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
+    write_atomically(path, gzip.compress(image.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
 
 
 def write_subject(
@@ -266,7 +260,7 @@ def write_subject(
         "weighted_image_units": f"nominal pure white matter = {WHITE_MATTER_INTENSITY:g} before receive bias",
         "noise_sigma": volumes.noise_sigma,
     }
-    _write_atomically(subject_dir / "phantom.json", (json.dumps(record, indent=2) + "\n").encode())
+    write_atomically(subject_dir / "phantom.json", (json.dumps(record, indent=2) + "\n").encode())
 
 
 def simulate_study_subject(
@@ -402,5 +396,5 @@ def generate_study(
             acquisition=as_acquisition(generator["acquisition"]),
             overrides=protocol_overrides(generator.get("protocols")),
         )
-    _write_atomically(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_atomically(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest_path

@@ -23,6 +23,8 @@ import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
+from pipeline.files import write_atomically
+
 DEFAULT_MARGIN = 2.0
 """Limits over the largest validation value (or departure)."""
 DEFAULT_MIN_TOLERANCE = 0.06
@@ -164,11 +166,7 @@ class QCCalibration:
         path = pathlib.Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"refusing to overwrite the QC calibration {path}; pass --overwrite true.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-        os.replace(temporary, path)
-        return path
+        return write_atomically(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QCCalibration:

@@ -27,7 +27,6 @@ import io
 import math
 import os
 import pathlib
-import uuid
 from collections.abc import Mapping, Sequence
 
 import jinja2
@@ -38,6 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from scipy import ndimage
 
+from pipeline.files import write_atomically
 from pipeline.qc.tissues import TISSUE_CLASSES
 from pipeline.reports.figure import MAP_COLORMAPS, MAP_DISPLAY_MAX_MS
 
@@ -186,16 +186,7 @@ def _environment() -> jinja2.Environment:
 
 def _write_page(path: str | os.PathLike, template: str, context: Mapping) -> pathlib.Path:
     """Render ``template`` with ``context`` into ``path`` via a temporary file in the same folder and a rename."""
-    html = _environment().get_template(template).render(**context)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_text(html, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, _environment().get_template(template).render(**context))
 
 
 def _check_volumes(volumes: Mapping[str, np.ndarray], contrasts: Sequence[str]) -> None:

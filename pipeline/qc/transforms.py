@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 from monai.utils import convert_to_numpy
 
 from pipeline.data.manifest import LABEL_KEYS, REFERENCE_KEYS, load_datalist
+from pipeline.files import write_atomically
 from pipeline.qc.assess import assess_subject
 from pipeline.qc.calibration import DEFAULT_MARGIN, DEFAULT_MIN_TOLERANCE, QCCalibration
 from pipeline.qc.plausibility import PUBLISHED_RANGES_3T
@@ -33,13 +33,6 @@ from pipeline.qc.report import write_index, write_subject_report
 QC_FILE = "qc.json"
 REPORT_FILE = "report.html"
 INDEX_FILE = "index.html"
-
-
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
 
 
 def load_on_grid(path: str | os.PathLike, grid: MetaTensor) -> np.ndarray:
@@ -150,8 +143,7 @@ class SubjectQCd(MapTransform):
             raise FileExistsError(f"refusing to overwrite existing QC files {existing}; pass --overwrite true.")
         for key in self.key_iterator(d):
             qc, volumes = self.assess(d, key)
-            subject_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(subject_dir / QC_FILE, json.dumps(qc, indent=2) + "\n")
+            write_atomically(subject_dir / QC_FILE, json.dumps(qc, indent=2) + "\n")
             if self.report:
                 write_subject_report(subject_dir / REPORT_FILE, qc, volumes)
             if qc["flagged"]:
