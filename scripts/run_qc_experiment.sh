@@ -13,9 +13,11 @@ SHIFTED=data/phantom_shifted
   --protocol tse.te=120 --protocol tse.echo_spacing=10 --protocol flair.ti=2000
 B=bundles/qmap_hybrid
 for seed in 0 1 2; do
-  [ -f runs/qc/seed$seed/models/model.pt ] && continue
+  models=runs/qc/seed$seed/models
+  ls $models/*epoch=16.pt >/dev/null 2>&1 && continue                  # finished (16 epochs, train.json's)
+  resume=false; ls $models/*epoch=*.pt >/dev/null 2>&1 && resume=true  # interrupted: go on from its last epoch
   python -m monai.bundle run training --meta_file $B/configs/metadata.json --logging_file $B/configs/logging.conf \
     --config_file $B/configs/train.json --bundle_root $B --datalist $REALISTIC/dataset.json --dataset_dir $REALISTIC \
-    --ckpt_dir runs/qc/seed$seed/models --log_dir runs/qc/seed$seed/logs --seed $seed
+    --ckpt_dir $models --log_dir runs/qc/seed$seed/logs --seed $seed --resume $resume
 done
 python scripts/run_qc_experiment.py --seeds 0 1 2 "$@"
