@@ -14,8 +14,9 @@ own commands:
    0 steps is the model without adaptation), then applied to the test subject for every seed: MPE before (the
    ``protocol`` case), adapted (kept or not) and written (what the keep rule chose).
 
-Writes ``qc_cases.csv``, ``adaptation_search.csv``, ``adaptation.csv`` and ``qc_experiment.json`` (command, commit,
-wall time) to ``--results``. Finished steps are reused (their output files exist), so an interrupted run restarts.
+Writes ``qc_cases.csv``, ``adaptation_search.csv``, ``adaptation.csv``, ``qc_experiment.json`` (command, commit,
+wall time) and the first seed's ``normal`` and ``protocol`` pages (``<case>/index.html``, ``<case>/<subject>/report.html``)
+to ``--results``. Finished steps are reused (their output files exist), so an interrupted run restarts.
 """
 
 from __future__ import annotations
@@ -229,9 +230,11 @@ def run(args: argparse.Namespace) -> None:
     pd.DataFrame(search).to_csv(args.results / "adaptation_search.csv", index=False, float_format="%.5g")
     pd.DataFrame(adaptation).to_csv(args.results / "adaptation.csv", index=False, float_format="%.5g")
     first = args.out / f"seed{args.seeds[0]}"
-    for case in ("normal", "protocol"):  # two example reports (self-contained pages)
-        shutil.copy(first / case / testing[0]["subject"] / "report.html", args.results / f"report_{case}.html")
-        shutil.copy(first / case / "index.html", args.results / f"index_{case}.html")
+    for case in ("normal", "protocol"):  # two example runs' pages (self-contained), their links kept
+        page = pathlib.Path(case, testing[0]["subject"], "report.html")
+        (args.results / page).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(first / page, args.results / page)
+        shutil.copy(first / case / "index.html", args.results / case / "index.html")
     record(args.results, "qc_experiment", args, started)
 
 
