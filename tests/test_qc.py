@@ -12,7 +12,7 @@ from scipy.ndimage import gaussian_filter
 from pipeline import physics
 from pipeline.phantom import generate_study
 from pipeline.phantom.labels import acquire_low_resolution_maps, slab_affine
-from pipeline.qc import QCCalibration
+from pipeline.qc import QCCalibration, calibrate_directory
 from pipeline.qc.__main__ import main as qc_main
 from pipeline.qc.consistency import fitted_scale, residual_summary, self_consistency
 from pipeline.qc.label_check import label_resolution_mpe
@@ -261,3 +261,14 @@ def test_another_te_is_flagged_unless_qc_is_given_the_protocol_in_force(long_te_
     )
     assert code == 0, qc["flags"]
     assert qc["protocols"]["tse_epg"]["te"] == 120.0
+
+
+def test_calibration_takes_only_the_named_validation_subjects(tmp_path):
+    for subject, residual in (("sub-val", 0.05), ("sub-stale", 0.5)):  # sub-stale: left by an earlier calibration
+        (tmp_path / subject).mkdir()
+        (tmp_path / subject / "qc.json").write_text(json.dumps(_report(subject, residual, 0.0)))
+    path = calibrate_directory(tmp_path, tmp_path / "qc_calibration.json", subjects=["sub-val"])
+    values = json.loads(path.read_text())
+    assert values["subjects"] == ["sub-val"] and values["thresholds"]["tse_epg"]["residual"] == pytest.approx(0.1)
+    with pytest.raises(FileNotFoundError, match="sub-missing"):
+        calibrate_directory(tmp_path, tmp_path / "other.json", subjects=["sub-val", "sub-missing"])

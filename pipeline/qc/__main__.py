@@ -16,7 +16,7 @@ import numpy as np
 from monai.data import MetaTensor
 
 from pipeline.cli import overrides_of, protocol_argument
-from pipeline.data import build_volume_dataset
+from pipeline.data import build_volume_dataset, load_datalist
 from pipeline.engine import MAP_NAMES
 from pipeline.qc.calibration import DEFAULT_MARGIN
 from pipeline.qc.transforms import (
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "calibrate":
         check_maps(args, calibration=None)
-        print(calibrate_directory(args.maps, args.out, args.margin, overwrite=args.overwrite))
+        subjects = [entry["subject"] for entry in load_datalist(args.manifest, args.section, args.dataset_dir)]
+        print(calibrate_directory(args.maps, args.out, args.margin, overwrite=args.overwrite, subjects=subjects))
         return 0
     flagged = check_maps(args, calibration=args.calibration)
     print(f"{len(flagged)} flagged subject(s){': ' + ', '.join(flagged) if flagged else ''}")

@@ -171,6 +171,7 @@ def calibrate_directory(
     min_tolerance: float = DEFAULT_MIN_TOLERANCE,
     model: str | os.PathLike | None = None,
     overwrite: bool = False,
+    subjects: Sequence[str] | None = None,
 ) -> pathlib.Path:
     """Write the QC thresholds (:class:`~pipeline.qc.calibration.QCCalibration`) of the ``qc.json`` in ``qc_dir``.
 
@@ -180,7 +181,12 @@ def calibrate_directory(
         margin, min_tolerance: the rules of :class:`~pipeline.qc.calibration.QCCalibration`.
         model: the checkpoint the validation maps came from (recorded).
         overwrite: replace an existing calibration.
+        subjects: the validation subjects (default: every ``qc.json`` in ``qc_dir``); a folder left from an earlier
+            calibration with other subjects then cannot enter the limits.
     """
-    reports = read_reports(qc_dir)
+    reports = [report for report in read_reports(qc_dir) if subjects is None or report["subject"] in set(subjects)]
+    missing = sorted(set(subjects or ()) - {report["subject"] for report in reports})
+    if missing:
+        raise FileNotFoundError(f"no {QC_FILE} for the validation subject(s) {missing} in {qc_dir}.")
     model = None if model is None else str(model)
     return QCCalibration.from_reports(reports, margin, min_tolerance, model).save(calibration, overwrite=overwrite)
