@@ -65,12 +65,18 @@ def _volumes(seed: int = 0, t2_wm_ms: float = 75.0, shape=SHAPE) -> dict[str, np
 
 
 def _qc(subject: str, flagged: bool, calibrated: bool = True, references: bool = True) -> dict:
-    """A qc.json record; flagged: the TSE CSF residual over its threshold and the white-matter T2 out of range."""
+    """A qc.json record; flagged: the TSE CSF bias beyond its band and the white-matter T2 out of range."""
     residuals = {
-        "mprage": {"brain": 0.05, "csf": 0.12, "grey_matter": 0.06, "white_matter": 0.04},
-        "tse_epg": {"brain": 0.07, "csf": 0.31 if flagged else 0.11, "grey_matter": 0.05, "white_matter": 0.04},
+        "mprage": {"residual": 0.05, "bias": {"csf": 0.02, "grey_matter": 0.0, "white_matter": -0.01}},
+        "tse_epg": {
+            "residual": 0.07,
+            "bias": {"csf": -0.15 if flagged else -0.02, "grey_matter": 0.01, "white_matter": 0.0},
+        },
     }
-    thresholds = {c: {"brain": 0.08, "csf": 0.18, "grey_matter": 0.09, "white_matter": 0.07} for c in CONTRASTS}
+    band = {"centre": 0.01, "tolerance": 0.06}
+    thresholds = {
+        c: {"residual": 0.08, "bias": dict.fromkeys(["csf", "grey_matter", "white_matter"], band)} for c in CONTRASTS
+    }
     flags = [{"check": "self_consistency", "message": message} for message in FLAG_MESSAGES] if flagged else []
     return {
         "subject": subject,
@@ -144,9 +150,9 @@ def test_flagged_report_names_every_flag_and_highlights(pages):
     assert f".flagged {{ background: {FLAG_COLOUR};" in page
     assert "No QC flags" not in page and "Uncalibrated" not in page
     assert "model: runs/hybrid/models/model.pt · calibration: runs/qc_calibration.json" in page
-    # the TSE CSF residual over its threshold and the out-of-range white-matter T2, nothing else
+    # the TSE CSF bias beyond its band and the out-of-range white-matter T2, nothing else
     highlighted = re.findall(r'<td class="over">([^<]*)</td>', page)
-    assert highlighted == ["0.31 / 0.18", "110 (55.0–95.0)"]
+    assert highlighted == ["-0.15 / 0.01 ± 0.06", "110 (55.0–95.0)"]
     for name in ["T1 MPE (%)", "M0 MPE (%)", "T1 SSIM", "Label resolution", "Metrics against"]:
         assert name in page
 
@@ -156,9 +162,9 @@ def test_clean_and_uncalibrated_reports(pages):
     for page in clean, uncalibrated:
         assert '<section class="banner ok"><h2>No QC flags</h2></section>' in page
         assert "banner flagged" not in page and 'class="over"' not in page
-    assert "Uncalibrated" not in clean and "0.11 / 0.18" in clean
+    assert "Uncalibrated" not in clean and "-0.02 / 0.01 ± 0.06" in clean
     assert 'class="note">Uncalibrated' in uncalibrated
-    assert " / 0.18" not in uncalibrated and ">0.11</td>" in uncalibrated  # residuals without thresholds
+    assert " ± 0.06" not in uncalibrated and ">-0.02</td>" in uncalibrated  # residuals without thresholds
     assert "Label resolution" not in uncalibrated and "Metrics against" not in uncalibrated
 
 

@@ -81,8 +81,6 @@ ROW_TITLE_IN = 0.25
 BOTTOM_MARGIN_IN = 0.1
 """Height (inches) above each row of views (its titles) and below the last one (its colour bar's last label)."""
 
-MAIN_RESIDUAL_KEYS = ("residual", "brain")
-"""Keys of a contrast's whole-brain residual in ``qc["self_consistency"][contrast]``, the one the index shows."""
 
 _WORDS = {"mpe": "MPE", "mae": "MAE", "ssim": "SSIM", "psnr": "PSNR", "hfen": "HFEN", "percent": "(%)", "ms": "(ms)"}
 
@@ -347,16 +345,14 @@ def _cell(value: float | None, threshold: float | Mapping | None) -> dict:
 
 
 def _main_cell(record: Mapping, limits: Mapping | None) -> dict:
-    """The cell of one contrast's whole-brain residual (the first of ``MAIN_RESIDUAL_KEYS`` in ``record``)."""
-    path = next(((key,) for key in MAIN_RESIDUAL_KEYS if key in record), None)
-    return _cell(None, None) if path is None else _cell(_at(record, path), _at(limits, path))
+    """The cell of one contrast's whole-brain ``residual`` and its limit (the figure the index shows)."""
+    return _cell(record.get("residual"), _at(limits, ("residual",)))
 
 
 def _paths(record: Mapping) -> list[tuple[str, ...]]:
     """Key paths of the numbers of one contrast's residual record, nested one level at most.
 
-    ``{"brain": r, "csf": c}`` -> ``[("brain",), ("csf",)]``; ``{"residual": r, "bias": {"csf": b}}`` ->
-    ``[("residual",), ("bias", "csf")]``.
+    ``{"residual": r, "bias": {"csf": b}}`` -> ``[("residual",), ("bias", "csf")]``.
     """
     paths = []
     for key, value in record.items():
