@@ -48,7 +48,8 @@ class PrepareMapBatch:
             for training, ``"reference"`` to validate against 1 mm reference maps when a subject has them; None: no
             maps (the target is ``{"image", "mask"}``, for :class:`pipeline.losses.SelfSupervisedLoss`).
         with_acquired: if True the target is ``{"label": (B,3,H,W), "image": (B,3,H,W), "mask":
-            (B,1,H,W)}`` (what :class:`pipeline.losses.HybridLoss` takes); otherwise the bare label tensor
+            (B,1,H,W)[, "label_failed": (B,1,H,W)]}`` (what :class:`pipeline.losses.HybridLoss` takes;
+            ``label_failed`` with ``label_key="label"`` when the batch has it); otherwise the bare label tensor
             (what metric handlers take).
     """
 
@@ -65,8 +66,10 @@ class PrepareMapBatch:
         if not self.with_acquired:
             return image, label
         target = {"image": image} if label is None else {"label": label, "image": image}
-        if "mask" in batchdata:
-            target["mask"] = to_device("mask")
+        # label_failed (B, 1, H, W): where the low-resolution labels are failed fits (pipeline.data.validity)
+        for key in ("mask", "label_failed") if self.label_key == "label" else ("mask",):
+            if key in batchdata:
+                target[key] = to_device(key)
         return image, target
 
 

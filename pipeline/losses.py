@@ -209,7 +209,9 @@ class HybridLoss(_Loss):
         map_unit_ms: ms per network map unit for T1 and T2.
         detach_scale: passed to :class:`ScaleInvariantL1Loss`.
         mask_supervised: if True the L1 term is averaged inside ``target["mask"]`` only; the
-            self-supervised term always uses the mask when one is given.
+            self-supervised term always uses the mask when one is given. The L1 term always leaves out the pixels
+            where ``target["label_failed"]`` (B, 1, H, W), when given, is 1: failed fits of the labels
+            (:mod:`pipeline.data.validity`).
         edge_eps: ``eps`` of :func:`sobel_edges`.
         map_weights: weights of the (T1, T2, M0) channels in the supervised L1 (mean of ``w_m |pred - label|``).
             The default (1, 1, 1) is the paper's plain L1 with T1 and T2 in units of 3 s, where white-matter
@@ -295,6 +297,8 @@ class HybridLoss(_Loss):
         if missing:
             raise ValueError(f"target dict lacks key(s) {missing}; got keys {sorted(target)}.")
         label, image, mask = target["label"], target.get("image"), target.get("mask")
+        failed = _binary_mask(target.get("label_failed"), pred)
+        valid = None if failed is None else 1.0 - failed
         if label.shape != pred.shape:
             raise ValueError(f"label shape {tuple(label.shape)} differs from pred shape {tuple(pred.shape)}.")
         if self.lambda_self != 0:
@@ -305,7 +309,7 @@ class HybridLoss(_Loss):
                     f"image must be (B, C >= {n_channels}, H, W) matching pred {tuple(pred.shape)} in B, H, W "
                     f"(channels {self.input_channels}); got {tuple(image.shape)}."
                 )
-        return label, image, _binary_mask(mask, pred)
+        return label, image, _binary_mask(mask, pred), valid
 
     def self_supervised_terms(
         self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None = None
@@ -342,13 +346,16 @@ class HybridLoss(_Loss):
             target: (B, 3, H, W) label maps (only with ``lambda_self == 0``) or a dict
                 ``{"label": (B, 3, H, W), "image": (B, C, H, W)[, "mask": (B, 1, H, W)]}``.
         """
-        label, image, mask = self._unpack(pred, target)
+        label, image, mask, valid = self._unpack(pred, target)
+        supervised_mask, spread_mask = (mask if self.mask_supervised else None), mask
+        if valid is not None:  # failed label fits are left out
+            supervised_mask, spread_mask = (valid if m is None else valid * m for m in (supervised_mask, mask))
         if self.map_weights == LABEL_SPREAD:
-            weights = label_spread_weights(label, mask).to(pred)
+            weights = label_spread_weights(label, spread_mask).to(pred)
         else:
             weights = pred.new_tensor(self.map_weights)
         errors = (pred - label).abs() * weights.view(1, 3, 1, 1)
-        supervised = _masked_mean(errors, mask if self.mask_supervised else None)
+        supervised = _masked_mean(errors, supervised_mask)
         terms = {"total": supervised, "supervised": supervised}
         if self.lambda_self == 0:
             return terms

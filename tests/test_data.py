@@ -33,6 +33,9 @@ from pipeline.data import (
     ensure_study,
     load_datalist,
 )
+from pipeline.data.transforms import CROP_MARGIN
+from pipeline.data.validity import MarkFitFailuresd
+from pipeline.losses import HybridLoss
 from pipeline.physics import MAP_UNIT_MS
 
 # hand-built head: tissue classes 0 background, 1 CSF, 2 GM, 3 WM; properties per class
@@ -226,7 +229,10 @@ BAD_INPUTS = {  # case: (damaged key, damage, error type, phrase of the message)
     "truncated gzip": ("flair", truncate, InvalidInputError, "cannot be read"),
     "2D image": ("t1w", edited(lambda d: d[:, :, 10]), InvalidInputError, "not a single 3D"),
     "4D, 3 frames": ("t2w", edited(lambda d: np.stack([d] * 3, -1)), InvalidInputError, "3 frame"),
-    "NaN voxels": ("t1_map", edited(lambda d: np.where(d > 3000, np.nan, d)), InvalidInputError, "NaN"),
+    "NaN voxels": ("t2w", edited(lambda d: np.where(d > np.percentile(d, 99), np.nan, d)), InvalidInputError, "NaN"),
+    "all-zero T2w": ("t2w", edited(lambda d: 0 * d), InvalidInputError, "is constant"),
+    "constant FLAIR": ("flair", edited(lambda d: 0 * d + 7), InvalidInputError, r"is constant \(every voxel = 7\)"),
+    "labels all failed": ("t1_map", edited(lambda d: np.full_like(d, np.nan)), InvalidInputError, "no valid label"),
     "Inf voxel": ("m0_ref", edited(lambda d: np.where(d > 0.99, np.inf, d)), InvalidInputError, "NaN/Inf"),
     "empty mask": ("mask", edited(lambda d: 0 * d), InvalidInputError, "empty mask"),
     "T1 in seconds": ("t1_map", edited(lambda d: d / 1000), InvalidInputError, "looks like seconds"),
@@ -267,7 +273,7 @@ def test_entries_must_agree_on_optional_keys(subject, tmp_path):
 
 def test_single_frame_4d_image_is_accepted(subject):
     edited(lambda d: d[..., None])(subject["t2w"])
-    assert build_volume_dataset([subject])[0]["image"].shape == (3, *SHAPE)
+    assert build_volume_dataset([subject], crop_margin=None)[0]["image"].shape == (3, *SHAPE)
 
 
 # ---------------------------------------------------------------- co-registration
@@ -299,15 +305,28 @@ def validation_subject(request) -> tuple[dict, dict]:
     return load_datalist(manifest, "validation")[0], build_volume_dataset(manifest, section="validation")[0]
 
 
+def brain_box(mask_file: str, margin: int = CROP_MARGIN) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(first voxel index, shape) of the mask's bounding box grown by ``margin`` voxels, in the file's (RAS) grid."""
+    inside = np.argwhere(nib.load(mask_file).get_fdata() > 0.5)
+    start, stop = inside.min(axis=0) - margin, inside.max(axis=0) + 1 + margin
+    return start, tuple(int(n) for n in stop - start)
+
+
 def test_volume_keys_shapes_and_t1w_geometry(validation_subject):
+    """Volumes lie on the T1w grid cropped to the brain's bounding box plus the margin (padded beyond the image)."""
     entry, volume = validation_subject
     t1w = nib.load(entry["t1w"])
-    assert set(volume) == {"image", "label", "reference", "mask", "subject"}
+    assert set(volume) == {"image", "label", "label_failed", "reference", "mask", "subject"}
     assert volume["subject"] == entry["subject"]
-    for key, channels in {"image": 3, "label": 3, "reference": 3, "mask": 1}.items():
-        assert volume[key].shape == (channels, *t1w.shape)
+    start, shape = brain_box(entry["mask"])
+    assert (start < 0).any() or any(n < size for n, size in zip(shape, t1w.shape))  # the crop does something
+    cropped_affine = t1w.affine.copy()
+    cropped_affine[:3, 3] = t1w.affine[:3, :3] @ start + t1w.affine[:3, 3]
+    for key, channels in {"image": 3, "label": 3, "label_failed": 1, "reference": 3, "mask": 1}.items():
+        assert volume[key].shape == (channels, *shape)
         assert volume[key].dtype == torch.float32
-        np.testing.assert_allclose(volume[key].affine.numpy(), t1w.affine, atol=1e-5)
+        np.testing.assert_allclose(volume[key].affine.numpy(), cropped_affine, atol=1e-5)
+    assert not volume["label_failed"].any()  # no failed fit in these labels
     assert volume["image"].meta["filename_or_obj"] == entry["t1w"]
     assert set(volume["mask"].unique().tolist()) == {0.0, 1.0}
 
@@ -351,6 +370,92 @@ def test_missing_mask_is_derived_from_the_t1w(subject):
     assert dice > 0.9
 
 
+# ---------------------------------------------------------------- failed label fits
+
+
+def test_fit_failures_are_marked_nan_on_the_label_grid():
+    """NaN/Inf, negative, absurd and one-map zeros fail every map of the voxel; all-zero background stays 0."""
+    t1 = torch.tensor([[[[800.0, np.nan, 900.0, -5.0, 4e4, 0.0, 0.0, 1000.0]]]])
+    t2 = torch.tensor([[[[80.0, 70.0, np.inf, 60.0, 50.0, 0.0, 0.0, 90.0]]]])
+    m0 = torch.tensor([[[[0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.0, 0.8]]]])
+    marked = MarkFitFailuresd(LABEL_KEYS)(dict(zip(LABEL_KEYS, (t1, t2, m0))))
+    expected_failed = np.array([0, 1, 1, 1, 1, 1, 0, 0], dtype=bool)
+    for key, original in zip(LABEL_KEYS, (t1, t2, m0)):
+        value = marked[key].numpy().ravel()
+        np.testing.assert_array_equal(np.isnan(value), expected_failed)
+        np.testing.assert_array_equal(value[~expected_failed], original.numpy().ravel()[~expected_failed])
+
+
+def test_failed_label_voxels_are_left_out_and_the_others_unchanged(subject):
+    """Failed fits on the 3.5 mm grid become ``label_failed`` over their interpolation footprint on the 1 mm grid."""
+    clean = build_volume_dataset([subject], crop_margin=None)[0]
+    label_image = nib.load(subject["t1_map"])
+    damaged = label_image.get_fdata(dtype=np.float32).copy()
+    centre = np.array(damaged.shape) // 2
+    bad_voxels = np.array([centre, centre + [5, 0, 1], centre + [-6, 3, 0], [0, 0, 0]])
+    for voxel, value in zip(bad_voxels, (np.nan, 0.0, 1e7, np.inf)):  # in the brain: NaN, a fit returning 0 where
+        damaged[tuple(voxel)] = value  # M0 > 0, an absurd value; in the background: Inf
+    nib.save(nib.Nifti1Image(damaged, label_image.affine), subject["t1_map"])
+    volume = build_volume_dataset([subject], crop_margin=None)[0]
+    failed = volume["label_failed"][0].numpy() > 0
+    # every failed 1 mm voxel interpolates from a damaged label voxel (weight 0 included: 0 * NaN is NaN): within one
+    # label voxel of it along each axis
+    # (or beyond the outermost slab centre, where the border value is repeated)
+    bad_world = nib.affines.apply_affine(label_image.affine, bad_voxels)
+    failed_world = nib.affines.apply_affine(nib.load(subject["t1w"]).affine, np.argwhere(failed))
+    distance = np.abs(failed_world[:, None] - bad_world[None]) / np.array([1.0, 1.0, SLAB_MM])
+    beyond = failed_world[:, 2] < label_image.affine[2, 3]
+    assert failed.sum() >= 3 * 4 * 2 and ((distance <= 1.0 + 1e-6).all(axis=2).any(axis=1) | beyond).all()
+    assert (volume["label"][:, failed] == 0).all()
+    torch.testing.assert_close(volume["label"][:, ~failed], clean["label"][:, ~failed])
+    torch.testing.assert_close(volume["image"], clean["image"])
+
+
+def test_supervised_term_leaves_failed_pixels_out():
+    """The L1 term is the mean over the pixels without a failed fit (numpy), whatever the labels hold there."""
+    generator = torch.Generator().manual_seed(0)
+    pred, label = torch.rand(2, 3, 8, 8, generator=generator), torch.rand(2, 3, 8, 8, generator=generator)
+    failed = (torch.rand(2, 1, 8, 8, generator=generator) > 0.7).float()
+    loss = HybridLoss(lambda_self=0.0)
+    value = loss(pred, {"label": label, "label_failed": failed})
+    kept = np.broadcast_to(failed.numpy() == 0, pred.shape)
+    np.testing.assert_allclose(float(value), np.abs(pred.numpy() - label.numpy())[kept].mean(), rtol=1e-6)
+    scrambled = torch.where(failed.bool(), torch.full_like(label, 1e3), label)
+    assert float(loss(pred, {"label": scrambled, "label_failed": failed})) == pytest.approx(float(value), rel=1e-6)
+    assert float(loss(pred, {"label": scrambled})) > 100 * float(value)
+
+
+# ---------------------------------------------------------------- field of view
+
+
+def padded(axes=(0, 1), voxels: int = 40):
+    """A function rewriting a NIfTI file with ``voxels`` zeros on both sides of ``axes``, world coordinates kept."""
+
+    def pad(array: np.ndarray) -> np.ndarray:
+        return np.pad(array, [(voxels, voxels) if axis in axes else (0, 0) for axis in range(array.ndim)])
+
+    def move(affine: np.ndarray) -> np.ndarray:
+        start = np.array([voxels if axis in axes else 0 for axis in range(3)])
+        return shifted(affine, -affine[:3, :3] @ start)
+
+    return edited(pad, move)
+
+
+def test_padding_the_field_of_view_leaves_the_network_input_unchanged(subject):
+    """The crop to the brain's box: a subject padded with 40 voxels of zeros on two axes gives the same volumes."""
+    original = build_volume_dataset([subject])[0]
+    for key in (*IMAGE_KEYS, *LABEL_KEYS, *REFERENCE_KEYS, "mask"):
+        padded()(subject[key])
+    assert nib.load(subject["t1w"]).shape == (SHAPE[0] + 80, SHAPE[1] + 80, SHAPE[2])
+    larger = build_volume_dataset([subject])[0]
+    for key in ("image", "label", "label_failed", "reference", "mask"):
+        assert larger[key].shape == original[key].shape
+        torch.testing.assert_close(larger[key].as_tensor(), original[key].as_tensor(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(larger[key].affine.numpy(), original[key].affine.numpy(), atol=1e-5)
+    uncropped = build_volume_dataset([subject], crop_margin=None)[0]
+    assert not torch.allclose(uncropped["image"].mean(), original["image"].mean())  # the background is what differs
+
+
 # ---------------------------------------------------------------- slices
 
 
@@ -363,12 +468,13 @@ def test_slice_dataset_items_skip_empty_slices_and_load_each_volume_once(hand_st
         return load(self, filename, *args, **kwargs)
 
     monkeypatch.setattr(LoadImage, "__call__", counting_load)
-    keys, size = ["image", "label", "reference", "mask"], (64, 48)
+    keys, size = ["image", "label", "label_failed", "reference", "mask"], (64, 48)
     dataset = build_slice_dataset(
         hand_study,
         section="validation",
         slice_transforms=[ResizeWithPadOrCropd(keys, size), RandFlipd(keys, prob=0.5, spatial_axis=0)],
         min_brain_fraction=0.05,
+        crop_margin=None,  # slice indices of the file's own grid
     )
     files = len(json.loads(hand_study.read_text())["validation"][0]) - 1  # every key but "subject"
     assert len(loaded) == files
@@ -390,11 +496,11 @@ def test_slice_dataset_items_skip_empty_slices_and_load_each_volume_once(hand_st
 def test_phantom_training_slices_have_the_documented_keys(tiny_study):
     entry = load_datalist(tiny_study, "training")[0]
     dataset = build_slice_dataset(tiny_study, section="training", min_brain_fraction=0.1, with_reference=False)
-    shape = nib.load(entry["t1w"]).shape
+    _, shape = brain_box(entry["mask"])
     batch = next(iter(DataLoader(dataset, batch_size=2, collate_fn=list_data_collate)))
-    assert set(batch) == {"image", "label", "mask", "subject", "slice"}
+    assert set(batch) == {"image", "label", "label_failed", "mask", "subject", "slice"}
     assert batch["image"].shape == batch["label"].shape == (2, 3, *shape[1:])
-    assert batch["mask"].shape == (2, 1, *shape[1:])
+    assert batch["mask"].shape == batch["label_failed"].shape == (2, 1, *shape[1:])
     assert batch["subject"] == [entry["subject"]] * 2
     assert len(dataset) <= shape[0] * len(json.loads(tiny_study.read_text())["training"])
 
@@ -403,7 +509,7 @@ def test_oracle_labels_are_the_1mm_maps(tiny_study):
     """``label_keys=REFERENCE_KEYS`` (the oracle of the paper experiment) trains on the 1 mm maps, same pipeline."""
     default = build_volume_dataset(tiny_study, section="training", with_reference=True)[0]
     oracle = build_volume_dataset(tiny_study, section="training", with_reference=False, label_keys=REFERENCE_KEYS)[0]
-    assert set(oracle) == {"image", "label", "mask", "subject"}
+    assert set(oracle) == {"image", "label", "label_failed", "mask", "subject"}
     torch.testing.assert_close(oracle["label"], default["reference"])
     torch.testing.assert_close(oracle["image"], default["image"])
     assert not torch.allclose(default["label"], default["reference"])  # the 3.5 mm labels differ from the truth

@@ -45,25 +45,54 @@ class LoadVolumesd(MapTransform):
 
 
 class CheckVolumed(MapTransform):
-    """Require each key to be one 3D volume of finite values: shape (1, X, Y, Z) after channel-first loading.
+    """Require each key to be one 3D volume: shape (1, X, Y, Z) after channel-first loading, finite, not constant.
 
-    Rejects 2D images, 4D images with more than one frame and NaN/Inf voxels.
+    Rejects 2D images, 4D images with more than one frame, NaN/Inf voxels (unless ``allow_non_finite``: label maps,
+    whose failed fits :mod:`pipeline.data.validity` leaves out) and, with ``allow_constant=False`` (the weighted
+    images), a constant volume such as an all-zero image.
     """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        allow_non_finite: bool = False,
+        allow_constant: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.allow_non_finite, self.allow_constant = allow_non_finite, allow_constant
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            image = convert_to_tensor(d[key], track_meta=False)  # plain tensor: MetaTensor ops copy meta, slowly
-            spatial_shape = tuple(image.shape[1:])
-            if len(spatial_shape) != 3 or image.shape[0] != 1:
-                raise InvalidInputError(
-                    f"{describe_item(d, key)} is not a single 3D volume: spatial shape {spatial_shape} with "
-                    f"{image.shape[0]} frame(s); expected a NIfTI of shape (X, Y, Z) or (X, Y, Z, 1)"
-                )
-            non_finite = int((~torch.isfinite(image)).sum())
-            if non_finite:
-                raise InvalidInputError(f"{describe_item(d, key)} has {non_finite} NaN/Inf voxel(s)")
+            problem = volume_problem(convert_to_tensor(d[key], track_meta=False), self.allow_non_finite)
+            if problem is None and not self.allow_constant:
+                problem = constant_problem(convert_to_tensor(d[key], track_meta=False))
+            if problem is not None:
+                raise InvalidInputError(f"{describe_item(d, key)} {problem}")
         return d
+
+
+def volume_problem(image: torch.Tensor, allow_non_finite: bool = False) -> str | None:
+    """Why ``image`` (C, X, Y, Z) is not one finite 3D volume (None if it is); the phrase follows the file's name."""
+    spatial_shape = tuple(image.shape[1:])
+    if len(spatial_shape) != 3 or image.shape[0] != 1:
+        return (
+            f"is not a single 3D volume: spatial shape {spatial_shape} with {image.shape[0]} frame(s); expected a "
+            "NIfTI of shape (X, Y, Z) or (X, Y, Z, 1)"
+        )
+    if 0 in spatial_shape:
+        return f"is empty: spatial shape {spatial_shape}"
+    non_finite = 0 if allow_non_finite else int((~torch.isfinite(image)).sum())
+    return f"has {non_finite} NaN/Inf voxel(s)" if non_finite else None
+
+
+def constant_problem(image: torch.Tensor) -> str | None:
+    """``"is constant (every voxel = v)"`` for a constant (e.g. all-zero) image, else None."""
+    finite = image[torch.isfinite(image)]
+    if finite.numel() and bool(finite.min() == finite.max()):
+        return f"is constant (every voxel = {float(finite.min()):g}): an empty or failed acquisition"
+    return None
 
 
 class CheckMaskd(MapTransform):
@@ -78,7 +107,7 @@ class CheckMaskd(MapTransform):
 
 
 class CheckMapUnitsd(MapTransform):
-    """Require relaxation-time maps to be in ms: median inside the brain mask within ``median_range_ms``.
+    """Require relaxation-time maps to be in ms: median inside the brain mask (NaN left out) within ``median_range_ms``.
 
     A median below the range looks like seconds (e.g. T1 ≈ 1), above it like µs or a scaled map; both raise an
     :class:`InvalidInputError` telling the user how to convert. Maps and mask must share the grid (run after label
@@ -106,7 +135,8 @@ class CheckMapUnitsd(MapTransform):
         low, high = self.median_range_ms
         inside = convert_to_tensor(d[self.mask_key], track_meta=False) > 0
         for key in self.key_iterator(d):
-            median = float(torch.median(convert_to_tensor(d[key], track_meta=False)[inside]))
+            # nanmedian: the failed fits of label maps are NaN here (pipeline.data.validity)
+            median = float(torch.nanmedian(convert_to_tensor(d[key], track_meta=False)[inside]))
             if median < low:
                 hint = "it looks like seconds; maps must be in ms: convert it (e.g. multiply by 1000)"
             elif median > high:

@@ -139,7 +139,8 @@ class CheckCoregistrationd(MapTransform):
 
     def shift_problem(self, reference: MetaTensor, image: MetaTensor) -> str | None:
         """The residual shift between the images' contents if above ``max_shift_mm``, or None."""
-        shift_lps = estimate_shift_mm(to_sitk(reference), to_sitk(image), seed=self.seed)
+        # NaN: the failed fits of a label map (pipeline.data.validity) carry no signal to register
+        shift_lps = estimate_shift_mm(to_sitk(reference), to_sitk(torch.nan_to_num(image)), seed=self.seed)
         shift_mm = float(np.linalg.norm(shift_lps))
         if shift_mm <= self.max_shift_mm:
             return None

@@ -9,7 +9,7 @@ from monai.data import Dataset
 from monai.transforms import apply_transform
 from monai.utils import convert_to_tensor
 
-SLICED_KEYS = ("image", "label", "mask", "reference")
+SLICED_KEYS = ("image", "label", "label_failed", "mask", "reference")
 """Volume keys (C, X, Y, Z) cut into slices; ``subject`` is copied, ``slice`` added."""
 
 

@@ -2,18 +2,23 @@
 
 Steps (each a MONAI transform):
 
-1. load every file (float32, channel first), check it is one finite 3D volume, reorient to RAS; optionally resample
-   the T1w to the model's voxel size (``voxel_size_mm``);
+1. load every file (float32, channel first), check it is one finite 3D volume (weighted images: not constant;
+   label maps may hold NaN/Inf, and their failed fits are marked NaN, :mod:`pipeline.data.validity`), reorient to
+   RAS; optionally resample the T1w to the model's voxel size (``voxel_size_mm``);
 2. co-registration check against the T1w (geometry for every file, translation registration for
    ``registration_keys``);
 3. resample T2w, FLAIR, maps, references and mask onto the T1w grid (bilinear for images and maps, which keep the
    blur of their 3.5 mm slabs; nearest for the mask); binarise the mask, or derive a foreground mask from the T1w
-   when the entry has none; check the mask is not empty;
-4. check T1/T2 maps are in ms; divide each weighted image and M0 map by its 99th percentile inside the mask
+   when the entry has none; check the mask is not empty; check T1/T2 maps are in ms; the labels' validity map
+   ``label_failed`` (failed fits left out of the supervised term);
+4. crop every volume to the mask's bounding box grown by ``crop_margin`` voxels (zero-padded where the box leaves
+   the image), so the network sees the same slices whatever the field of view; divide each weighted image and M0
+   map by its 99th percentile inside the mask
    (:mod:`pipeline.data.normalization`); T1/T2 from ms to network units (÷ ``MAP_UNIT_MS``, i.e. units of 3 s);
 5. concatenate: ``image`` (3, X, Y, Z) = (T1w, T2w, FLAIR); ``label`` (3, X, Y, Z) = (T1, T2, M0) low-resolution
-   labels; ``reference`` (3, X, Y, Z) = 1 mm (T1, T2, M0); ``mask`` (1, X, Y, Z) float32 {0, 1}; ``subject`` is kept.
-   ``image`` carries the T1w's meta (affine, ``filename_or_obj``), so predictions can be written in its geometry.
+   labels and ``label_failed`` (1, X, Y, Z); ``reference`` (3, X, Y, Z) = 1 mm (T1, T2, M0); ``mask`` (1, X, Y, Z)
+   float32 {0, 1}; ``subject`` is kept. ``image`` carries the T1w's meta (affine of the cropped grid,
+   ``filename_or_obj``), so predictions can be written back in the T1w file's geometry.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from monai.transforms import (
     AsDiscreted,
     Compose,
     ConcatItemsd,
+    CropForegroundd,
     DeleteItemsd,
     NormalizeIntensityd,
     Orientationd,
@@ -36,12 +42,15 @@ from pipeline.data.coregistration import CheckCoregistrationd
 from pipeline.data.foreground import ForegroundMaskd
 from pipeline.data.manifest import IMAGE_KEYS, LABEL_KEYS, MASK_KEY, REFERENCE_KEYS
 from pipeline.data.normalization import ScaleByMaskedPercentiled
+from pipeline.data.validity import FAILED_KEY, FitFailureMapd, MarkFitFailuresd
 from pipeline.physics import MAP_UNIT_MS
 
 T1_MEDIAN_RANGE_MS = (100.0, 10000.0)
 """Plausible median of a brain T1 map in ms: a median below 100 looks like seconds, above 10000 like µs."""
 T2_MEDIAN_RANGE_MS = (10.0, 5000.0)
 """Plausible median of a brain T2 map in ms."""
+CROP_MARGIN = 8
+"""Voxels kept around the brain mask's bounding box (8 mm on the 1 mm grid)."""
 
 
 def build_volume_transforms(
@@ -56,6 +65,7 @@ def build_volume_transforms(
     reader: str | None = None,
     voxel_size_mm: float | None = None,
     label_keys: Sequence[str] = LABEL_KEYS,
+    crop_margin: int | None = CROP_MARGIN,
 ) -> Compose:
     """The composed volume pipeline (see the module docstring) for entries of :func:`~pipeline.data.load_datalist`.
 
@@ -76,10 +86,13 @@ def build_volume_transforms(
             isotropic voxel size: the model's grid for inputs of another resolution. ``None`` keeps the T1w's grid.
         label_keys: entry keys of the (T1, T2, M0) maps that become ``label``; ``REFERENCE_KEYS`` trains on the
             1 mm maps (the oracle of the paper experiment).
+        crop_margin: voxels kept around the mask's bounding box by the crop (the output grid is always the box plus
+            this margin, zero-padded beyond the image, so padding or a larger field of view leaves the network's
+            input unchanged); ``None`` keeps the whole T1w grid.
 
     Returns:
         a ``Compose`` mapping an entry dict (file paths, ``subject``) to a dict with ``image``, ``mask``,
-        [``label``], [``reference``], ``subject`` (shapes and units in the module docstring).
+        [``label``, ``label_failed``], [``reference``], ``subject`` (shapes and units in the module docstring).
     """
     # (maps, output key) per present group; each group's maps are in channel order (T1, T2, M0)
     map_groups = ([(tuple(label_keys), "label")] if with_labels else []) + (
@@ -91,9 +104,16 @@ def build_volume_transforms(
     moved_keys = loaded_keys[1:]  # every file but the T1w goes onto the T1w grid
     if registration_keys is None:
         registration_keys = (label_keys[0],) if with_labels else ("t2w", "flair")
+    label_group = tuple(label_keys) if with_labels else ()
+    cropped_keys = IMAGE_KEYS + map_keys + (MASK_KEY,) + ((FAILED_KEY,) if with_labels else ())
+    # allow_smaller=False: the box is always the mask's box plus the margin, zero-padded beyond the image
+    crop_options = dict(margin=crop_margin, allow_smaller=False, start_coord_key=None, end_coord_key=None)
+    crop = [CropForegroundd(cropped_keys, MASK_KEY, **crop_options)] if crop_margin is not None else []
     transforms = [
         LoadVolumesd(loaded_keys, reader=reader),
-        CheckVolumed(loaded_keys),
+        CheckVolumed(IMAGE_KEYS, allow_constant=False),
+        CheckVolumed([key for key in loaded_keys[len(IMAGE_KEYS) :] if key not in label_group]),
+        *([CheckVolumed(label_group, allow_non_finite=True), MarkFitFailuresd(label_group)] if with_labels else []),
         Orientationd(loaded_keys, axcodes="RAS", labels=None),  # labels=None: axis codes in the loaded space (RAS)
         *([Spacingd(IMAGE_KEYS[0], pixdim=voxel_size_mm, mode="bilinear")] if voxel_size_mm else []),
         CheckCoregistrationd(
@@ -113,13 +133,21 @@ def build_volume_transforms(
         ),
         AsDiscreted(MASK_KEY, threshold=0.5) if with_mask else ForegroundMaskd(IMAGE_KEYS[0], mask_key=MASK_KEY),
         CheckMaskd(MASK_KEY),
+        *(
+            [
+                CheckMapUnitsd(t1_keys, T1_MEDIAN_RANGE_MS, mask_key=MASK_KEY),
+                CheckMapUnitsd(t2_keys, T2_MEDIAN_RANGE_MS, mask_key=MASK_KEY),
+            ]
+            if map_groups
+            else []
+        ),
+        *([FitFailureMapd(label_group, mask_key=MASK_KEY)] if with_labels else []),
+        *crop,
         ScaleByMaskedPercentiled(IMAGE_KEYS + tuple(m0_keys), mask_key=MASK_KEY, percentile=percentile),
         ConcatItemsd(IMAGE_KEYS, "image"),
     ]
     if map_groups:
         transforms += [
-            CheckMapUnitsd(t1_keys, T1_MEDIAN_RANGE_MS, mask_key=MASK_KEY),
-            CheckMapUnitsd(t2_keys, T2_MEDIAN_RANGE_MS, mask_key=MASK_KEY),
             NormalizeIntensityd(t1_keys + t2_keys, subtrahend=0.0, divisor=MAP_UNIT_MS),
             *(ConcatItemsd(keys, name) for keys, name in map_groups),
         ]
