@@ -107,7 +107,7 @@ def build_volume_transforms(
     label_group = tuple(label_keys) if with_labels else ()
     cropped_keys = IMAGE_KEYS + map_keys + (MASK_KEY,) + ((FAILED_KEY,) if with_labels else ())
     # allow_smaller=False: the box is always the mask's box plus the margin, zero-padded beyond the image
-    crop_options = dict(margin=crop_margin, allow_smaller=False, start_coord_key=None, end_coord_key=None)
+    crop_options = {"margin": crop_margin, "allow_smaller": False, "start_coord_key": None, "end_coord_key": None}
     crop = [CropForegroundd(cropped_keys, MASK_KEY, **crop_options)] if crop_margin is not None else []
     transforms = [
         LoadVolumesd(loaded_keys, reader=reader),
