@@ -131,6 +131,13 @@ def test_label_resolution_check_degrades_like_the_phantoms_slab_labels():
     assert biased["t1_mpe_percent"] == pytest.approx(10.0, abs=0.2)
     assert biased["t2_mpe_percent"] == pytest.approx(20.0, abs=0.2)
     assert 0 < biased["compared_voxels"] < exact["compared_voxels"]
+    failed = labels.copy()
+    failed[0, 1, 1, 1], failed[1, 2, 2, 2], failed[0, 3, 3, 3] = np.nan, 0.0, np.inf  # failed fits of the qMRI
+    left_out = label_resolution_mpe(
+        maps * np.array([1.1, 0.8, 1])[:, None, None, None], mask, affine, failed, label_affine
+    )
+    assert left_out["compared_voxels"] == biased["compared_voxels"] - 3
+    assert left_out["t1_mpe_percent"] == pytest.approx(biased["t1_mpe_percent"], abs=0.2)
 
 
 def _report(subject, residual, csf_bias, t2_mpe=5.0):

@@ -20,6 +20,7 @@ import itertools
 import numpy as np
 from scipy.ndimage import map_coordinates
 
+from pipeline.data.validity import MAX_RELAXATION_MS
 from pipeline.metrics import mpe
 
 SAMPLES_PER_MM = 1.0
@@ -88,14 +89,18 @@ def label_resolution_mpe(
 
     Args:
         maps_ms, mask, maps_affine: as :func:`degrade_to_label_grid`.
-        labels_ms: (2, *label_shape) T1 and T2 labels (ms) on the grid of ``label_affine``.
+        labels_ms: (2, *label_shape) T1 and T2 labels (ms) on the grid of ``label_affine``; voxels where either is
+            not a valid fit are left out.
 
     Returns:
         ``{"t1_mpe_percent": ..., "t2_mpe_percent": ..., "compared_voxels": n}``.
     """
     label_shape = tuple(labels_ms.shape[1:])
     degraded, brain = degrade_to_label_grid(maps_ms, mask, maps_affine, label_affine, label_shape, samples_per_mm)
-    region = brain >= MIN_BRAIN_FRACTION
+    # failed fits (NaN/Inf, <= 0 or absurd: pipeline.data.validity) are left out, as in training
+    fitted = np.isfinite(labels_ms).all(axis=0) & (labels_ms > 0).all(axis=0) & (labels_ms <= MAX_RELAXATION_MS).all(0)
+    region = (brain >= MIN_BRAIN_FRACTION) & fitted
+    labels_ms = np.where(fitted, labels_ms, 0.0)
     flat = (-1, 1)  # the MPE is a mean over voxels, so (N, 1) "images" give that of the whole volume
     result = {
         f"{name}_mpe_percent": mpe(
