@@ -1,5 +1,9 @@
 """Command line: ``python -m pipeline.phantom --out DIR [--acquisition realistic [--without EFFECT ...]] ...``.
 
+``--bids`` writes instead the small BIDS test dataset of :mod:`pipeline.phantom.bids` (3 phantom subjects as sub-01
+and sub-02 ses-01/ses-02; ``--subjects``, ``--label-thickness``, ``--slab-axis``, ``--no-lesions``, ``--figure`` do
+not apply).
+
 ``--protocol CONTRAST.FIELD=VALUE`` (repeatable) images the study with another site's protocol, e.g.
 ``--protocol tse.te=120 --protocol flair.ti=2000``.
 
@@ -65,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         "MPRAGEProtocol, TSEProtocol, FLAIRProtocol; ms, degrees), e.g. tse.te=120; repeatable",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a different study in --out")
+    parser.add_argument(
+        "--bids", action="store_true", help="write the BIDS test dataset (pipeline.phantom.bids) into --out instead"
+    )
     parser.add_argument("--figure", default=None, help="also write a PNG of one sagittal slice set here")
     args = parser.parse_args(argv)
     acquisition = Acquisition.preset(args.acquisition, args.without)
@@ -75,6 +82,20 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
 
     start = time.perf_counter()
+    if args.bids:
+        from pipeline.phantom.bids import write_bids_study
+
+        root = write_bids_study(
+            args.out,
+            args.seed,
+            args.sagittal_slices,
+            snr=args.snr,
+            acquisition=acquisition,
+            protocols=protocols,
+            overwrite=args.overwrite,
+        )
+        print(f"wrote the BIDS dataset {root} in {time.perf_counter() - start:.1f} s")
+        return
     manifest = generate_study(
         args.out,
         n_subjects=args.subjects,
