@@ -23,3 +23,12 @@ def tiny_study(tmp_path_factory):
     from pipeline.phantom import generate_study
 
     return generate_study(tmp_path_factory.mktemp("tiny_study"), n_subjects=3, seed=7, sagittal_slices=16)
+
+
+@pytest.fixture(scope="session")
+def full_study(tmp_path_factory):
+    """A 2-subject full-size phantom study (sub-01 training, sub-02 testing; ~25 s per subject): what registration,
+    brain extraction and validation need, a whole brain. Returns the path of its ``dataset.json``."""
+    from pipeline.phantom import generate_study
+
+    return generate_study(tmp_path_factory.mktemp("full_study"), n_subjects=2, seed=11)

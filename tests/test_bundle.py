@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
 
@@ -34,6 +36,7 @@ def bundle_run(run_id, config_files, timeout=RUN_TIMEOUT_S, launcher=(sys.execut
     """Run ``monai.bundle run <run_id>`` in a subprocess; returns the CompletedProcess (output captured)."""
     if run_id == "training":
         overrides.setdefault("train#trainer#epoch_length", TRAINING_STEPS_PER_EPOCH)
+    overrides.setdefault("check_inputs", False)  # ~5 s per subject; test_*_validates_* run it
     configs = [str(CONFIGS / name) for name in config_files]
     command = [*launcher, "monai.bundle", "run", run_id, "--meta_file", str(CONFIGS / "metadata.json")]
     command += ["--config_file", configs[0] if len(configs) == 1 else repr(configs)]
@@ -323,6 +326,42 @@ def test_inference_writes_maps_in_input_geometry_and_refuses_overwrite(study, tr
     assert (output_dir / "lps" / "t1_map.nii.gz").read_bytes() == before
 
 
+def _padded_copy(entry_dir, out_dir, voxels=40):
+    """The test subject's weighted images and mask with ``voxels`` zeros on both sides of x and y (world kept)."""
+    out_dir.mkdir()
+    for name in ("t1w", "t2w", "flair", "mask"):
+        image = nib.load(entry_dir / f"{name}.nii.gz")
+        data = np.pad(np.asanyarray(image.dataobj), [(voxels, voxels), (voxels, voxels), (0, 0)])
+        affine = image.affine.copy()
+        affine[:3, 3] -= image.affine[:3, :3] @ [voxels, voxels, 0]
+        nib.save(nib.Nifti1Image(data, affine), out_dir / f"{name}.nii.gz")
+
+
+def test_maps_do_not_depend_on_the_field_of_view(study, trained, tmp_path):
+    """The test subject padded with 40 voxels of zeros on two axes gives the same maps in the brain (within 0.5 %)."""
+    manifest = json.loads(study["datalist"].read_text())
+    test_dir = study["dataset_dir"] / manifest["testing"][0]["subject"]
+    _padded_copy(test_dir, tmp_path / "padded")
+    names = ("t1w", "t2w", "flair", "mask")
+    entries = [
+        {"subject": "original", **{name: str(test_dir / f"{name}.nii.gz") for name in names}},
+        {"subject": "padded", **{name: str(tmp_path / "padded" / f"{name}.nii.gz") for name in names}},
+    ]
+    (tmp_path / "dataset.json").write_text(json.dumps({"testing": entries}))
+    output_dir = tmp_path / "maps"
+    run = {"datalist": tmp_path / "dataset.json", "dataset_dir": tmp_path, "output_dir": output_dir, "qc": False}
+    check(
+        bundle_run(
+            "inference", ["inference.json"], bundle_root=BUNDLE, checkpoint=trained["ckpt_dir"] / "model.pt", **run
+        )
+    )
+    mask = nib.load(test_dir / "mask.nii.gz").get_fdata() > 0
+    for name in ("t1_map", "t2_map"):
+        original = nib.load(output_dir / "original" / f"{name}.nii.gz").get_fdata()[mask]
+        padded = nib.load(output_dir / "padded" / f"{name}.nii.gz").get_fdata()[40:-40, 40:-40][mask]
+        assert np.mean(np.abs(padded - original) / original) < 0.005, name
+
+
 def test_evaluation_writes_reports(study, trained, tmp_path):
     maps = tmp_path / "maps"
     check(
@@ -480,3 +519,74 @@ def test_adapting_keeps_the_fine_tuned_model_only_if_self_consistency_improves(
             adapted = nib.load(tmp_path / subject / f"{name}.nii.gz").get_fdata()
             trained = nib.load(inferred[0] / subject / f"{name}.nii.gz").get_fdata()
             np.testing.assert_allclose(adapted, trained, rtol=1e-5, atol=1e-4)
+
+
+def test_training_validates_the_whole_study_first_and_names_every_problem(study, tmp_path):
+    """The pre-run check (on by default) refuses a study with problems, listing them all, before any training."""
+    root = tmp_path / "study"
+    shutil.copytree(study["dataset_dir"], root)
+    manifest = json.loads((root / "dataset.json").read_text())
+    damaged = [root / manifest["training"][0]["flair"], root / manifest["validation"][0]["t2w"]]
+    for path in damaged:
+        image = nib.load(path)
+        nib.save(nib.Nifti1Image(np.zeros(image.shape, np.float32), image.affine), path)
+    ckpt_dir = tmp_path / "models"
+    run = bundle_run(
+        "training",
+        ["train.json"],
+        bundle_root=BUNDLE,
+        datalist=root / "dataset.json",
+        dataset_dir=root,
+        ckpt_dir=ckpt_dir,
+        log_dir=tmp_path / "logs",
+        max_epochs=1,
+        check_inputs=True,
+    )
+    assert run.returncode != 0 and "2 problem(s)" in run.stderr
+    assert all(str(path) in run.stderr for path in damaged) and "is constant" in run.stderr
+    assert not list(ckpt_dir.glob("*.pt"))
+
+
+def test_bids_dataset_end_to_end(trained, tmp_path):
+    """BIDS (rotated T2w, maps in s, no masks) → manifest → validate → register + infer → qMRI-BIDS derivatives."""
+    from pipeline.bids import is_valid_derivative_path, write_manifest
+    from pipeline.data import validate_study
+    from pipeline.phantom.bids import TRUTH_PATH, write_bids_study
+
+    bids_root = write_bids_study(tmp_path / "bids", seed=3, sagittal_slices=48)  # 16 mm cannot pin a rigid x shift
+    manifest = write_manifest(bids_root, tmp_path / "work" / "manifest.json")
+    problems = validate_study(manifest)
+    assert problems and all(p.file.endswith("_T2w.nii.gz") and "misregistered" in p.problem for p in problems)
+    assert validate_study(manifest, check_registration=False) == []  # registering is what the rest needs
+    output_dir = tmp_path / "maps"
+    run = {"datalist": manifest, "dataset_dir": manifest.parent, "output_dir": output_dir, "qc": False}
+    check(
+        bundle_run(
+            "inference",
+            ["inference.json"],
+            bundle_root=BUNDLE,
+            checkpoint=trained["ckpt_dir"] / "model.pt",
+            register=True,
+            check_inputs=True,
+            **run,
+        )
+    )
+    entries = json.loads(manifest.read_text())["testing"]
+    truth = json.loads((bids_root / TRUTH_PATH).read_text())
+    assert len(entries) == len(truth["sessions"]) == 3
+    derivatives = bids_root / "derivatives" / "qmap-hybrid"
+    description = json.loads((derivatives / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "qmap-hybrid"
+    for entry in entries:
+        tfm = output_dir / entry["subject"] / "t2w_to_t1w.tfm"
+        assert sitk.ReadTransform(str(tfm)).GetNumberOfParameters() == 6
+        session = f"_ses-{entry['bids']['session']}" if entry["bids"].get("session") else ""
+        maps = sorted(derivatives.rglob(f"sub-{entry['bids']['subject']}{session}_desc-hybrid_*map.nii.gz"))
+        assert len(maps) == 3 and all(is_valid_derivative_path(str(m.relative_to(derivatives))) for m in maps)
+        t1_s = nib.load(next(m for m in maps if m.name.endswith("_T1map.nii.gz"))).get_fdata()
+        t1_ms = nib.load(output_dir / entry["subject"] / "t1_map.nii.gz").get_fdata()
+        np.testing.assert_allclose(t1_s, t1_ms / 1000, rtol=1e-5, atol=1e-7)
+        sidecar = json.loads(
+            next(m for m in maps if m.name.endswith("_T1map.nii.gz")).with_suffix("").with_suffix(".json").read_text()
+        )
+        assert sidecar["Units"] == "s" and sidecar["SkullStripped"] is True

@@ -4,14 +4,17 @@
 * :mod:`~pipeline.data.checks`, :mod:`~pipeline.data.coregistration`: input-validation transforms;
 * :mod:`~pipeline.data.foreground`, :mod:`~pipeline.data.normalization`: masks and intensity scaling;
 * :mod:`~pipeline.data.transforms`: the composed volume pipeline;
-* :mod:`~pipeline.data.slices`, :mod:`~pipeline.data.datasets`: cached volumes → slice datasets.
+* :mod:`~pipeline.data.slices`, :mod:`~pipeline.data.datasets`: cached volumes → slice datasets;
+* :mod:`~pipeline.data.validity`: failed fits of label maps left out of the supervised term;
+* :mod:`~pipeline.data.validation`: every problem of a whole study at once (``python -m pipeline.validate``).
 """
 
+from pipeline.data.brain_mask import BrainMaskd
 from pipeline.data.checks import CheckMapUnitsd, CheckMaskd, CheckVolumed, LoadVolumesd
 from pipeline.data.coregistration import CheckCoregistrationd, estimate_shift_mm
 from pipeline.data.datasets import build_slice_dataset, build_volume_dataset
 from pipeline.data.errors import CoregistrationWarning, InvalidInputError, MisregistrationError, MissingFilesError
-from pipeline.data.foreground import ForegroundMaskd, foreground_mask
+from pipeline.data.foreground import foreground_mask
 from pipeline.data.manifest import (
     IMAGE_KEYS,
     LABEL_KEYS,
@@ -25,22 +28,24 @@ from pipeline.data.manifest import (
 from pipeline.data.normalization import ScaleByMaskedPercentiled
 from pipeline.data.slices import SliceDataset, brain_slices
 from pipeline.data.transforms import build_volume_transforms
+from pipeline.data.validation import Problem, problems_table, require_valid_study, validate_study
 
 __all__ = [
     "IMAGE_KEYS",
     "LABEL_KEYS",
     "MASK_KEY",
     "REFERENCE_KEYS",
+    "BrainMaskd",
     "CheckCoregistrationd",
     "CheckMapUnitsd",
     "CheckMaskd",
     "CheckVolumed",
     "CoregistrationWarning",
-    "ForegroundMaskd",
     "InvalidInputError",
     "LoadVolumesd",
     "MisregistrationError",
     "MissingFilesError",
+    "Problem",
     "ScaleByMaskedPercentiled",
     "SliceDataset",
     "brain_slices",
@@ -52,5 +57,8 @@ __all__ = [
     "estimate_shift_mm",
     "foreground_mask",
     "load_datalist",
+    "problems_table",
     "read_manifest",
+    "require_valid_study",
+    "validate_study",
 ]

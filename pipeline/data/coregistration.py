@@ -47,6 +47,23 @@ def overlap_fraction(box_a: np.ndarray, box_b: np.ndarray) -> float:
     return float(intersection / min(np.prod(box_a[1] - box_a[0]), np.prod(box_b[1] - box_b[0])))
 
 
+def geometry_problem(
+    reference_affine, reference_shape: Sequence[int], affine, shape: Sequence[int], min_overlap: float = 0.5
+) -> str | None:
+    """Why a voxel grid (4x4 ``affine``, spatial ``shape``) does not lie on the reference grid in world space, or None.
+
+    The world bounding boxes must overlap by ``min_overlap`` of the smaller one, and the axis codes must agree.
+    """
+    reference_affine, affine = np.asarray(reference_affine, dtype=np.float64), np.asarray(affine, dtype=np.float64)
+    overlap = overlap_fraction(world_bounding_box(reference_affine, reference_shape), world_bounding_box(affine, shape))
+    if overlap < min_overlap:
+        return f"their voxel grids overlap by only {overlap:.0%} in world space (minimum {min_overlap:.0%})"
+    reference_codes, codes = nib.aff2axcodes(reference_affine), nib.aff2axcodes(affine)
+    if reference_codes != codes:
+        return f"inconsistent orientations {''.join(reference_codes)} and {''.join(codes)}"
+    return None
+
+
 def to_sitk(image: MetaTensor) -> sitk.Image:
     """A SimpleITK float32 image of channel 0 of ``image`` (1, X, Y, Z) with its world geometry (RAS → LPS)."""
     array = image[0].detach().cpu().numpy().astype(np.float32)
@@ -79,7 +96,7 @@ def estimate_shift_mm(
     registration = sitk.ImageRegistrationMethod()
     registration.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     registration.SetMetricSamplingStrategy(registration.RANDOM)
-    registration.SetMetricSamplingPercentage(0.2, seed)
+    registration.SetMetricSamplingPercentage(0.2, seed + 1)  # SimpleITK's seed 0 is the wall clock: not repeatable
     registration.SetInterpolator(sitk.sitkLinear)
     registration.SetOptimizerAsRegularStepGradientDescent(
         learningRate=spacing_mm, minStep=0.01, numberOfIterations=iterations, relaxationFactor=0.7
@@ -126,16 +143,7 @@ class CheckCoregistrationd(MapTransform):
 
     def geometry_problem(self, reference: MetaTensor, image: MetaTensor) -> str | None:
         """Why ``image``'s grid does not lie on ``reference``'s in world space, or None."""
-        reference_affine, affine = np.asarray(reference.affine), np.asarray(image.affine)
-        overlap = overlap_fraction(
-            world_bounding_box(reference_affine, reference.shape[1:]), world_bounding_box(affine, image.shape[1:])
-        )
-        if overlap < self.min_overlap:
-            return f"their voxel grids overlap by only {overlap:.0%} in world space (minimum {self.min_overlap:.0%})"
-        reference_codes, codes = nib.aff2axcodes(reference_affine), nib.aff2axcodes(affine)
-        if reference_codes != codes:
-            return f"inconsistent orientations {''.join(reference_codes)} and {''.join(codes)}"
-        return None
+        return geometry_problem(reference.affine, reference.shape[1:], image.affine, image.shape[1:], self.min_overlap)
 
     def shift_problem(self, reference: MetaTensor, image: MetaTensor) -> str | None:
         """The residual shift between the images' contents if above ``max_shift_mm``, or None."""

@@ -5,10 +5,11 @@ Steps (each a MONAI transform):
 1. load every file (float32, channel first), check it is one finite 3D volume (weighted images: not constant;
    label maps may hold NaN/Inf, and their failed fits are marked NaN, :mod:`pipeline.data.validity`), reorient to
    RAS; optionally resample the T1w to the model's voxel size (``voxel_size_mm``);
-2. co-registration check against the T1w (geometry for every file, translation registration for
-   ``registration_keys``);
+2. optionally (``register``) rigid registration of T2w, FLAIR and the label maps to the T1w; the co-registration
+   check against the T1w (geometry for every file, translation registration for ``registration_keys``: with
+   ``register``, the residual after registration);
 3. resample T2w, FLAIR, maps, references and mask onto the T1w grid (bilinear for images and maps, which keep the
-   blur of their 3.5 mm slabs; nearest for the mask); binarise the mask, or derive a foreground mask from the T1w
+   blur of their 3.5 mm slabs; nearest for the mask); binarise the mask, or extract the brain from the T1w
    when the entry has none; check the mask is not empty; check T1/T2 maps are in ms; the labels' validity map
    ``label_failed`` (failed fits left out of the supervised term);
 4. crop every volume to the mask's bounding box grown by ``crop_margin`` voxels (zero-padded where the box leaves
@@ -37,11 +38,12 @@ from monai.transforms import (
     Spacingd,
 )
 
+from pipeline.data.brain_mask import BrainMaskd
 from pipeline.data.checks import CheckMapUnitsd, CheckMaskd, CheckVolumed, LoadVolumesd
 from pipeline.data.coregistration import CheckCoregistrationd
-from pipeline.data.foreground import ForegroundMaskd
 from pipeline.data.manifest import IMAGE_KEYS, LABEL_KEYS, MASK_KEY, REFERENCE_KEYS
 from pipeline.data.normalization import ScaleByMaskedPercentiled
+from pipeline.data.registration import RegisterToReferenced
 from pipeline.data.validity import FAILED_KEY, FitFailureMapd, MarkFitFailuresd
 from pipeline.physics import MAP_UNIT_MS
 
@@ -66,6 +68,9 @@ def build_volume_transforms(
     voxel_size_mm: float | None = None,
     label_keys: Sequence[str] = LABEL_KEYS,
     crop_margin: int | None = CROP_MARGIN,
+    register: bool = False,
+    transform_dir: str | None = None,
+    overwrite: bool = False,
 ) -> Compose:
     """The composed volume pipeline (see the module docstring) for entries of :func:`~pipeline.data.load_datalist`.
 
@@ -74,7 +79,8 @@ def build_volume_transforms(
             ``m0_map``) → output ``label``.
         with_reference: the entries have 1 mm maps ``t1_ref``, ``t2_ref``, ``m0_ref`` → output ``reference``.
         with_mask: the entries have a ``mask``; otherwise it is derived from the T1w
-            (:class:`~pipeline.data.foreground.ForegroundMaskd`).
+            (:class:`~pipeline.data.brain_mask.BrainMaskd`: the MNI152 brain mask registered to it, refined by its
+            intensities).
         registration_keys: files whose content is registered to the T1w; default ``label_keys[:1]`` with labels,
             else ``("t2w", "flair")``.
         max_shift_mm: largest tolerated residual shift of the co-registration check.
@@ -89,6 +95,11 @@ def build_volume_transforms(
         crop_margin: voxels kept around the mask's bounding box by the crop (the output grid is always the box plus
             this margin, zero-padded beyond the image, so padding or a larger field of view leaves the network's
             input unchanged); ``None`` keeps the whole T1w grid.
+        register: register T2w, FLAIR and the label maps (one transform for the three) rigidly to the T1w
+            (:class:`~pipeline.data.registration.RegisterToReferenced`, Mattes mutual information) before the
+            co-registration check, which then measures the residual; otherwise the check alone runs.
+        transform_dir: with ``register``, the transforms are written to ``<transform_dir>/<subject>/<key>_to_t1w.tfm``.
+        overwrite: replace existing ``.tfm`` files (otherwise :class:`FileExistsError`).
 
     Returns:
         a ``Compose`` mapping an entry dict (file paths, ``subject``) to a dict with ``image``, ``mask``,
@@ -102,9 +113,19 @@ def build_volume_transforms(
     map_keys = tuple(key for keys, _ in map_groups for key in keys)
     loaded_keys = IMAGE_KEYS + map_keys + ((MASK_KEY,) if with_mask else ())
     moved_keys = loaded_keys[1:]  # every file but the T1w goes onto the T1w grid
+    registered = ("t2w", "flair", *label_keys[:1]) if with_labels else ("t2w", "flair")
     if registration_keys is None:
-        registration_keys = (label_keys[0],) if with_labels else ("t2w", "flair")
+        registration_keys = registered if register else (label_keys[0],) if with_labels else ("t2w", "flair")
+    registration = RegisterToReferenced(
+        registered,
+        reference_key=IMAGE_KEYS[0],
+        groups={label_keys[0]: list(label_keys[1:])} if with_labels else None,
+        mask_key=MASK_KEY if with_mask else None,
+        transform_dir=transform_dir,
+        overwrite=overwrite,
+    )
     label_group = tuple(label_keys) if with_labels else ()
+    other_keys = [key for key in loaded_keys[len(IMAGE_KEYS) :] if key not in label_group]  # references, mask
     cropped_keys = IMAGE_KEYS + map_keys + (MASK_KEY,) + ((FAILED_KEY,) if with_labels else ())
     # allow_smaller=False: the box is always the mask's box plus the margin, zero-padded beyond the image
     crop_options = {"margin": crop_margin, "allow_smaller": False, "start_coord_key": None, "end_coord_key": None}
@@ -112,10 +133,11 @@ def build_volume_transforms(
     transforms = [
         LoadVolumesd(loaded_keys, reader=reader),
         CheckVolumed(IMAGE_KEYS, allow_constant=False),
-        CheckVolumed([key for key in loaded_keys[len(IMAGE_KEYS) :] if key not in label_group]),
+        *([CheckVolumed(other_keys)] if other_keys else []),
         *([CheckVolumed(label_group, allow_non_finite=True), MarkFitFailuresd(label_group)] if with_labels else []),
         Orientationd(loaded_keys, axcodes="RAS", labels=None),  # labels=None: axis codes in the loaded space (RAS)
         *([Spacingd(IMAGE_KEYS[0], pixdim=voxel_size_mm, mode="bilinear")] if voxel_size_mm else []),
+        *([registration] if register else []),
         CheckCoregistrationd(
             loaded_keys,
             reference_key=IMAGE_KEYS[0],
@@ -131,7 +153,7 @@ def build_volume_transforms(
             # border: the 1 mm grid reaches half a slab beyond the outermost label slab centres
             padding_mode=["zeros" if key == MASK_KEY else "border" for key in moved_keys],
         ),
-        AsDiscreted(MASK_KEY, threshold=0.5) if with_mask else ForegroundMaskd(IMAGE_KEYS[0], mask_key=MASK_KEY),
+        AsDiscreted(MASK_KEY, threshold=0.5) if with_mask else BrainMaskd(IMAGE_KEYS[0], mask_key=MASK_KEY),
         CheckMaskd(MASK_KEY),
         *(
             [

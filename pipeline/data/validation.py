@@ -1,0 +1,321 @@
+"""Validation of a whole study before anything runs: every problem of every subject at once, as a table.
+
+:func:`validate_study` checks each entry of a manifest and collects :class:`Problem` rows (subject, file, problem)
+instead of stopping at the first one, so a study with ten problems is fixed in one pass. Per entry:
+
+* every file exists and can be read, and is one 3D volume; weighted images and references hold no NaN/Inf
+  (label maps may: their failed fits are left out of training, :mod:`pipeline.data.validity`); weighted images are not
+  constant (an all-zero image);
+* every file lies on the T1w in world space (bounding-box overlap, orientation:
+  :func:`pipeline.data.coregistration.geometry_problem`), and T2w, FLAIR and the first label map are registered to the
+  T1w by a rigid transform (:func:`pipeline.data.registration.register_rigid`, Mattes mutual information): a rotation
+  above ``max_rotation_deg`` or a displacement above ``max_shift_mm`` anywhere in the brain's box is misregistration
+  (rotations and translations alike, which the translation-only check of the data pipeline cannot see);
+* T1 and T2 maps are in ms (the median of their positive voxels, the ranges of :mod:`pipeline.data.transforms`);
+* the tissue contrast of each weighted image is the one its key says: the medians of the T1w, T2w and FLAIR over white
+  matter, grey matter and CSF, the regions given by nilearn's MNI152 tissue templates warped onto the T1w
+  (:class:`pipeline.data.brain_mask.TemplateFit`, independent of the images' intensities), must compare as
+  :data:`EXPECTED_CONTRAST_ORDER` says (:func:`contrast_problems`), so a swapped manifest is caught.
+
+``python -m pipeline.validate MANIFEST`` prints the table and exits 1 when there is a problem; the bundle configs call
+:func:`require_valid_study` before training and inference.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from monai.data import MetaTensor
+from monai.transforms import LoadImage
+from monai.utils import convert_to_tensor
+
+from pipeline.data.checks import constant_problem, volume_problem
+from pipeline.data.coregistration import geometry_problem, to_sitk
+from pipeline.data.errors import InvalidInputError, MissingFilesError
+from pipeline.data.manifest import (
+    IMAGE_KEYS,
+    LABEL_KEYS,
+    MASK_KEY,
+    PATH_KEYS,
+    REFERENCE_KEYS,
+    SECTIONS,
+    load_datalist,
+    read_manifest,
+    subject_name,
+)
+from pipeline.data.registration import register_rigid
+from pipeline.data.transforms import T1_MEDIAN_RANGE_MS, T2_MEDIAN_RANGE_MS
+
+MAX_ROTATION_DEG = 2.0
+"""Largest tolerated rotation (degrees) between an image and the T1w."""
+MAX_SHIFT_MM = 2.0
+"""Largest tolerated displacement (mm) of a rigid transform over the brain's box (the data pipeline's shift limit)."""
+REGISTERED_KEYS = ("t2w", "flair", LABEL_KEYS[0])
+"""Files whose content is registered to the T1w (the label maps share one grid, so their first one stands for all)."""
+EXPECTED_CONTRAST_ORDER = {
+    "t1w": ("csf", "grey_matter", "white_matter"),
+    "t2w": ("white_matter", "grey_matter", "csf"),
+    "flair": ("csf", "white_matter", "grey_matter"),
+}
+"""Tissues in ascending median intensity of each weighted image at 3 T: MPRAGE (T1-weighted), TSE (T2-weighted) and
+FLAIR (T2-weighted with CSF nulled). tests/test_validation.py derives the same orders from :mod:`pipeline.physics`."""
+MAP_MEDIAN_RANGES_MS = {
+    LABEL_KEYS[0]: T1_MEDIAN_RANGE_MS,
+    LABEL_KEYS[1]: T2_MEDIAN_RANGE_MS,
+    REFERENCE_KEYS[0]: T1_MEDIAN_RANGE_MS,
+    REFERENCE_KEYS[1]: T2_MEDIAN_RANGE_MS,
+}
+TISSUE_PROBABILITY = 0.7
+"""A T1w voxel counts as a tissue's when its warped template probability is above this."""
+
+
+class Problem(NamedTuple):
+    """One row of the validation table."""
+
+    subject: str
+    file: str
+    problem: str
+
+
+def _load(path: str) -> MetaTensor:
+    """A channel-first float32 MetaTensor (1, X, Y, Z) of ``path`` (errors as :class:`pipeline.data.checks.LoadVolumesd`)."""
+    if not Path(path).is_file():
+        raise MissingFilesError("does not exist", [path])
+    try:
+        return LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)(path)
+    except Exception as error:
+        raise InvalidInputError(f"cannot be read (corrupt or not an image): {type(error).__name__}: {error}") from error
+
+
+def _unit_problem(key: str, volume: MetaTensor) -> str | None:
+    """Why the map ``key`` does not look like ms (median of its positive finite voxels), or None."""
+    values = np.asarray(volume).ravel()
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size == 0:
+        return "has no positive finite voxel: no map"
+    low, high = MAP_MEDIAN_RANGES_MS[key]
+    median = float(np.median(values))
+    if median < low:
+        return f"median {median:.4g} of its positive voxels looks like seconds; maps must be in ms (multiply by 1000)"
+    if median > high:
+        return f"median {median:.4g} of its positive voxels looks like µs or a rescaled map; maps must be in ms"
+    return None
+
+
+def _registration_problem(
+    t1w: sitk.Image, image: sitk.Image, brain: sitk.Image | None, max_rotation_deg: float, max_shift_mm: float
+) -> str | None:
+    """Why ``image``'s content is not aligned with the T1w's (rigid registration), or None."""
+    result = register_rigid(t1w, image, fixed_mask=brain)
+    if result.rotation_deg <= max_rotation_deg and result.max_displacement_mm <= max_shift_mm:
+        return None
+    return (
+        f"misregistered with the T1w: a rigid registration finds a {result.rotation_deg:.1f}° rotation and "
+        f"displacements up to {result.max_displacement_mm:.1f} mm in the brain (tolerance {max_rotation_deg:g}°, "
+        f"{max_shift_mm:g} mm); register it (bundle 'register: true')"
+    )
+
+
+def tissue_medians(
+    t1w: sitk.Image, images: Mapping[str, sitk.Image], regions: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """``{key: {tissue: median}}`` of each image, resampled (linearly) onto the T1w grid, over boolean ``regions``."""
+    medians = {}
+    for key, image in images.items():
+        on_grid = image if key == IMAGE_KEYS[0] else sitk.Resample(image, t1w, sitk.Transform(), sitk.sitkLinear)
+        array = sitk.GetArrayFromImage(on_grid).transpose(2, 1, 0)  # (X, Y, Z), as the regions
+        medians[key] = {tissue: float(np.median(array[region])) for tissue, region in regions.items()}
+    return medians
+
+
+def _white_above_grey(order: Sequence[str]) -> bool:
+    """Whether white matter is brighter than grey matter in a tissue ``order`` (ascending)."""
+    return order.index("white_matter") > order.index("grey_matter")
+
+
+def contrast_problems(medians: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
+    """``{key: problem}`` for each weighted image whose tissue contrast is not its key's (:data:`EXPECTED_CONTRAST_ORDER`).
+
+    Two comparisons that hold in template regions of any quality (the priors' CSF region of a subject or a partial field
+    of view is often mostly grey matter, so a full ranking of CSF is not one of them):
+
+    * white matter against grey matter, in each image: brighter in a T1w, darker in a T2w or FLAIR (catches a T1w
+      swapped with either);
+    * CSF relative to grey matter, between the T2w and the FLAIR: higher in the T2w (bright CSF) than in the FLAIR
+      (nulled CSF), whatever grey matter the CSF region holds (catches a T2w swapped with the FLAIR).
+
+    Args:
+        medians: ``{key: {"white_matter", "grey_matter", "csf": median}}`` of the weighted images present.
+    """
+    problems = {}
+    for key, by_tissue in medians.items():
+        expected = _white_above_grey(EXPECTED_CONTRAST_ORDER[key])
+        if (by_tissue["white_matter"] > by_tissue["grey_matter"]) != expected:
+            looks = "T2-weighted (a t2w or a flair)" if expected else "T1-weighted (a t1w)"
+            problems[key] = (
+                f"white matter {by_tissue['white_matter']:.3g} is {'darker' if expected else 'brighter'} than grey "
+                f"matter {by_tissue['grey_matter']:.3g}, expected {' < '.join(EXPECTED_CONTRAST_ORDER[key])} for a "
+                f"{key}; it looks {looks}: are the files swapped?"
+            )
+    if {"t2w", "flair"} <= medians.keys() and not {"t2w", "flair"} & problems.keys():
+        csf = {key: medians[key]["csf"] / medians[key]["grey_matter"] for key in ("t2w", "flair")}
+        if csf["t2w"] <= csf["flair"]:
+            for key in ("t2w", "flair"):
+                problems[key] = (
+                    f"CSF / grey matter is {csf['t2w']:.2f} in the t2w and {csf['flair']:.2f} in the flair, expected "
+                    "higher in the t2w (bright CSF) than in the flair (nulled CSF): are the t2w and flair swapped?"
+                )
+    return problems
+
+
+def _template_regions(t1w: sitk.Image) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """WM/GM/CSF regions (boolean (X, Y, Z) arrays) and the brain mask from the MNI152 templates warped to the T1w."""
+    from pipeline.data.brain_mask import TemplateFit  # imported here: loads nilearn's templates
+
+    fit = TemplateFit(t1w)
+    probabilities = fit.tissue_probabilities()
+    brain = fit.brain_probability() >= 0.5  # the template's alone: the T1w's intensities are what is checked
+    regions = {
+        tissue: (probabilities[tissue] > TISSUE_PROBABILITY) & brain for tissue in EXPECTED_CONTRAST_ORDER["t1w"]
+    }
+    return regions, brain
+
+
+def validate_entry(
+    entry: Mapping,
+    max_rotation_deg: float = MAX_ROTATION_DEG,
+    max_shift_mm: float = MAX_SHIFT_MM,
+    min_overlap: float = 0.5,
+    check_contrasts: bool = True,
+    check_registration: bool = True,
+    template_regions: Callable[[sitk.Image], tuple[dict[str, np.ndarray], np.ndarray]] = _template_regions,
+) -> list[Problem]:
+    """Every problem of one manifest entry (absolute paths, as :func:`pipeline.data.manifest.load_datalist` gives).
+
+    Args:
+        entry: the entry's keys (:data:`pipeline.data.manifest.PATH_KEYS`) and ``subject``.
+        max_rotation_deg, max_shift_mm: misregistration tolerances of the rigid registration to the T1w.
+        min_overlap: smallest world-space bounding-box overlap with the T1w.
+        check_contrasts: check the tissue contrast order of the weighted images (a template registration).
+        check_registration: check the alignment of :data:`REGISTERED_KEYS` with the T1w (off when the run registers
+            them itself: the data pipeline's check then measures the residual).
+        template_regions: T1w → (tissue regions, brain mask) for the contrast check.
+
+    Returns:
+        the :class:`Problem` rows, empty if the entry is valid.
+    """
+    subject = subject_name(entry) if IMAGE_KEYS[0] in entry else str(entry.get("subject", "?"))
+    problems: list[Problem] = []
+    volumes: dict[str, MetaTensor] = {}
+    for key in (k for k in PATH_KEYS if k in entry):
+        path = str(entry[key])
+        try:
+            volume = _load(path)
+        except (MissingFilesError, InvalidInputError) as error:
+            problems.append(Problem(subject, path, f"{key}: {error}"))
+            continue
+        tensor = convert_to_tensor(volume, track_meta=False)
+        problem = volume_problem(tensor, allow_non_finite=key in LABEL_KEYS)
+        if problem is None and key in IMAGE_KEYS:
+            problem = constant_problem(tensor)
+        if problem is None and key in MAP_MEDIAN_RANGES_MS:
+            problem = _unit_problem(key, volume)
+        if problem is None and key == MASK_KEY and not bool((tensor > 0).any()):
+            problem = "is an empty mask (no non-zero voxel)"
+        if problem is not None:
+            problems.append(Problem(subject, path, f"{key} {problem}"))
+            continue
+        volumes[key] = volume
+    reference = volumes.get(IMAGE_KEYS[0])
+    if reference is None:
+        return problems
+    for key, volume in volumes.items():
+        problem = geometry_problem(reference.affine, reference.shape[1:], volume.affine, volume.shape[1:], min_overlap)
+        if problem is not None:
+            problems.append(Problem(subject, str(entry[key]), f"{key} is not on the T1w in world space: {problem}"))
+            volumes = {k: v for k, v in volumes.items() if k != key}
+    t1w = to_sitk(reference)
+    brain_mask = to_sitk(volumes[MASK_KEY]) if MASK_KEY in volumes else None
+    regions = None
+    if check_contrasts:  # the weighted images that passed the checks above
+        regions, template_brain = template_regions(t1w)
+        if brain_mask is None:
+            brain_mask = sitk.GetImageFromArray(template_brain.astype(np.uint8).transpose(2, 1, 0))
+            brain_mask.CopyInformation(t1w)
+    for key in (k for k in REGISTERED_KEYS if k in volumes and check_registration):
+        image = to_sitk(volumes[key])
+        problem = _registration_problem(t1w, image, brain_mask, max_rotation_deg, max_shift_mm)
+        if problem is not None:
+            problems.append(Problem(subject, str(entry[key]), f"{key} {problem}"))
+    if regions is not None:
+        images = {key: to_sitk(volumes[key]) for key in IMAGE_KEYS if key in volumes}
+        for key, problem in contrast_problems(tissue_medians(t1w, images, regions)).items():
+            problems.append(Problem(subject, str(entry[key]), f"{key} {problem}"))
+    return problems
+
+
+def validate_study(
+    manifest: str | os.PathLike,
+    dataset_dir: str | os.PathLike | None = None,
+    sections: Sequence[str] = SECTIONS,
+    **options,
+) -> list[Problem]:
+    """Every problem of the entries of ``sections`` of a manifest (sections it lacks are skipped).
+
+    Args:
+        manifest: decathlon-style manifest; relative paths against ``dataset_dir`` (default: its folder).
+        sections: the datalists to check.
+        options: keyword arguments of :func:`validate_entry`.
+    """
+    try:
+        content = read_manifest(manifest)
+    except (MissingFilesError, InvalidInputError) as error:
+        return [Problem("-", str(manifest), str(error))]
+    problems = []
+    for section in (s for s in sections if content.get(s)):  # absent or empty lists have nothing to check
+        try:
+            entries = load_datalist(manifest, section, dataset_dir)
+        except MissingFilesError:  # every missing file becomes a row below
+            base = Path(dataset_dir if dataset_dir is not None else Path(manifest).parent).resolve()
+            entries = [
+                {key: str(base / value) if key in PATH_KEYS else value for key, value in entry.items()}
+                for entry in content[section]
+            ]
+        except InvalidInputError as error:
+            problems.append(Problem("-", f"{manifest} [{section}]", str(error)))
+            continue
+        for entry in entries:
+            problems += validate_entry(entry, **options)
+    return problems
+
+
+def problems_table(problems: Sequence[Problem]) -> str:
+    """The problems as a plain-text table (subject, file, problem); ``"no problems"`` if there are none."""
+    if not problems:
+        return "no problems"
+    table = pd.DataFrame(problems, columns=Problem._fields)
+    widths = {column: int(table[column].str.len().max()) for column in table}
+    left = {column: f"{{:<{width}}}".format for column, width in widths.items()}  # pandas right-aligns strings
+    return table.to_string(index=False, justify="left", formatters=left)
+
+
+def require_valid_study(
+    manifest: str | os.PathLike,
+    dataset_dir: str | os.PathLike | None = None,
+    sections: Sequence[str] = SECTIONS,
+    **options,
+) -> None:
+    """Raise :class:`~pipeline.data.errors.InvalidInputError` with the whole table if :func:`validate_study` finds a
+    problem; what the bundle configs run before training and inference."""
+    problems = validate_study(manifest, dataset_dir, sections, **options)
+    if problems:
+        raise InvalidInputError(
+            f"manifest '{manifest}': {len(problems)} problem(s) in sections {list(sections)}; fix them (or check a "
+            f"study with 'python -m pipeline.validate {manifest}'):\n{problems_table(problems)}"
+        )

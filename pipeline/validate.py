@@ -1,0 +1,41 @@
+"""``python -m pipeline.validate MANIFEST``: check every subject of a study and print every problem at once.
+
+Prints the table of :func:`pipeline.data.validation.validate_study` (subject, file, problem) and exits with 1 when
+there is a problem, 0 when there is none, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pipeline.data.manifest import SECTIONS
+from pipeline.data.validation import MAX_ROTATION_DEG, MAX_SHIFT_MM, problems_table, validate_study
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.validate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("manifest", help="decathlon-style manifest (e.g. written by 'python -m pipeline.bids')")
+    parser.add_argument("--dataset-dir", help="folder of the manifest's relative paths (default: its folder)")
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), help="datalists to check (default: all)")
+    parser.add_argument("--max-rotation-deg", type=float, default=MAX_ROTATION_DEG, help="misregistration tolerance")
+    parser.add_argument("--max-shift-mm", type=float, default=MAX_SHIFT_MM, help="misregistration tolerance")
+    parser.add_argument("--no-contrast-check", action="store_true", help="skip the tissue contrast order check")
+    args = parser.parse_args(argv)
+    problems = validate_study(
+        args.manifest,
+        args.dataset_dir,
+        args.sections,
+        max_rotation_deg=args.max_rotation_deg,
+        max_shift_mm=args.max_shift_mm,
+        check_contrasts=not args.no_contrast_check,
+    )
+    print(problems_table(problems))
+    if problems:
+        print(f"\n{len(problems)} problem(s) in {len({p.subject for p in problems})} subject(s).", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Tests of pipeline.data.validation and ``python -m pipeline.validate``: every problem of a study at once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipeline import physics
+from pipeline.data import InvalidInputError, validate_study
+from pipeline.data.validation import EXPECTED_CONTRAST_ORDER, contrast_problems, require_valid_study
+from pipeline.phantom.contrasts import protocols as phantom_protocols
+from pipeline.validate import main as validate_main
+
+TISSUE_NAMES = {"white_matter": "white_matter", "cortical_grey_matter": "grey_matter", "csf": "csf"}
+"""physics_reference.json tissue name -> validation tissue name."""
+CONTRAST_OF_KEY = {"t1w": "mprage", "t2w": "tse", "flair": "flair"}
+
+
+def test_expected_contrast_orders_follow_from_the_physics(physics_reference):
+    """The ascending tissue order of each weighted image is that of its signal model at the reference 3 T values."""
+    tissues = physics_reference["tissues_3T"]
+    for key, contrast in CONTRAST_OF_KEY.items():
+        protocol = phantom_protocols()[contrast]  # FLAIR: the CSF-nulling TI of a real SPACE FLAIR
+        signal = {
+            TISSUE_NAMES[name]: abs(float(physics.synthesize(contrast, t["T1"], t["T2"], t["PD"], protocol)))
+            for name, t in tissues.items()
+        }
+        assert tuple(sorted(signal, key=signal.get)) == EXPECTED_CONTRAST_ORDER[key]
+
+
+@pytest.mark.parametrize("swapped", [("t1w", "t2w"), ("t1w", "flair"), ("t2w", "flair")])
+def test_contrast_problems_name_both_files_of_any_swap(swapped):
+    """Medians as the phantom's full-brain regions give them (a CSF region mostly grey matter: its T1w median is near
+    grey matter's), swapped between two keys: both are named, and the unswapped medians pass."""
+    medians = {
+        "t1w": {"csf": 740.0, "grey_matter": 771.0, "white_matter": 900.0},
+        "t2w": {"csf": 1553.0, "grey_matter": 1466.0, "white_matter": 984.0},
+        "flair": {"csf": 994.0, "grey_matter": 1763.0, "white_matter": 889.0},
+    }
+    assert contrast_problems(medians) == {}
+    a, b = swapped
+    problems = contrast_problems({**medians, a: medians[b], b: medians[a]})
+    assert set(problems) == {a, b} and all("swapped" in problem for problem in problems.values())
+
+
+def rotated(path: str, degrees: float, shift_mm=(0.0, 0.0, 0.0)) -> None:
+    """Rewrite an image with its content rotated about the x axis (through the grid centre) and shifted."""
+    image = sitk.ReadImage(path, sitk.sitkFloat32)
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+    transform.SetRotation(np.deg2rad(degrees), 0.0, 0.0)
+    transform.SetTranslation(shift_mm)
+    sitk.WriteImage(sitk.Resample(image, image, transform, sitk.sitkLinear, 0.0), path)
+
+
+def rewrite(path: str, function) -> None:
+    image = nib.load(path)
+    nib.save(nib.Nifti1Image(function(image.get_fdata(dtype=np.float32)).astype(np.float32), image.affine), path)
+
+
+@pytest.fixture
+def damaged_study(full_study, tmp_path):
+    """A copy of the full-size study with a different problem in every file listed in ``expected``."""
+    root = tmp_path / "study"
+    shutil.copytree(full_study.parent, root)
+    manifest = json.loads((root / "dataset.json").read_text())
+    first, second = manifest["training"][0], manifest["testing"][0]
+    rotated(str(root / first["t2w"]), 8.0)  # misregistered by a rotation only
+    rewrite(str(root / first["t1_map"]), lambda d: d / 1000)  # seconds
+    rewrite(str(root / second["flair"]), lambda d: 0 * d)  # all zero
+    (root / second["mask"]).unlink()  # missing
+    t1w, t2w = root / second["t1w"], root / second["t2w"]  # swapped in the files
+    t1w_bytes = t1w.read_bytes()
+    t1w.write_bytes(t2w.read_bytes())
+    t2w.write_bytes(t1w_bytes)
+    expected = {
+        (first["subject"], first["t2w"]): "rotation",
+        (first["subject"], first["t1_map"]): "looks like seconds",
+        (second["subject"], second["flair"]): "is constant",
+        (second["subject"], second["mask"]): "does not exist",
+        (second["subject"], second["t1w"]): "it looks T2-weighted",
+        (second["subject"], second["t2w"]): "it looks T1-weighted",
+    }
+    return root / "dataset.json", {(s, str(root / f)): phrase for (s, f), phrase in expected.items()}
+
+
+def test_every_problem_of_a_study_at_once(damaged_study, capsys, monkeypatch):
+    manifest, expected = damaged_study
+    problems = validate_study(manifest, sections=["training", "testing"])
+    found = {(p.subject, p.file): p.problem for p in problems}
+    for (subject, file), phrase in expected.items():
+        assert phrase in found.get((subject, file), ""), (subject, file, found)
+    assert set(found) == set(expected)  # nothing else: the untouched files pass
+    # the command line and the bundle's pre-run check report these rows (validated once above: ~10 s per subject)
+    monkeypatch.setattr("pipeline.validate.validate_study", lambda *args, **kwargs: problems)
+    assert validate_main([str(manifest)]) == 1
+    table = capsys.readouterr().out
+    assert all(file in table for _, file in expected) and "looks like seconds" in table
+    monkeypatch.setattr("pipeline.data.validation.validate_study", lambda *args, **kwargs: problems)
+    with pytest.raises(InvalidInputError, match="6 problem"):
+        require_valid_study(manifest)
+
+
+def test_a_clean_study_has_no_problem(full_study, capsys):
+    assert validate_main([str(full_study)]) == 0
+    assert "no problems" in capsys.readouterr().out
