@@ -83,7 +83,9 @@ def main(argv=None) -> None:
 
     ensure_study(args.datalist, args.dataset_dir)
     generator = read_manifest(args.datalist)["generator"]
-    volume = build_volume_dataset(args.datalist, args.dataset_dir, args.section, with_reference=True)[0]
+    # the file grid (no crop): the masks and maps below are read from the files
+    volumes = build_volume_dataset(args.datalist, args.dataset_dir, args.section, with_reference=True, crop_margin=None)
+    volume = volumes[0]
     mask = volume["mask"].as_tensor()
     slices = brain_slices(mask, min_brain_fraction=0.1)
     normalise = ScaleByMaskedPercentiled("image", mask_key="mask")  # as the data pipeline does

@@ -27,8 +27,16 @@ def tiny_study(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def full_study(tmp_path_factory):
-    """A 2-subject full-size phantom study (sub-01 training, sub-02 testing; ~25 s per subject): what registration,
-    brain extraction and validation need, a whole brain. Returns the path of its ``dataset.json``."""
+    """A one-subject full-size phantom study (sub-01, testing; ~25 s): what registration, brain extraction and
+    validation need, a whole brain. Returns the path of its ``dataset.json``."""
     from pipeline.phantom import generate_study
 
-    return generate_study(tmp_path_factory.mktemp("full_study"), n_subjects=2, seed=11)
+    return generate_study(tmp_path_factory.mktemp("full_study"), n_subjects=1, seed=3)
+
+
+@pytest.fixture(scope="session")
+def full_subject(full_study) -> dict:
+    """The manifest entry of the full-size subject with absolute paths (``t1_map``: 3.5 mm labels, ``t1_ref``: 1 mm)."""
+    from pipeline.data import load_datalist
+
+    return load_datalist(full_study, "testing")[0]

@@ -24,23 +24,9 @@ from pipeline.data.errors import InvalidInputError
 from pipeline.data.foreground import foreground_mask
 from pipeline.phantom.head import LAYER_BOUNDARIES_MM, add_synthetic_head
 
-STUDY_SEED = 3
-"""Seed of the one-subject full-size phantom study shared with test_registration (generated once per session)."""
 KEYS = ("t1w", "t2w", "flair", "mask", "t1_ref")
-FILES = {"t1_ref": "t1_map"}
 MIN_DICE = 0.95
 BRAIN_CENTRE_RAS_MM = np.array([0.0, -18.0, 10.0])
-
-
-def shared_phantom_subject(tmp_path_factory) -> dict:
-    """File paths of sub-01 of the shared phantom study (the same folder as test_registration's)."""
-    from pipeline.phantom import generate_study
-
-    root = tmp_path_factory.getbasetemp() / f"registration_phantom_seed{STUDY_SEED}"
-    if not (root / "dataset.json").exists():
-        generate_study(root, n_subjects=1, seed=STUDY_SEED)
-    entry = {key: str(root / "sub-01" / f"{FILES.get(key, key)}.nii.gz") for key in KEYS}
-    return {"subject": "sub-01", **entry}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,9 +34,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def subject(tmp_path_factory) -> dict:
+def subject(full_subject) -> dict:
     """The loaded subject (RAS MetaTensors) and its ``phantom.json`` record under ``"phantom"``."""
-    entry = shared_phantom_subject(tmp_path_factory)
+    entry = {"subject": full_subject["subject"], **{key: full_subject[key] for key in KEYS}}
     data = LoadImaged(KEYS, image_only=True, ensure_channel_first=True, dtype=np.float32)(entry)
     data = Orientationd(KEYS, axcodes="RAS", labels=None)(data)
     data["phantom"] = json.loads((pathlib.Path(entry["t1w"]).parent / "phantom.json").read_text())

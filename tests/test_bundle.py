@@ -580,6 +580,16 @@ def test_bids_dataset_end_to_end(trained, tmp_path):
     for entry in entries:
         tfm = output_dir / entry["subject"] / "t2w_to_t1w.tfm"
         assert sitk.ReadTransform(str(tfm)).GetNumberOfParameters() == 6
+        # the registration found the fixture's motion: displacement error over the brain (a 48 mm slab)
+        found = json.loads((output_dir / entry["subject"] / "registration.json").read_text())["t2w"]
+        session = next(s for s in truth["sessions"] if s["entry"] == entry["subject"])
+        mask = nib.load(bids_root / session["mask"])
+        brain = nib.affines.apply_affine(mask.affine, np.argwhere(mask.get_fdata() > 0)[::20])
+        moved = [
+            nib.affines.apply_affine(np.asarray(m), brain)
+            for m in (found["fixed_to_moving_ras"], session["t2w_motion"]["registration_transform_ras"])
+        ]
+        assert np.linalg.norm(moved[0] - moved[1], axis=1).max() < 1.0
         session = f"_ses-{entry['bids']['session']}" if entry["bids"].get("session") else ""
         maps = sorted(derivatives.rglob(f"sub-{entry['bids']['subject']}{session}_desc-hybrid_*map.nii.gz"))
         assert len(maps) == 3 and all(is_valid_derivative_path(str(m.relative_to(derivatives))) for m in maps)

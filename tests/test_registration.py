@@ -28,10 +28,7 @@ from pipeline.data.registration import (
     write_transform,
 )
 
-STUDY_SEED = 3
-"""Seed of the one-subject full-size phantom study shared by test_registration and test_brain_mask."""
 KEYS = ("t1w", "t2w", "t1_map", "t2_map", "m0_map", "mask")
-FILES = {"t1_map": "t1_map_lowres", "t2_map": "t2_map_lowres", "m0_map": "m0_map_lowres"}
 BRAIN_CENTRE_RAS_MM = np.array([0.0, -18.0, 10.0])
 """Rotations turn about this RAS point (near the phantom brain's centre), as a head turns in the coil."""
 MOVES = {
@@ -41,17 +38,6 @@ MOVES = {
 }
 MAX_ERROR_MM = 0.5
 MAX_ERROR_DEG = 0.5
-
-
-def shared_phantom_subject(tmp_path_factory) -> dict:
-    """File paths of sub-01 of the shared phantom study, generated once per session (both test modules use it)."""
-    from pipeline.phantom import generate_study
-
-    root = tmp_path_factory.getbasetemp() / f"registration_phantom_seed{STUDY_SEED}"
-    if not (root / "dataset.json").exists():
-        generate_study(root, n_subjects=1, seed=STUDY_SEED)
-    entry = {key: str(root / "sub-01" / f"{FILES.get(key, key)}.nii.gz") for key in KEYS}
-    return {"subject": "sub-01", **entry}
 
 
 def rigid_ras(axis: str, degrees: float, translation_mm) -> np.ndarray:
@@ -96,9 +82,9 @@ def errors(transform: sitk.Transform, true_ras: np.ndarray, brain_points_lps: np
 
 
 @pytest.fixture(scope="module")
-def subject(tmp_path_factory) -> dict:
+def subject(full_subject) -> dict:
     """The loaded subject (channel-first RAS MetaTensors, as after the pipeline's loading and ``Orientationd``)."""
-    entry = shared_phantom_subject(tmp_path_factory)
+    entry = {"subject": full_subject["subject"], **{key: full_subject[key] for key in KEYS}}
     loading = LoadImaged(KEYS, image_only=True, ensure_channel_first=True, dtype=np.float32)
     return Orientationd(KEYS, axcodes="RAS", labels=None)(loading(entry))
 
@@ -201,7 +187,9 @@ def test_transform_files_are_written_and_not_overwritten(registered):
     assert record["transform_file"] == str(path)
     read = sitk.ReadTransform(str(path))
     np.testing.assert_allclose(to_lps(np.array(record["fixed_to_moving_ras"])), transform_matrix(read), atol=1e-6)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["t1_map_to_t1w.tfm", "t2w_to_t1w.tfm"]  # no temporary
+    written = sorted(p.name for p in path.parent.iterdir())
+    assert written == ["registration.json", "t1_map_to_t1w.tfm", "t2w_to_t1w.tfm"]  # no temporary file left
+    assert json.loads((path.parent / "registration.json").read_text()) == registered["output"]["registration"]
     with pytest.raises(FileExistsError, match=r"sub-01: t2w file .*t2w_to_t1w\.tfm' exists"):
         registered["transform"](registered["input"])
     assert path.read_bytes() == content

@@ -68,8 +68,11 @@ def damaged_study(full_study, tmp_path):
     """A copy of the full-size study with a different problem in every file listed in ``expected``."""
     root = tmp_path / "study"
     shutil.copytree(full_study.parent, root)
+    shutil.copytree(root / "sub-01", root / "sub-02")  # a second subject to damage otherwise
     manifest = json.loads((root / "dataset.json").read_text())
-    first, second = manifest["training"][0], manifest["testing"][0]
+    first = manifest["testing"][0]
+    second = {key: value.replace("sub-01", "sub-02") for key, value in first.items()}
+    (root / "dataset.json").write_text(json.dumps({**manifest, "training": [first], "testing": [second]}))
     rotated(str(root / first["t2w"]), 8.0)  # misregistered by a rotation only
     rewrite(str(root / first["t1_map"]), lambda d: d / 1000)  # seconds
     rewrite(str(root / second["flair"]), lambda d: 0 * d)  # all zero

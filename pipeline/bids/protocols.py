@@ -210,6 +210,8 @@ def manifest_protocols(manifest: str | os.PathLike | Mapping) -> dict[str, dict]
     """The protocols a manifest records, ``{contrast: {field: value}}`` (ms, degrees; contrasts ``mprage``, ``tse``,
     ``flair``): its ``"protocols"`` record (BIDS manifests), else a phantom study's ``generator.protocols`` (the
     overrides it was imaged with), else ``{}`` (the default phantom study)."""
+    if not isinstance(manifest, Mapping) and not os.path.isfile(manifest):
+        return {}  # not written yet (configs are parsed before a phantom study is generated); loading reports it
     content = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
     if "protocols" in content:
         record = content["protocols"]

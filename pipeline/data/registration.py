@@ -27,6 +27,8 @@ transform's size in ``d["registration"]`` and optionally writes each transform a
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import os
 import pathlib
 import tempfile
@@ -43,6 +45,12 @@ from monai.transforms import MapTransform
 from pipeline.data.coregistration import RAS_TO_LPS, to_sitk
 from pipeline.data.errors import InvalidInputError, MisregistrationError, describe_item
 from pipeline.data.foreground import foreground_mask
+from pipeline.files import write_atomically
+
+REGISTRATION_FILE = "registration.json"
+"""Beside the ``.tfm`` files: each key's :meth:`RigidRegistration.to_dict` (rotation, displacements, final metric)."""
+
+logger = logging.getLogger(__name__)
 
 SHRINK_FACTORS = (4, 2)
 """Pyramid levels: shrink factors of the fixed image (voxels), coarse to fine. Measured on a 1 mm phantom subject moved
@@ -345,7 +353,8 @@ class RegisterToReferenced(MapTransform):
         groups: ``{key: [further keys]}`` moved with ``key``'s transform, e.g. ``{"t1_map": ["t2_map", "m0_map"]}``
             (maps from one fit share its geometry).
         mask_key: optional key of a brain mask restricting the metric (any grid); used when present in the data.
-        transform_dir: if given, each transform is written to ``<transform_dir>/<subject>/<key>_to_<reference>.tfm``.
+        transform_dir: if given, each transform is written to ``<transform_dir>/<subject>/<key>_to_<reference>.tfm``,
+            and the records to ``<transform_dir>/<subject>/registration.json`` (:data:`REGISTRATION_FILE`).
         overwrite: replace existing ``.tfm`` files; otherwise an existing one raises :class:`FileExistsError` (before
             registering).
         max_displacement_mm: if given, a registration moving the mask box by more raises
@@ -450,5 +459,11 @@ class RegisterToReferenced(MapTransform):
             if path is not None:
                 record["transform_file"] = str(write_transform(result.transform, path, overwrite=self.overwrite))
             records[key] = record
+            logger.info(
+                f"{d.get('subject', '?')}: {key} registered to {self.reference_key}: rotation {result.rotation_deg:.2f}°, "
+                f"displacements up to {result.max_displacement_mm:.2f} mm, metric {result.metric:.4f}"
+            )
         d["registration"] = records
+        if self.transform_dir is not None and records:
+            write_atomically(self.transform_dir / str(d["subject"]) / REGISTRATION_FILE, json.dumps(records, indent=2))
         return d
