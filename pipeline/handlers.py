@@ -12,6 +12,8 @@
   whose loss is still finite would wait in the next gradient all-reduce for the one that stopped, until the
   collective times out. This handler shares the decision across processes and otherwise relies on what
   ``Engine.terminate`` does (see the class).
+* :class:`SmartSliceCacheHandler` -- MONAI's ``SmartCacheHandler`` (start, swap volumes after each epoch, stop) for
+  the slice dataset over a ``SmartCacheDataset`` of volumes, which must re-index its slices after each swap.
 * :func:`every_n_iterations_of_epoch` -- an event filter for ``StatsHandler(iteration_log=...)``. Ignite's
   ``Events.ITERATION_COMPLETED(every=n)`` counts iterations over the whole run, so with an epoch length that is not
   a multiple of ``n`` the log lines wander through the epochs (``Iter: 20/49``, ``40/49``, ``11/49``, ...); this
@@ -27,8 +29,15 @@ from typing import Any
 
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
+from monai.handlers import SmartCacheHandler
 
-__all__ = ["DivergenceStop", "LambdaWarmup", "NonFiniteLossStop", "every_n_iterations_of_epoch"]
+__all__ = [
+    "DivergenceStop",
+    "LambdaWarmup",
+    "NonFiniteLossStop",
+    "SmartSliceCacheHandler",
+    "every_n_iterations_of_epoch",
+]
 
 
 class LambdaWarmup:
@@ -156,6 +165,25 @@ class NonFiniteLossStop:
             "completed epoch stay."
         )
         engine.terminate()
+
+
+class SmartSliceCacheHandler(SmartCacheHandler):
+    """MONAI's ``SmartCacheHandler`` for a :class:`pipeline.data.slices.SliceDataset` over a ``SmartCacheDataset``.
+
+    After each epoch the volume cache replaces its ``replace_rate`` share of subjects (computed in a background
+    thread during the epoch), then the slices are re-indexed (seeded by the epoch) with the same number of items.
+
+    Args:
+        slices: the training slice dataset; its ``volumes`` must be a ``monai.data.SmartCacheDataset``.
+    """
+
+    def __init__(self, slices) -> None:
+        super().__init__(slices.volumes)
+        self.slices = slices
+
+    def epoch_completed(self, engine: Engine) -> None:
+        super().epoch_completed(engine)
+        self.slices.refresh(seed=engine.state.epoch)
 
 
 def every_n_iterations_of_epoch(n: int) -> Callable[[Engine, int], bool]:

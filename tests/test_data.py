@@ -15,7 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import DataLoader, list_data_collate, load_decathlon_datalist
+from ignite.engine import Engine, Events
+from monai.data import DataLoader, SmartCacheDataset, list_data_collate, load_decathlon_datalist
 from monai.transforms import LoadImage, RandFlipd, ResizeWithPadOrCropd
 from monai.utils import convert_to_numpy
 from scipy import ndimage
@@ -36,6 +37,7 @@ from pipeline.data import (
 )
 from pipeline.data.transforms import CROP_MARGIN
 from pipeline.data.validity import MarkFitFailuresd
+from pipeline.handlers import SmartSliceCacheHandler
 from pipeline.losses import HybridLoss
 from pipeline.physics import MAP_UNIT_MS
 
@@ -247,12 +249,14 @@ BAD_INPUTS = {  # case: (damaged key, damage, error type, phrase of the message)
 }
 
 
+@pytest.mark.parametrize("cache_num", [-1, 0], ids=["cached", "streamed"])
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_raises_a_clear_error_naming_the_file(subject, case):
+def test_bad_input_raises_a_clear_error_naming_the_file(subject, case, cache_num):
+    """Cached volumes fail when the dataset is built, streamed ones when the volume is read: the same error."""
     key, damage, error_type, phrase = BAD_INPUTS[case]
     damage(subject[key])
     with pytest.raises(error_type, match=phrase) as error:
-        build_volume_dataset([subject])
+        build_volume_dataset([subject], cache_num=cache_num)[0]
     assert subject[key] in str(error.value) and "sub-09" in str(error.value)
 
 
@@ -500,6 +504,46 @@ def test_slice_dataset_items_skip_empty_slices_and_load_each_volume_once(hand_st
     assert batch["mask"].shape == (4, 1, *size)
     assert batch["subject"] == ["sub-02"] * 4 and batch["slice"].shape == (4,)
     assert len(loaded) == files  # serving slices never reloads a volume
+
+
+def test_streamed_volumes_equal_cached_ones_and_are_computed_when_read(tiny_study, monkeypatch):
+    loads = []
+    load = LoadImage.__call__
+    monkeypatch.setattr(LoadImage, "__call__", lambda self, *a, **k: loads.append(1) or load(self, *a, **k))
+    cached = build_volume_dataset(tiny_study, section="validation")
+    files_per_subject = len(loads)
+    streamed = build_volume_dataset(tiny_study, section="validation", cache_num=0)
+    assert type(streamed).__name__ == "StreamingVolumeDataset" and len(loads) == files_per_subject  # nothing read yet
+    volume = streamed[0]
+    assert len(loads) == 2 * files_per_subject
+    for key in ("image", "label", "reference", "mask"):
+        assert torch.equal(torch.as_tensor(volume[key]), torch.as_tensor(cached[0][key])), key
+    streamed[0]
+    assert len(loads) == 3 * files_per_subject  # not kept: computed again
+
+
+def test_smart_cache_trains_on_every_subject_over_epochs_with_a_fixed_epoch_length(tiny_study):
+    """3 subjects, 2 in memory, one swapped per epoch: each epoch serves the slices of the 2 cached subjects only,
+    the number of items (the engine's epoch length) stays the same, and over 3 epochs every subject is seen."""
+    entries = [
+        entry for section in ("training", "validation", "testing") for entry in load_datalist(tiny_study, section)
+    ]
+    slices = build_slice_dataset(entries, cache_num=2, replace_rate=0.5, with_reference=False, min_brain_fraction=0.1)
+    assert isinstance(slices.volumes, SmartCacheDataset) and len(slices.volumes) == 2
+    length, seen = len(slices), []
+    engine = Engine(lambda engine, batch: None)
+
+    @engine.on(Events.EPOCH_STARTED)
+    def record(_):
+        seen.append({item["subject"] for item in slices})
+        assert len(slices) == length
+
+    SmartSliceCacheHandler(slices).attach(engine)
+    engine.run(range(2), max_epochs=3)
+    assert all(len(subjects) == 2 for subjects in seen) and len(set.union(*seen)) == 3
+    assert seen[0] != seen[1]
+    with pytest.raises(ValueError, match="cache_num"):
+        build_volume_dataset(entries, cache_num=-2)
 
 
 def test_phantom_training_slices_have_the_documented_keys(tiny_study):

@@ -1,19 +1,32 @@
-"""Config-friendly builders: manifest (or datalist) → cached volume dataset → 2D slice dataset.
+"""Config-friendly builders: manifest (or datalist) → volume dataset → 2D slice dataset.
 
-Every argument is a plain value, so MONAI bundle configs can call these with ``_target_``.
+Every argument is a plain value, so MONAI bundle configs can call these with ``_target_``. How many processed volumes
+stay in memory is ``cache_num`` (MONAI's dataset classes, chosen by it):
+
+* ``-1``: every volume, computed once (``CacheDataset``): training on studies that fit in RAM (~0.1 GiB per 1 mm
+  subject with labels);
+* ``0``: none (``Dataset``): each volume is computed when it is read and dropped after, so inference and QC over a
+  cohort take the memory of one subject;
+* ``N > 0``: ``N`` volumes (``SmartCacheDataset``): training on more subjects than fit in RAM; after each epoch
+  ``replace_rate`` of them are swapped for volumes computed in a background thread during the epoch
+  (:class:`pipeline.handlers.SmartSliceCacheHandler`), so every subject is trained on over the epochs.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from monai.data import CacheDataset
+from monai.data import CacheDataset, Dataset, SmartCacheDataset
 
 from pipeline.data.errors import InvalidInputError, MissingFilesError
 from pipeline.data.manifest import LABEL_KEYS, MASK_KEY, REFERENCE_KEYS, check_datalist, load_datalist
 from pipeline.data.slices import SliceDataset
 from pipeline.data.transforms import build_volume_transforms
+
+T = TypeVar("T")
 
 
 def _has_keys(datalist: Sequence[dict], keys: Sequence[str], what: str) -> bool:
@@ -37,6 +50,24 @@ def _input_error(error: RuntimeError) -> Exception | None:
     return cause if isinstance(cause, (InvalidInputError, MissingFilesError)) else None
 
 
+def _raising_input_errors(compute: Callable[[], T]) -> T:
+    """``compute()``, raising the data error behind a MONAI transform wrapper itself (:func:`_input_error`)."""
+    try:
+        return compute()
+    except RuntimeError as error:
+        input_error = _input_error(error)
+        if input_error is None:
+            raise
+    raise input_error  # outside the except clause, so it is not chained to MONAI's wrapper
+
+
+class StreamingVolumeDataset(Dataset):
+    """MONAI ``Dataset`` computing each volume when it is read; bad input raises the data error itself."""
+
+    def _transform(self, index: int):
+        return _raising_input_errors(functools.partial(Dataset._transform, self, index))
+
+
 def build_volume_dataset(
     datalist: str | os.PathLike | Sequence[dict],
     dataset_dir: str | os.PathLike | None = None,
@@ -45,11 +76,13 @@ def build_volume_dataset(
     with_reference: bool | None = None,
     with_mask: bool | None = None,
     label_keys: Sequence[str] = LABEL_KEYS,
+    cache_num: int = -1,
+    replace_rate: float = 0.25,
     cache_num_workers: int = 0,
     progress: bool = False,
     **transform_options,
-) -> CacheDataset:
-    """Processed volumes of a datalist, each computed once and cached in memory.
+) -> Dataset:
+    """Processed volumes of a datalist: all, some or none of them kept in memory (``cache_num``).
 
     Args:
         datalist: manifest path (``section`` of it is loaded with :func:`~pipeline.data.manifest.load_datalist`)
@@ -59,14 +92,18 @@ def build_volume_dataset(
         section: manifest section.
         with_labels, with_reference, with_mask: which optional files to use; default (None): those every entry has.
         label_keys: entry keys of the (T1, T2, M0) training labels (``REFERENCE_KEYS``: the 1 mm maps).
-        cache_num_workers: threads computing the volumes.
+        cache_num: volumes kept in memory: -1 all (``CacheDataset``), 0 none (``Dataset``, computed when read),
+            N > 0 that many (``SmartCacheDataset``; the caller's engine swaps them, see the module docstring).
+        replace_rate: share of a ``SmartCacheDataset``'s volumes replaced after each epoch.
+        cache_num_workers: threads computing the cached volumes.
         progress: show a progress bar while caching.
         transform_options: further keyword arguments of
             :func:`~pipeline.data.transforms.build_volume_transforms` (``max_shift_mm``, ``on_failure``, ...).
 
     Returns:
-        a ``CacheDataset`` of dicts ``image`` (3, X, Y, Z), ``mask`` (1, X, Y, Z), [``label``], [``reference``]
-        (3, X, Y, Z), ``subject``. Bad input raises the data error itself (not MONAI's RuntimeError wrapper).
+        a dataset of dicts ``image`` (3, X, Y, Z), ``mask`` (1, X, Y, Z), [``label``], [``reference``]
+        (3, X, Y, Z), ``subject``. Bad input raises the data error itself (not MONAI's RuntimeError wrapper): when
+        the dataset is built for cached volumes, when the volume is read otherwise.
     """
     if isinstance(datalist, (str, os.PathLike)):
         entries = load_datalist(datalist, section, dataset_dir)
@@ -79,15 +116,27 @@ def build_volume_dataset(
         label_keys=label_keys,
         **transform_options,
     )
-    try:
-        return CacheDataset(
-            entries, transforms, cache_rate=1.0, num_workers=cache_num_workers, progress=progress, copy_cache=False
+    if cache_num == 0:
+        return StreamingVolumeDataset(entries, transforms)
+    if cache_num < -1:
+        raise ValueError(f"cache_num must be -1 (all), 0 (none) or a number of volumes, got {cache_num}.")
+    cache = {"progress": progress, "copy_cache": False}
+    if cache_num == -1 or cache_num >= len(entries):
+        return _raising_input_errors(
+            lambda: CacheDataset(entries, transforms, cache_rate=1.0, num_workers=cache_num_workers, **cache)
         )
-    except RuntimeError as error:
-        input_error = _input_error(error)
-        if input_error is None:
-            raise
-    raise input_error  # outside the except clause, so it is not chained to MONAI's wrapper
+    workers = max(cache_num_workers, 1)
+    return _raising_input_errors(
+        lambda: SmartCacheDataset(
+            entries,
+            transforms,
+            replace_rate=replace_rate,
+            cache_num=cache_num,
+            num_init_workers=workers,
+            num_replace_workers=workers,
+            **cache,
+        )
+    )
 
 
 def build_slice_dataset(

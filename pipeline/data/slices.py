@@ -30,7 +30,8 @@ class SliceDataset(Dataset):
     Args:
         volumes: processed volume dicts (``image`` (3, X, Y, Z), ``mask`` (1, X, Y, Z), optional ``label`` and
             ``reference`` (3, X, Y, Z), ``subject``), e.g. a ``CacheDataset`` of the volume pipeline; each volume
-            is read when the index is built and at every item, so it must be cached, not recomputed.
+            is read when the index is built and at every item, so it must be cached, not recomputed. A
+            ``SmartCacheDataset`` holds a changing subset: :meth:`refresh` re-indexes it after its cache was updated.
         axis: spatial axis sliced (0 = X, sagittal slices).
         min_brain_fraction: slices whose fraction of mask pixels is smaller are skipped.
         transform: callable or sequence of callables applied to every slice item (e.g. ``ResizeWithPadOrCropd``
@@ -50,12 +51,27 @@ class SliceDataset(Dataset):
     ):
         self.volumes = volumes
         self.axis = axis
-        index = [
+        self.min_brain_fraction = min_brain_fraction
+        super().__init__(data=self._slice_index(), transform=transform)
+
+    def _slice_index(self) -> list[tuple[int, int]]:
+        """(volume index, slice index) of every slice with enough brain."""
+        return [
             (volume_index, slice_index)
-            for volume_index in range(len(volumes))
-            for slice_index in brain_slices(volumes[volume_index]["mask"], axis, min_brain_fraction)
+            for volume_index in range(len(self.volumes))
+            for slice_index in brain_slices(self.volumes[volume_index]["mask"], self.axis, self.min_brain_fraction)
         ]
-        super().__init__(data=index, transform=transform)
+
+    def refresh(self, seed: int = 0) -> None:
+        """Re-index the slices after the volumes changed (a ``SmartCacheDataset``'s ``update_cache``).
+
+        The number of items stays the same, so an engine's epoch length and a sampler's indices stay valid: the
+        new index is drawn (seeded) from the new volumes' slices, without repetition when there are enough.
+        """
+        index = self._slice_index()
+        generator = torch.Generator().manual_seed(seed)
+        draws = torch.cat([torch.randperm(len(index), generator=generator) for _ in range(-(-len(self) // len(index)))])
+        self.data = [index[i] for i in draws[: len(self)].tolist()]
 
     def _transform(self, index: int) -> dict:
         volume_index, slice_index = self.data[index]

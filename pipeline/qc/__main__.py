@@ -32,7 +32,7 @@ def check_maps(args: argparse.Namespace, calibration: str | None) -> list[str]:
     """Run :class:`SubjectQCd` over the maps of ``args.maps`` for every subject of ``args.section``; returns the
     flagged subjects."""
     volumes = build_volume_dataset(
-        args.manifest, args.dataset_dir, args.section, with_labels=False, with_reference=False
+        args.manifest, args.dataset_dir, args.section, with_labels=False, with_reference=False, cache_num=0
     )
     qc = SubjectQCd(
         "pred",

@@ -40,7 +40,14 @@ def write_interpolated_labels(
         ``output_dir``. T1/T2 in ms, M0 in the pipeline's normalised units, zero outside the brain mask.
     """
     volumes = build_volume_dataset(
-        datalist, dataset_dir, section, with_labels=True, with_reference=False, with_mask=True, **volume_options
+        datalist,
+        dataset_dir,
+        section,
+        with_labels=True,
+        with_reference=False,
+        with_mask=True,
+        cache_num=0,
+        **volume_options,
     )
     to_ms, save = MapsToMsd("label"), SaveMapsd("label", output_dir, overwrite=overwrite)
     for volume in volumes:
