@@ -32,7 +32,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.handlers import from_engine
 from monai.transforms import LoadImage, MapTransform, ResampleToMatch
-from monai.utils import convert_to_tensor
+from monai.utils import convert_to_numpy, convert_to_tensor
 
 from pipeline.physics import MAP_UNIT_MS
 
@@ -187,10 +187,61 @@ class SaveMapsd(MapTransform):
 
     def _to_reference(self, volume, model_grid, reference, mode: str) -> np.ndarray:
         """``volume`` (C, X, Y, Z) on ``model_grid``'s grid → float32 array on ``reference``'s grid."""
-        volume = MetaTensor(
-            convert_to_tensor(volume, track_meta=False).detach().cpu().float(), affine=model_grid.affine
-        )
-        return np.asarray(self.resample(volume, reference, mode=mode), dtype=np.float32)
+        array = convert_to_tensor(volume, track_meta=False).detach().cpu().float()
+        source_affine = np.asarray(convert_to_numpy(model_grid.affine), dtype=np.float64)
+        target_affine = np.asarray(convert_to_numpy(reference.affine), dtype=np.float64)
+        pasted = paste_on_grid(array.numpy(), source_affine, target_affine, tuple(reference.shape[1:]))
+        if pasted is not None:
+            return pasted
+        return np.asarray(self.resample(MetaTensor(array, affine=model_grid.affine), reference, mode=mode), np.float32)
+
+
+def paste_on_grid(
+    volume: np.ndarray, source_affine: np.ndarray, target_affine: np.ndarray, target_shape: tuple[int, int, int]
+) -> np.ndarray | None:
+    """``volume`` (C, X, Y, Z) copied voxel for voxel onto a grid it shares voxels with, or None if it does not.
+
+    The model's grid is the T1w's, reoriented to RAS and cropped (or padded) to the brain's box: every model voxel is a
+    voxel of the T1w file, reached by an axis permutation, flips and an integer shift. MONAI's ``ResampleToMatch``
+    would interpolate the whole volume (a sampling grid of every target voxel) to the same values; this is the
+    exact index copy, written by hand because no MONAI or SimpleITK function takes that shortcut. Voxels of the target
+    outside ``volume`` are 0.
+
+    Args:
+        volume: (C, X, Y, Z) array on the grid of ``source_affine``.
+        source_affine, target_affine: 4 x 4 voxel-to-world affines (mm).
+        target_shape: spatial shape of the target grid.
+
+    Returns:
+        (C, *target_shape) float32 array, or None when the grids are not related by a signed permutation of the axes
+        and an integer shift (within 1e-4 voxel): then they need a real resampling.
+    """
+    source_to_target = np.linalg.inv(target_affine) @ source_affine
+    rotation, shift = source_to_target[:3, :3], source_to_target[:3, 3]
+    signs = np.round(rotation)
+    if not (np.allclose(rotation, signs, atol=1e-4) and np.allclose(shift, np.round(shift), atol=1e-4)):
+        return None
+    if not np.array_equal(np.abs(signs).sum(axis=0), np.ones(3)) or not np.array_equal(
+        np.abs(signs).sum(1), np.ones(3)
+    ):
+        return None
+    source_axis = np.abs(signs).argmax(axis=1)  # target axis i runs along source axis source_axis[i]
+    aligned = volume.transpose(0, *(1 + source_axis))
+    offsets = np.round(shift).astype(int)
+    for axis in range(3):
+        if signs[axis, source_axis[axis]] < 0:  # target index = offset - source index
+            aligned = np.flip(aligned, axis=1 + axis)
+            offsets[axis] -= aligned.shape[1 + axis] - 1
+    target = np.zeros((volume.shape[0], *target_shape), dtype=np.float32)
+    source_region, target_region = [slice(None)], [slice(None)]
+    for offset, length, size in zip(offsets, aligned.shape[1:], target_shape):
+        start, stop = max(offset, 0), min(offset + length, size)
+        if start >= stop:
+            return target  # no overlap: all zeros
+        target_region.append(slice(start, stop))
+        source_region.append(slice(start - offset, stop - offset))
+    target[tuple(target_region)] = aligned[tuple(source_region)]
+    return target
 
 
 def _atomic_save(image: nib.Nifti1Image, target: pathlib.Path) -> None:

@@ -22,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-rotation-deg", type=float, default=MAX_ROTATION_DEG, help="misregistration tolerance")
     parser.add_argument("--max-shift-mm", type=float, default=MAX_SHIFT_MM, help="misregistration tolerance")
     parser.add_argument("--no-contrast-check", action="store_true", help="skip the tissue contrast order check")
+    parser.add_argument("--no-cache", action="store_true", help="validate every entry again (see validation_cache_dir)")
     args = parser.parse_args(argv)
     problems = validate_study(
         args.manifest,
@@ -29,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.sections,
         max_rotation_deg=args.max_rotation_deg,
         max_shift_mm=args.max_shift_mm,
+        cache=not args.no_cache,
         check_contrasts=not args.no_contrast_check,
     )
     print(problems_table(problems))

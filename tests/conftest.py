@@ -1,11 +1,19 @@
 """Shared fixtures: one small phantom study generated once per test session."""
 
 import json
+import os
 import pathlib
+import tempfile
 
 import pytest
 
 TESTS_DIR = pathlib.Path(__file__).parent
+
+
+def pytest_configure(config):
+    """Cached validation results (pipeline.data.validation) in a folder of this session, inherited by the bundle runs:
+    no result of an earlier session or of the user's own runs is read."""
+    os.environ["QMAP_HYBRID_CACHE"] = tempfile.mkdtemp(prefix="qmap-hybrid-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -547,6 +547,27 @@ def test_training_validates_the_whole_study_first_and_names_every_problem(study,
     assert not list(ckpt_dir.glob("*.pt"))
 
 
+@pytest.mark.parametrize(
+    "check_inputs, register, registered_in_pipeline",
+    [(True, False, ()), (False, False, ("t2w", "flair")), (True, True, ("t2w", "flair"))],
+)
+def test_the_content_registration_runs_once_per_pair(study, check_inputs, register, registered_in_pipeline):
+    """The pre-run validation registers T2w and FLAIR to the T1w (rigid); the data pipeline's translation check then
+    only repeats it where the validation did not run or the run registers the images itself (the residual)."""
+    from pipeline.data.coregistration import CheckCoregistrationd
+
+    for config in ("inference.json", "train.json"):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / config))
+        parser.update({"bundle_root": str(BUNDLE), "check_inputs": check_inputs, "register": register, **study})
+        if config == "train.json":
+            assert parser.get_parsed_content("coregistration_keys") == ([] if registered_in_pipeline == () else None)
+            continue
+        dataset = parser.get_parsed_content("dataset")  # streamed: nothing is loaded
+        check = next(t for t in dataset.transform.transforms if isinstance(t, CheckCoregistrationd))
+        assert check.registration_keys == registered_in_pipeline
+
+
 def test_bids_dataset_end_to_end(trained, tmp_path):
     """BIDS (rotated T2w, maps in s, no masks) → manifest → validate → register + infer → qMRI-BIDS derivatives."""
     from pipeline.bids import is_valid_derivative_path, write_manifest

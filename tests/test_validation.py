@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import nibabel as nib
@@ -11,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline import physics
-from pipeline.data import InvalidInputError, validate_study
+from pipeline.data import InvalidInputError, load_datalist, validate_study, validation
 from pipeline.data.validation import EXPECTED_CONTRAST_ORDER, contrast_problems, require_valid_study
 from pipeline.phantom.contrasts import protocols as phantom_protocols
 from pipeline.validate import main as validate_main
@@ -107,6 +108,33 @@ def test_every_problem_of_a_study_at_once(damaged_study, capsys, monkeypatch):
     monkeypatch.setattr("pipeline.data.validation.validate_study", lambda *args, **kwargs: problems)
     with pytest.raises(InvalidInputError, match="6 problem"):
         require_valid_study(manifest)
+
+
+def test_results_are_cached_per_file_state_and_options(tiny_study, tmp_path, monkeypatch):
+    """A second validation reads the first one's result (problems included); touching a file, other options,
+    ``cache=False`` or a damaged cache file validate again."""
+    monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / "cache"))
+    calls = []
+
+    def fake_validate_entry(entry, **options):
+        calls.append(entry["subject"])
+        return [validation.Problem(entry["subject"], entry["t2w"], f"t2w problem {len(calls)}")]
+
+    monkeypatch.setattr(validation, "validate_entry", fake_validate_entry)
+    first = validate_study(tiny_study, sections=["testing"])
+    assert validate_study(tiny_study, sections=["testing"]) == first and len(calls) == 1
+    assert isinstance(first[0], validation.Problem) and first[0].problem == "t2w problem 1"
+    validate_study(tiny_study, sections=["testing"], check_contrasts=False)
+    assert len(calls) == 2
+    validate_study(tiny_study, sections=["testing"], cache=False)
+    assert len(calls) == 3
+    entry = load_datalist(tiny_study, "testing")[0]
+    os.utime(entry["flair"], ns=(0, 10**18))
+    assert validate_study(tiny_study, sections=["testing"])[0].problem == "t2w problem 4"
+    for cached in validation.validation_cache_dir().glob("*.json"):
+        cached.write_text("{not json")
+    validate_study(tiny_study, sections=["testing"])
+    assert len(calls) == 5
 
 
 def test_a_clean_study_has_no_problem(full_study, capsys):

@@ -19,11 +19,20 @@ instead of stopping at the first one, so a study with ten problems is fixed in o
 
 ``python -m pipeline.validate MANIFEST`` prints the table and exits 1 when there is a problem; the bundle configs call
 :func:`require_valid_study` before training and inference.
+
+An entry's result is cached on disk (:func:`cached_validate_entry`): the ~10 s of registrations per subject are paid
+once per study, not once per run (training, calibration, inference and adaptation of the same subjects). The key
+holds every file's resolved path, size and modification time, the options and the package version, so an edited,
+replaced or touched file is validated again. The folder is ``$QMAP_HYBRID_CACHE/validation`` (default
+``~/.cache/qmap-hybrid``); ``--no-cache`` (``cache=False``) bypasses it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -35,6 +44,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage
 from monai.utils import convert_to_tensor
 
+import pipeline
 from pipeline.data.checks import constant_problem, volume_problem
 from pipeline.data.coregistration import geometry_problem, to_sitk
 from pipeline.data.errors import InvalidInputError, MissingFilesError
@@ -260,10 +270,68 @@ def validate_entry(
     return problems
 
 
+CACHE_ENV = "QMAP_HYBRID_CACHE"
+"""Environment variable naming the cache folder (default ``~/.cache/qmap-hybrid``)."""
+
+
+def validation_cache_dir() -> Path:
+    """The folder of cached validation results: ``$QMAP_HYBRID_CACHE/validation``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "qmap-hybrid") / "validation"
+
+
+def _cache_key(entry: Mapping, options: Mapping) -> str | None:
+    """SHA-256 of the entry's files (resolved path, size, mtime in ns), options and version; None if a file is
+    missing (nothing to cache: that problem costs nothing to find)."""
+    files = {}
+    for key in (k for k in PATH_KEYS if k in entry):
+        try:
+            status = os.stat(entry[key])
+        except OSError:
+            return None
+        files[key] = [str(Path(entry[key]).resolve()), status.st_size, status.st_mtime_ns]
+    identity = {
+        "files": files,
+        "subject": str(entry.get("subject")),
+        "options": options,
+        "version": pipeline.__version__,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def cached_validate_entry(entry: Mapping, **options) -> list[Problem]:
+    """:func:`validate_entry`, its result read from / written to :func:`validation_cache_dir` (problems too).
+
+    Options that are not plain values (a ``template_regions`` function) bypass the cache; an unreadable cache file is
+    recomputed and replaced; one the user cannot write is skipped.
+    """
+    try:
+        key = _cache_key(entry, options)
+    except TypeError:  # options json cannot hold
+        key = None
+    if key is None:
+        return validate_entry(entry, **options)
+    path = validation_cache_dir() / f"{key}.json"
+    try:
+        return [Problem(*row) for row in json.loads(path.read_text())["problems"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    problems = validate_entry(entry, **options)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".json")
+        with os.fdopen(handle, "w") as file:
+            json.dump({"subject": str(entry.get("subject")), "problems": [list(p) for p in problems]}, file)
+        os.replace(temporary, path)
+    except OSError:
+        pass
+    return problems
+
+
 def validate_study(
     manifest: str | os.PathLike,
     dataset_dir: str | os.PathLike | None = None,
     sections: Sequence[str] = SECTIONS,
+    cache: bool = True,
     **options,
 ) -> list[Problem]:
     """Every problem of the entries of ``sections`` of a manifest (sections it lacks are skipped).
@@ -271,8 +339,10 @@ def validate_study(
     Args:
         manifest: decathlon-style manifest; relative paths against ``dataset_dir`` (default: its folder).
         sections: the datalists to check.
+        cache: reuse (and store) each entry's result (:func:`cached_validate_entry`).
         options: keyword arguments of :func:`validate_entry`.
     """
+    validate = cached_validate_entry if cache else validate_entry
     try:
         content = read_manifest(manifest)
     except (MissingFilesError, InvalidInputError) as error:
@@ -291,7 +361,7 @@ def validate_study(
             problems.append(Problem("-", f"{manifest} [{section}]", str(error)))
             continue
         for entry in entries:
-            problems += validate_entry(entry, **options)
+            problems += validate(entry, **options)
     return problems
 
 

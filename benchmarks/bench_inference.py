@@ -1,0 +1,261 @@
+"""Benchmark inference as ratios: network GFLOP/s against a matmul peak measured in the same run, the stages of one
+subject, and the peak memory of whole inference runs over 1, 8 and 32 subjects.
+
+Everything is built from the bundle's own ``inference.json`` / ``train.json`` (MONAI ``ConfigParser``, no copies of
+their settings); the subject is the first test subject of ``--datalist`` (default: the realistic phantom study).
+
+    python benchmarks/bench_inference.py [--datalist data/phantom_realistic/dataset.json] [--threads 2]
+                                         [--subjects 1 8 32] [--skip-runs]
+
+Tables:
+
+1. **network**: FLOPs per slice (``torch.utils.flop_counter``), time per slice and achieved GFLOP/s as a share of the
+   fp32 matmul peak (``torch.mm`` of 2048², best of several), for inference (no grad) with each runtime (eager,
+   eager channels-last, TorchScript, ONNX Runtime) and a training step (forward + backward), default and paper
+   features;
+2. **stages of one subject**: imports (a fresh process), pre-run validation, each volume transform grouped by what
+   it does (load, checks, co-registration check, registration, brain mask, resampling, crop and normalisation),
+   network, maps back to the T1w grid and writing, QC;
+3. **whole runs** (``python -m monai.bundle run inference`` in a subprocess, peak RSS of that process from
+   ``os.wait4``): wall time, time per subject and peak RSS for each ``--subjects`` count (a manifest that lists the
+   test subject's files under N names: the same work and memory as N different subjects).
+
+Goals (issue 13): network ≥ 60 % of the matmul peak, ≤ 5 s per 1 mm subject, RSS within 10 % for 1, 8, 32 subjects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from monai.bundle import ConfigParser
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "qmap_hybrid"
+CONFIGS = BUNDLE / "configs"
+DEFAULT_DATALIST = REPO / "data" / "phantom_realistic" / "dataset.json"
+
+STAGES = {  # volume transform class -> stage of the table
+    "LoadVolumesd": "load",
+    "CheckVolumed": "checks",
+    "MarkFitFailuresd": "checks",
+    "CheckMapUnitsd": "checks",
+    "CheckMaskd": "checks",
+    "CheckCoregistrationd": "co-registration check",
+    "RegisterToReferenced": "registration",
+    "BrainMaskd": "brain mask",
+    "Orientationd": "resampling",
+    "Spacingd": "resampling",
+    "ResampleToMatchd": "resampling",
+}
+"""Any other transform counts as ``crop, normalisation, stacking``."""
+
+
+def parse(config: str | list[str], **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / name) for name in ([config] if isinstance(config, str) else config)])
+    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", **overrides})
+    return parser
+
+
+def median_seconds(run, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 ``torch.mm`` rate of this process (2 n³ FLOPs per product)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(median_seconds(lambda: torch.mm(a, b), 1, warmup=0) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def flops(run) -> int:
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def runtimes(network: torch.nn.Module, example: torch.Tensor, scratch: str) -> dict:
+    """``{name: callable(batch) -> maps}`` for each runtime that can run ``network`` here."""
+    network.eval()
+    channels_last = network.to(memory_format=torch.channels_last)
+    found = {
+        "eager": network,
+        "eager, channels-last": lambda x: channels_last(x.contiguous(memory_format=torch.channels_last)),
+    }
+    return found
+
+
+def network_row(name: str, configs: list[str], peak: float, batch: torch.Tensor, scratch: str) -> list[tuple]:
+    """(row name, FLOPs per slice, seconds per slice, peak) for inference with each runtime and a training step."""
+    network, batch_size, rows = parse(configs).get_parsed_content("network"), len(batch), []
+    with torch.no_grad():
+        forward_flops = flops(lambda: network(batch)) / batch_size
+        for runtime, run in runtimes(network, batch, scratch).items():
+            seconds = median_seconds(lambda: run(batch), repeats=5) / batch_size  # noqa: B023 (called at once)
+            rows.append((f"{name}, inference, {runtime}", forward_flops, seconds, peak))
+    network.train()
+
+    def step():
+        network(batch).sum().backward()
+
+    rows.append(
+        (f"{name}, training step (fwd + bwd)", flops(step) / batch_size, median_seconds(step, 3) / batch_size, peak)
+    )
+    return rows
+
+
+def network_rows(peak: float, batch_size: int, slice_size: tuple[int, int], scratch: str) -> list[tuple]:
+    batch = torch.rand(batch_size, 3, *slice_size)
+    rows = network_row("default", ["inference.json"], peak, batch, scratch)
+    return rows + network_row("paper features", ["inference.json", "paper.json"], peak, batch, scratch)
+
+
+def stage_times(datalist: str, dataset_dir: str, scratch: str) -> dict[str, float]:
+    """Seconds of each stage for the first test subject, run as ``inference.json`` wires it."""
+    import pipeline.data
+    import pipeline.data.validation
+
+    stages = collections.OrderedDict()
+    command = "import time; t = time.perf_counter(); import pipeline.engine, pipeline.data, pipeline.qc, pipeline.bids"
+    command += ", monai.bundle; print(time.perf_counter() - t)"
+    stages["imports (fresh process)"] = float(subprocess.check_output([sys.executable, "-c", command], text=True))
+    entries = pipeline.data.load_datalist(datalist, "testing", dataset_dir)[:1]
+    study = {"datalist": str(datalist), "dataset_dir": str(dataset_dir)}
+    start = time.perf_counter()
+    assert not pipeline.data.validation.validate_entry(entries[0]), "the benchmark subject has problems"
+    stages["pre-run validation"] = time.perf_counter() - start
+    parser = parse("inference.json", output_dir=f"{scratch}/stages", **study)
+    parser["dataset"]["datalist"] = entries
+    dataset, network = parser.get_parsed_content("dataset"), parser.get_parsed_content("network").eval()
+    inferer, postprocessing = parser.get_parsed_content("inferer"), parser.get_parsed_content("postprocessing")
+    item = dict(entries[0])
+    for transform in dataset.transform.transforms:
+        start = time.perf_counter()
+        item = transform(item)
+        stage = STAGES.get(type(transform).__name__, "crop, normalisation, stacking")
+        stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - start
+    with torch.no_grad():
+        start = time.perf_counter()
+        item["pred"] = inferer(item["image"][None], network)[0]
+        stages["network"] = time.perf_counter() - start
+    for transform in postprocessing.transforms:
+        start = time.perf_counter()
+        item = transform(item)
+        stage = "QC" if type(transform).__name__ == "SubjectQCd" else "masking, maps to T1w grid, writing"
+        stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - start
+    stages["(slice shape)"] = tuple(item["image"].shape[1:])
+    return stages
+
+
+def whole_run(datalist: str, dataset_dir: str, subjects: int, scratch: str, threads: int) -> tuple[float, float]:
+    """(wall seconds, peak RSS GiB) of ``monai.bundle run inference`` over ``subjects`` copies of the test subject."""
+    import pipeline.data
+    import pipeline.data.validation
+
+    entry = pipeline.data.load_datalist(datalist, "testing", dataset_dir)[0]
+    copies = [{**entry, "subject": f"sub-{index:03d}"} for index in range(subjects)]
+    manifest = pathlib.Path(scratch, f"manifest_{subjects}.json")
+    manifest.write_text(json.dumps({"training": [], "validation": [], "testing": copies}))
+    checkpoint = pathlib.Path(scratch, "model.pt")
+    if not checkpoint.exists():
+        torch.save(parse("inference.json").get_parsed_content("network").state_dict(), checkpoint)
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inference",
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+    ]
+    command += ["--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE)]
+    for key, value in {
+        "datalist": manifest,
+        "dataset_dir": scratch,
+        "checkpoint": checkpoint,
+        "output_dir": f"{scratch}/maps_{subjects}",
+    }.items():
+        command += [f"--{key}", str(value)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError(f"inference over {subjects} subjects failed:\n{process.stderr.read().decode()[-3000:]}")
+    return seconds, usage.ru_maxrss / 2**20
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    for row in (header, tuple("-" * w for w in widths), *rows):
+        print(" | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    print()
+
+
+def main() -> None:
+    arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    arguments.add_argument("--datalist", default=str(DEFAULT_DATALIST))
+    arguments.add_argument("--dataset_dir", default=None)
+    arguments.add_argument("--threads", type=int, default=2)
+    arguments.add_argument("--batch-size", type=int, default=32)
+    arguments.add_argument("--subjects", type=int, nargs="*", default=[1, 8, 32])
+    arguments.add_argument("--skip-runs", action="store_true", help="only the network and stage tables")
+    options = arguments.parse_args()
+    torch.set_num_threads(options.threads)
+    dataset_dir = options.dataset_dir or str(pathlib.Path(options.datalist).parent)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        peak = matmul_peak_gflops()
+        stages = stage_times(options.datalist, dataset_dir, scratch)
+        shape = stages.pop("(slice shape)")  # (X, Y, Z): Z axial slices of X × Y
+        print(f"torch {torch.__version__}, {options.threads} threads, fp32 matmul peak {peak:.0f} GFLOP/s\n")
+        rows = network_rows(peak, options.batch_size, shape[:2], scratch)
+        print_table(
+            (f"network (batch {options.batch_size})", "GFLOP/slice", "ms/slice", "GFLOP/s", "% of peak"),
+            [
+                (n, f"{f / 1e9:.2f}", f"{s * 1e3:.1f}", f"{f / s / 1e9:.0f}", f"{100 * f / s / 1e9 / p:.0f}")
+                for n, f, s, p in rows
+            ],
+        )
+        print_table(
+            (f"stage, one subject ({shape[2]} slices of {shape[0]}×{shape[1]})", "s"),
+            [
+                *[(name, f"{seconds:.2f}") for name, seconds in stages.items()],
+                ("total (a fresh command)", f"{sum(stages.values()):.2f}"),
+            ],
+        )
+        if not options.skip_runs:
+            runs = [
+                (n, *whole_run(options.datalist, dataset_dir, n, scratch, options.threads)) for n in options.subjects
+            ]
+            print_table(
+                ("whole inference run", "wall (s)", "s/subject", "peak RSS (GiB)", "RSS / 1 subject"),
+                [
+                    (f"{n} subject(s)", f"{s:.1f}", f"{s / n:.1f}", f"{r:.2f}", f"{r / runs[0][2]:.2f}")
+                    for n, s, r in runs
+                ],
+            )
+
+
+if __name__ == "__main__":
+    main()
