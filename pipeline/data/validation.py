@@ -385,7 +385,12 @@ def require_valid_study(
     problem; what the bundle configs run before training and inference."""
     problems = validate_study(manifest, dataset_dir, sections, **options)
     if problems:
-        raise InvalidInputError(
-            f"manifest '{manifest}': {len(problems)} problem(s) in sections {list(sections)}; fix them (or check a "
-            f"study with 'python -m pipeline.validate {manifest}'):\n{problems_table(problems)}"
-        )
+        raise study_error(problems, manifest, sections)
+
+
+def study_error(problems: Sequence[Problem], manifest: str | os.PathLike, sections: Sequence[str]) -> InvalidInputError:
+    """The error of a study with ``problems``: their count, the sections, the way to check again and the table."""
+    return InvalidInputError(
+        f"manifest '{manifest}': {len(problems)} problem(s) in sections {list(sections)}; fix them (or check a "
+        f"study with 'python -m pipeline.validate {manifest}'):\n{problems_table(problems)}"
+    )

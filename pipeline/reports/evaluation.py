@@ -57,6 +57,7 @@ from pipeline.data.manifest import load_datalist
 from pipeline.engine import MAP_NAMES
 from pipeline.metrics import hfen, map_psnr_metric, map_ssim_metric, mpe
 from pipeline.physics import MAP_UNIT_MS
+from pipeline.sharding import gather_tables, shard
 
 METRICS = ("MPE", "HFEN", "PSNR", "SSIM", "MPE_parenchyma", "MAE_parenchyma_ms")
 """Metric columns: the paper's Table-2 order, then the parenchyma (no CSF) forms of the literature."""
@@ -203,7 +204,7 @@ def per_slice_metrics(
     prediction_sets: Mapping[str, str | os.PathLike],
     min_brain_fraction: float = DEFAULT_MIN_BRAIN_FRACTION,
     data_range: float | None = None,
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     """Metrics of every evaluated slice, map, subject and model.
 
     Args:
@@ -214,11 +215,14 @@ def per_slice_metrics(
             inside the brain mask of each subject.
 
     Returns:
-        The ``per_slice.csv`` table, columns ``PER_SLICE_COLUMNS``; ``map`` is ``"T1"`` or ``"T2"``.
+        The ``per_slice.csv`` table, columns ``PER_SLICE_COLUMNS``; ``map`` is ``"T1"`` or ``"T2"``. In a
+        ``torch.distributed`` run (``sharded_evaluate.json``) every rank computes the metrics of its shard of
+        ``subjects`` (:func:`pipeline.sharding.shard`) and rank 0 returns the gathered table, the rows in the order of
+        a one-process run; the other ranks return ``None``.
     """
-    check_predictions_exist(subjects, prediction_sets)
+    check_predictions_exist(subjects, prediction_sets)  # every subject's, on every rank: one error, before any metric
     tables = []
-    for entry in subjects:
+    for entry in shard(subjects):
         grid = entry[REFERENCE_KEYS["T1"]]
         mask = read_ras(entry["mask"], grid_of=grid) > 0
         slices = evaluated_slices(mask, min_brain_fraction)
@@ -233,6 +237,8 @@ def per_slice_metrics(
                 pred = read_ras(prediction_path(folder, entry["subject"], map_name), grid_of=grid) / MAP_UNIT_MS
                 table = slice_metrics(pred, ref, mask, slices, subject_range, parenchyma)
                 tables.append(table.assign(model=model, subject=entry["subject"], map=map_name))
-    if not tables:
+    shard_table = pd.concat(tables, ignore_index=True)[PER_SLICE_COLUMNS] if tables else None
+    table = gather_tables(pd.DataFrame(columns=PER_SLICE_COLUMNS) if shard_table is None else shard_table)
+    if table is not None and table.empty:
         raise ValueError(f"No sagittal slice of any subject has a brain fraction >= {min_brain_fraction}.")
-    return pd.concat(tables, ignore_index=True)[PER_SLICE_COLUMNS]
+    return table

@@ -36,13 +36,17 @@ def evaluate_predictions(
     data_range: float | None = None,
     figure_subject: str | None = None,
     figure_slice: int | None = None,
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     """Evaluate one or two prediction sets against the reference maps of a manifest section.
 
     Writes ``REPORT_FILES`` into ``output_dir`` (created if needed): ``per_slice.csv``,
     ``per_subject.csv``, ``summary.csv`` and ``figure.png``. These are regenerated outputs: a previous
     run's files of these names are replaced; nothing else in ``output_dir`` is touched or deleted.
     Prints the summary and the written paths.
+
+    In a ``torch.distributed`` run (``sharded_evaluate.json`` under ``torchrun``) every rank computes the per-slice
+    metrics of its shard of the subjects and rank 0 gathers them and writes the same files as a one-process run
+    (:func:`pipeline.reports.evaluation.per_slice_metrics`); the other ranks write and print nothing.
 
     Args:
         datalist: decathlon-style manifest whose ``section`` entries hold ``t1_ref``, ``t2_ref``, ``mask``
@@ -59,7 +63,8 @@ def evaluate_predictions(
         figure_slice: the sagittal slice shown (index along X in RAS); default the one with most brain.
 
     Returns:
-        The summary table (see :func:`pipeline.reports.tables.summary_table`).
+        The summary table (see :func:`pipeline.reports.tables.summary_table`); ``None`` on the ranks other than 0 of
+        a sharded run.
     """
     subjects = load_test_subjects(datalist, dataset_dir=dataset_dir, section=section)
     prediction_sets = as_prediction_sets(predictions)
@@ -69,6 +74,8 @@ def evaluate_predictions(
         raise ValueError(f"figure_subject {figure_subject!r} is not in the {section} list of {datalist}.")
 
     per_slice = per_slice_metrics(subjects, prediction_sets, min_brain_fraction, data_range)
+    if per_slice is None:  # not rank 0 of a sharded run: rank 0 has the whole table and writes the reports
+        return None
     summary = summary_table(per_slice)
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
