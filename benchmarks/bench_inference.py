@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import os
 import pathlib
@@ -93,15 +94,28 @@ def flops(run) -> int:
     return counter.get_total_flops()
 
 
-def runtimes(network: torch.nn.Module, example: torch.Tensor, scratch: str) -> dict:
-    """``{name: callable(batch) -> maps}`` for each runtime that can run ``network`` here."""
-    network.eval()
-    channels_last = network.to(memory_format=torch.channels_last)
-    found = {
-        "eager": network,
-        "eager, channels-last": lambda x: channels_last(x.contiguous(memory_format=torch.channels_last)),
+def runtimes(name: str, configs: list[str], scratch: str) -> dict:
+    """``{name: network}`` for eager, eager channels-last, TorchScript and ONNX Runtime of the same weights: the
+    bundle's ``inference*.json`` networks, the exports made by MONAI's bundle commands (:func:`export_command`)."""
+    from pipeline.export import export_command
+
+    eager = parse(configs).get_parsed_content("network").eval()
+    checkpoint = pathlib.Path(scratch, f"{name}_model.pt")  # and .ts, .onnx beside it
+    torch.save(eager.state_dict(), checkpoint)
+    overrides = ["--features", repr(parse(configs)["features"])]  # the paper features, when paper.json is merged
+    for kind in ("torchscript", "onnx"):
+        subprocess.run(export_command(kind, BUNDLE, checkpoint) + overrides, check=True, capture_output=True)
+    channels_last = copy.deepcopy(eager).to(memory_format=torch.channels_last)
+    exported = {
+        "torchscript_file": str(checkpoint.with_suffix(".ts")),
+        "onnx_file": str(checkpoint.with_suffix(".onnx")),
     }
-    return found
+    return {
+        "eager": eager,
+        "eager, channels-last": lambda x: channels_last(x.contiguous(memory_format=torch.channels_last)),
+        "TorchScript": parse([*configs, "inference_torchscript.json"], **exported).get_parsed_content("network"),
+        "ONNX Runtime": parse([*configs, "inference_onnx.json"], **exported).get_parsed_content("network"),
+    }
 
 
 def network_row(name: str, configs: list[str], peak: float, batch: torch.Tensor, scratch: str) -> list[tuple]:
@@ -109,7 +123,7 @@ def network_row(name: str, configs: list[str], peak: float, batch: torch.Tensor,
     network, batch_size, rows = parse(configs).get_parsed_content("network"), len(batch), []
     with torch.no_grad():
         forward_flops = flops(lambda: network(batch)) / batch_size
-        for runtime, run in runtimes(network, batch, scratch).items():
+        for runtime, run in runtimes(name.split()[0], configs, scratch).items():
             seconds = median_seconds(lambda: run(batch), repeats=5) / batch_size  # noqa: B023 (called at once)
             rows.append((f"{name}, inference, {runtime}", forward_flops, seconds, peak))
     network.train()
@@ -166,42 +180,40 @@ def stage_times(datalist: str, dataset_dir: str, scratch: str) -> dict[str, floa
     return stages
 
 
-def whole_run(datalist: str, dataset_dir: str, subjects: int, scratch: str, threads: int) -> tuple[float, float]:
-    """(wall seconds, peak RSS GiB) of ``monai.bundle run inference`` over ``subjects`` copies of the test subject."""
+def whole_run(
+    datalist: str, dataset_dir: str, subjects: int, scratch: str, threads: int, configs=("inference.json",), **overrides
+) -> tuple[float, float]:
+    """(wall seconds, peak RSS GiB) of ``monai.bundle run inference`` over ``subjects`` copies of the test subject.
+
+    ``overrides`` are the run's ``--key value`` (e.g. ``num_workers``); ``cache`` names the validation cache folder
+    (a run with a new one validates every subject).
+    """
     import pipeline.data
-    import pipeline.data.validation
 
     entry = pipeline.data.load_datalist(datalist, "testing", dataset_dir)[0]
     copies = [{**entry, "subject": f"sub-{index:03d}"} for index in range(subjects)]
     manifest = pathlib.Path(scratch, f"manifest_{subjects}.json")
     manifest.write_text(json.dumps({"training": [], "validation": [], "testing": copies}))
-    checkpoint = pathlib.Path(scratch, "model.pt")
-    if not checkpoint.exists():
-        torch.save(parse("inference.json").get_parsed_content("network").state_dict(), checkpoint)
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "inference",
+    run = pathlib.Path(tempfile.mkdtemp(dir=scratch, prefix=f"run_{subjects}_"))
+    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--bundle_root", str(BUNDLE)]
+    command += [
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
         "--config_file",
-        str(CONFIGS / "inference.json"),
+        repr([str(CONFIGS / c) for c in configs]),
     ]
-    command += ["--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE)]
-    for key, value in {
-        "datalist": manifest,
-        "dataset_dir": scratch,
-        "checkpoint": checkpoint,
-        "output_dir": f"{scratch}/maps_{subjects}",
-    }.items():
+    cache = overrides.pop("cache", str(run / "cache"))
+    settings = {"datalist": manifest, "dataset_dir": scratch, "checkpoint": pathlib.Path(scratch, "default_model.pt")}
+    for key, value in {**settings, "output_dir": run / "maps", **overrides}.items():
         command += [f"--{key}", str(value)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore", QMAP_HYBRID_CACHE=cache)
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    with open(run / "log.txt", "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     if status != 0:
-        raise RuntimeError(f"inference over {subjects} subjects failed:\n{process.stderr.read().decode()[-3000:]}")
+        raise RuntimeError(f"inference over {subjects} subjects failed:\n{(run / 'log.txt').read_text()[-3000:]}")
     return seconds, usage.ru_maxrss / 2**20
 
 
@@ -245,15 +257,34 @@ def main() -> None:
             ],
         )
         if not options.skip_runs:
-            runs = [
-                (n, *whole_run(options.datalist, dataset_dir, n, scratch, options.threads)) for n in options.subjects
-            ]
+            study = (options.datalist, dataset_dir)
+            runs = [(f"{n} subject(s)", n, *whole_run(*study, n, scratch, options.threads)) for n in options.subjects]
+            cached = {"cache": f"{scratch}/cache_8"}
+            whole_run(*study, 8, scratch, options.threads, **cached)  # validates the 8 subjects into the cache
+            for name, configs, overrides in (
+                ("8, validation cached", ["inference.json"], {}),
+                ("8, validation cached, num_workers 1", ["inference.json"], {"num_workers": 1}),
+                (
+                    "8, validation cached, ONNX Runtime",
+                    ["inference.json", "inference_onnx.json"],
+                    {"onnx_file": f"{scratch}/default_model.onnx"},
+                ),
+                (
+                    "8, validation cached, ONNX Runtime, no QC",
+                    ["inference.json", "inference_onnx.json"],
+                    {"onnx_file": f"{scratch}/default_model.onnx", "qc": False},
+                ),
+            ):
+                runs.append((name, 8, *whole_run(*study, 8, scratch, options.threads, configs, **cached, **overrides)))
             print_table(
-                ("whole inference run", "wall (s)", "s/subject", "peak RSS (GiB)", "RSS / 1 subject"),
-                [
-                    (f"{n} subject(s)", f"{s:.1f}", f"{s / n:.1f}", f"{r:.2f}", f"{r / runs[0][2]:.2f}")
-                    for n, s, r in runs
-                ],
+                (
+                    "whole inference run (default: validated, QC)",
+                    "wall (s)",
+                    "s/subject",
+                    "peak RSS (GiB)",
+                    "RSS / first",
+                ),
+                [(name, f"{s:.1f}", f"{s / n:.1f}", f"{r:.2f}", f"{r / runs[0][3]:.2f}") for name, n, s, r in runs],
             )
 
 
