@@ -216,3 +216,25 @@ def check_network(
             f"(1, {out_channels}, 32, 32)."
         )
     return network
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipeline.export {torchscript,onnx} [--bundle_root B] [--ckpt_file F] [--filepath OUT]``: runs the
+    MONAI bundle command of :func:`export_command` (printed first, to be run by hand elsewhere)."""
+    import argparse
+    import shlex
+    import subprocess
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.export", description=main.__doc__.split(":")[0])
+    parser.add_argument("kind", choices=["torchscript", "onnx"])
+    parser.add_argument("--bundle_root", default=os.path.join("bundles", "qmap_hybrid"))
+    parser.add_argument("--ckpt_file", default=None, help="default: <bundle_root>/models/model.pt")
+    parser.add_argument("--filepath", default=None, help="default: model.ts / model.onnx beside the checkpoint")
+    args = parser.parse_args(argv)
+    command = export_command(args.kind, args.bundle_root, args.ckpt_file, args.filepath)
+    print(shlex.join(command))
+    return subprocess.run(command, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

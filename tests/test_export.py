@@ -5,6 +5,7 @@ import os
 import pathlib
 import random
 import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -50,7 +51,8 @@ def error_chain(error: BaseException) -> str:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """``ckpt_dir`` with a random network's ``model.pt`` (seed 0) and its ``model.ts`` and ``model.onnx`` exported by
-    the MONAI bundle commands (both at once); returns (ckpt_dir, the eager network)."""
+    ``python -m pipeline.export`` (the MONAI bundle commands of ``export_command``; both at once); returns (ckpt_dir,
+    the eager network)."""
     ckpt_dir = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)
     _, network = parse_network()
@@ -58,7 +60,16 @@ def exported(tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     runs = [
         subprocess.Popen(
-            export_command(kind, BUNDLE, ckpt_dir / "model.pt"),
+            [
+                sys.executable,
+                "-m",
+                "pipeline.export",
+                kind,
+                "--bundle_root",
+                BUNDLE,
+                "--ckpt_file",
+                ckpt_dir / "model.pt",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
