@@ -103,8 +103,9 @@ def runtimes(name: str, configs: list[str], scratch: str) -> dict:
     checkpoint = pathlib.Path(scratch, f"{name}_model.pt")  # and .ts, .onnx beside it
     torch.save(eager.state_dict(), checkpoint)
     overrides = ["--features", repr(parse(configs)["features"])]  # the paper features, when paper.json is merged
-    for kind in ("torchscript", "onnx"):
-        subprocess.run(export_command(kind, BUNDLE, checkpoint) + overrides, check=True, capture_output=True)
+    for kind, suffix in (("torchscript", ".ts"), ("onnx", ".onnx")):
+        command = export_command(kind, BUNDLE, checkpoint, checkpoint.with_suffix(suffix)) + overrides
+        subprocess.run(command, check=True, capture_output=True)
     channels_last = copy.deepcopy(eager).to(memory_format=torch.channels_last)
     exported = {
         "torchscript_file": str(checkpoint.with_suffix(".ts")),
@@ -180,6 +181,15 @@ def stage_times(datalist: str, dataset_dir: str, scratch: str) -> dict[str, floa
     return stages
 
 
+PEAK_RSS_LAUNCHER = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[2:]).returncode
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
+"""Runs a command and writes its peak RSS (KiB) to a file: ``python -c LAUNCHER FILE COMMAND...``."""
+
+
 def whole_run(
     datalist: str, dataset_dir: str, subjects: int, scratch: str, threads: int, configs=("inference.json",), **overrides
 ) -> tuple[float, float]:
@@ -209,12 +219,14 @@ def whole_run(
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore", QMAP_HYBRID_CACHE=cache)
     start = time.perf_counter()
     with open(run / "log.txt", "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
+        # through a small launcher: a child forked from this (large) process would report this process's peak RSS as
+        # its own (Linux keeps the forked memory's high-water mark across exec in ru_maxrss)
+        launcher = [sys.executable, "-c", PEAK_RSS_LAUNCHER, str(run / "peak_rss_kib"), *map(str, command)]
+        status = subprocess.run(launcher, check=False, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - start
     if status != 0:
         raise RuntimeError(f"inference over {subjects} subjects failed:\n{(run / 'log.txt').read_text()[-3000:]}")
-    return seconds, usage.ru_maxrss / 2**20
+    return seconds, int((run / "peak_rss_kib").read_text()) / 2**20
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -232,60 +244,69 @@ def main() -> None:
     arguments.add_argument("--batch-size", type=int, default=32)
     arguments.add_argument("--subjects", type=int, nargs="*", default=[1, 8, 32])
     arguments.add_argument("--skip-runs", action="store_true", help="only the network and stage tables")
+    arguments.add_argument("--only-runs", action="store_true", help="only the whole runs over --subjects")
+    arguments.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the whole runs")
     options = arguments.parse_args()
     torch.set_num_threads(options.threads)
     dataset_dir = options.dataset_dir or str(pathlib.Path(options.datalist).parent)
 
     with tempfile.TemporaryDirectory() as scratch:
-        peak = matmul_peak_gflops()
-        stages = stage_times(options.datalist, dataset_dir, scratch)
-        shape = stages.pop("(slice shape)")  # (X, Y, Z): Z axial slices of X × Y
-        print(f"torch {torch.__version__}, {options.threads} threads, fp32 matmul peak {peak:.0f} GFLOP/s\n")
-        rows = network_rows(peak, options.batch_size, shape[:2], scratch)
-        print_table(
-            (f"network (batch {options.batch_size})", "GFLOP/slice", "ms/slice", "GFLOP/s", "% of peak"),
-            [
-                (n, f"{f / 1e9:.2f}", f"{s * 1e3:.1f}", f"{f / s / 1e9:.0f}", f"{100 * f / s / 1e9 / p:.0f}")
-                for n, f, s, p in rows
-            ],
-        )
-        print_table(
-            (f"stage, one subject ({shape[2]} slices of {shape[0]}×{shape[1]})", "s"),
-            [
-                *[(name, f"{seconds:.2f}") for name, seconds in stages.items()],
-                ("total (a fresh command)", f"{sum(stages.values()):.2f}"),
-            ],
-        )
+        if options.only_runs:
+            checkpoint = pathlib.Path(scratch, "default_model.pt")
+            torch.save(parse("inference.json").get_parsed_content("network").state_dict(), checkpoint)
+        else:
+            print_network_and_stage_tables(options, dataset_dir, scratch)  # also exports default_model.{ts,onnx}
         if not options.skip_runs:
-            study = (options.datalist, dataset_dir)
-            runs = [(f"{n} subject(s)", n, *whole_run(*study, n, scratch, options.threads)) for n in options.subjects]
-            cached = {"cache": f"{scratch}/cache_8"}
-            whole_run(*study, 8, scratch, options.threads, **cached)  # validates the 8 subjects into the cache
-            for name, configs, overrides in (
-                ("8, validation cached", ["inference.json"], {}),
-                ("8, validation cached, num_workers 1", ["inference.json"], {"num_workers": 1}),
-                (
-                    "8, validation cached, ONNX Runtime",
-                    ["inference.json", "inference_onnx.json"],
-                    {"onnx_file": f"{scratch}/default_model.onnx"},
-                ),
-                (
-                    "8, validation cached, ONNX Runtime, no QC",
-                    ["inference.json", "inference_onnx.json"],
-                    {"onnx_file": f"{scratch}/default_model.onnx", "qc": False},
-                ),
-            ):
-                runs.append((name, 8, *whole_run(*study, 8, scratch, options.threads, configs, **cached, **overrides)))
-            print_table(
-                (
-                    "whole inference run (default: validated, QC)",
-                    "wall (s)",
-                    "s/subject",
-                    "peak RSS (GiB)",
-                    "RSS / first",
-                ),
-                [(name, f"{s:.1f}", f"{s / n:.1f}", f"{r:.2f}", f"{r / runs[0][3]:.2f}") for name, n, s, r in runs],
-            )
+            print_run_table(options, dataset_dir, scratch)
+
+
+def print_network_and_stage_tables(options: argparse.Namespace, dataset_dir: str, scratch: str) -> None:
+    peak = matmul_peak_gflops()
+    stages = stage_times(options.datalist, dataset_dir, scratch)
+    shape = stages.pop("(slice shape)")  # (X, Y, Z): Z axial slices of X × Y
+    print(f"torch {torch.__version__}, {options.threads} threads, fp32 matmul peak {peak:.0f} GFLOP/s\n")
+    rows = network_rows(peak, options.batch_size, shape[:2], scratch)
+    print_table(
+        (f"network (batch {options.batch_size})", "GFLOP/slice", "ms/slice", "GFLOP/s", "% of peak"),
+        [
+            (n, f"{f / 1e9:.2f}", f"{s * 1e3:.1f}", f"{f / s / 1e9:.0f}", f"{100 * f / s / 1e9 / p:.0f}")
+            for n, f, s, p in rows
+        ],
+    )
+    print_table(
+        (f"stage, one subject ({shape[2]} slices of {shape[0]}×{shape[1]})", "s"),
+        [
+            *[(name, f"{seconds:.2f}") for name, seconds in stages.items()],
+            ("total (a fresh command)", f"{sum(stages.values()):.2f}"),
+        ],
+    )
+
+
+def print_run_table(options: argparse.Namespace, dataset_dir: str, scratch: str) -> None:
+    study, threads = (options.datalist, dataset_dir), options.threads
+    overrides = dict(item.split("=", 1) for item in options.set)
+    runs = [(f"{n} subject(s)", n, *whole_run(*study, n, scratch, threads, **overrides)) for n in options.subjects]
+    if not options.only_runs:
+        cached = {"cache": f"{scratch}/cache_8"}
+        whole_run(*study, 8, scratch, threads, **cached)  # validates the 8 subjects into the cache
+        onnx = (["inference.json", "inference_onnx.json"], {"onnx_file": f"{scratch}/default_model.onnx"})
+        for name, configs, more in (
+            ("8, validation cached", ["inference.json"], {}),
+            ("8, validation cached, num_workers 1", ["inference.json"], {"num_workers": 1}),
+            ("8, validation cached, ONNX Runtime", onnx[0], onnx[1]),
+            ("8, validation cached, ONNX Runtime, no QC", onnx[0], {**onnx[1], "qc": False}),
+        ):
+            runs.append((name, 8, *whole_run(*study, 8, scratch, threads, configs, **cached, **more)))
+    print_table(
+        (
+            "whole inference run (" + (", ".join(options.set) or "defaults: validated, QC") + ")",
+            "wall (s)",
+            "s/subject",
+            "peak RSS (GiB)",
+            "RSS / first",
+        ),
+        [(name, f"{s:.1f}", f"{s / n:.1f}", f"{r:.2f}", f"{r / runs[0][3]:.2f}") for name, n, s, r in runs],
+    )
 
 
 if __name__ == "__main__":

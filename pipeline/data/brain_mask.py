@@ -46,7 +46,7 @@ from scipy import ndimage
 
 from pipeline.data.coregistration import to_sitk
 from pipeline.data.errors import InvalidInputError, describe_item
-from pipeline.data.registration import array_xyz, image_like, resample_onto
+from pipeline.data.registration import array_xyz, image_like, innermost_transform, mattes_mi_registration, resample_onto
 
 REGISTRATION_SPACING_MM = 2.0
 """Both images are smoothed and resampled to this isotropic spacing once, before the pyramid (fast level set-up)."""
@@ -160,29 +160,19 @@ def _register(
     fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform, seed: int
 ) -> tuple[sitk.Transform, float]:
     """One Mattes-MI stage of the template fit (pyramid :data:`SHRINK_FACTORS`); the transform and final metric."""
-    registration = sitk.ImageRegistrationMethod()
-    registration.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    registration.SetMetricSamplingStrategy(registration.RANDOM)
-    registration.SetMetricSamplingPercentage(SAMPLING_FRACTION, seed + 1)  # 0 would mean the wall clock
-    registration.SetMetricMovingMask(_template_metric_region())
-    registration.SetInterpolator(sitk.sitkLinear)
-    registration.MetricUseFixedImageGradientFilterOff()  # gradients at the samples only: faster at this sampling
-    registration.MetricUseMovingImageGradientFilterOff()
-    registration.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0,
-        minStep=1e-3,
-        numberOfIterations=ITERATIONS,
-        relaxationFactor=0.7,
-        gradientMagnitudeTolerance=1e-8,
+    registration = mattes_mi_registration(
+        SHRINK_FACTORS,
+        SMOOTHING_SIGMAS_MM,
+        SAMPLING_FRACTION,
+        seed,
+        ITERATIONS,
+        min_step=1e-3,
+        relaxation=0.7,
+        histogram_bins=32,
     )
-    registration.SetOptimizerScalesFromPhysicalShift()
-    registration.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
-    registration.SetSmoothingSigmasPerLevel(list(SMOOTHING_SIGMAS_MM))
-    registration.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    registration.SetMetricMovingMask(_template_metric_region())
     registration.SetInitialTransform(initial, inPlace=False)
-    result = registration.Execute(fixed, moving)
-    if result.GetName() == "CompositeTransform":
-        result = sitk.CompositeTransform(result).GetNthTransform(0)
+    result = innermost_transform(registration.Execute(fixed, moving))
     return result, float(registration.GetMetricValue())
 
 

@@ -192,6 +192,61 @@ def _finite_copy(image: sitk.Image) -> sitk.Image:
     return result
 
 
+def mattes_mi_registration(
+    shrink_factors: Sequence[int],
+    smoothing_sigmas_mm: Sequence[float],
+    sampling_fraction: float | Sequence[float],
+    seed: int,
+    iterations: int,
+    min_step: float,
+    relaxation: float,
+    histogram_bins: int = HISTOGRAM_BINS,
+) -> sitk.ImageRegistrationMethod:
+    """A multi-resolution Mattes mutual-information ``ImageRegistrationMethod`` (random sampling, linear
+    interpolation, regular-step gradient descent with physical-shift scales) of every registration here and of the
+    template fit (:mod:`pipeline.data.brain_mask`); the caller adds masks and the initial transform.
+
+    Args:
+        shrink_factors, smoothing_sigmas_mm: pyramid levels (fixed-image voxels; mm), coarse to fine.
+        sampling_fraction: fraction of the fixed voxels sampled (one for every level, or one per level).
+        seed: seed of the sampling.
+        iterations, min_step, relaxation: the optimizer's largest number of iterations per level, smallest step and
+            step relaxation factor.
+        histogram_bins: bins of the joint histogram.
+    """
+    registration = sitk.ImageRegistrationMethod()
+    registration.SetMetricAsMattesMutualInformation(numberOfHistogramBins=histogram_bins)
+    registration.SetMetricSamplingStrategy(registration.RANDOM)
+    # SimpleITK seeds the sampler from the wall clock when given 0 (sitkWallClock): shift so that every seed is fixed
+    if np.isscalar(sampling_fraction):
+        registration.SetMetricSamplingPercentage(float(sampling_fraction), seed + 1)
+    else:
+        registration.SetMetricSamplingPercentagePerLevel(list(sampling_fraction), seed + 1)
+    registration.SetInterpolator(sitk.sitkLinear)
+    # image gradients at the sampled points only, not filtered over whole images at every level (the slow part)
+    registration.MetricUseFixedImageGradientFilterOff()
+    registration.MetricUseMovingImageGradientFilterOff()
+    registration.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0,
+        minStep=min_step,
+        numberOfIterations=iterations,
+        relaxationFactor=relaxation,
+        gradientMagnitudeTolerance=1e-8,
+    )
+    registration.SetOptimizerScalesFromPhysicalShift()
+    registration.SetShrinkFactorsPerLevel(list(shrink_factors))
+    registration.SetSmoothingSigmasPerLevel(list(smoothing_sigmas_mm))
+    registration.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return registration
+
+
+def innermost_transform(transform: sitk.Transform) -> sitk.Transform:
+    """The transform inside the result of ``ImageRegistrationMethod.Execute`` (a one-element composite)."""
+    if transform.GetName() == "CompositeTransform":
+        transform = sitk.CompositeTransform(transform).GetNthTransform(0)
+    return transform
+
+
 def register_rigid(
     fixed: sitk.Image,
     moving: sitk.Image,
@@ -229,32 +284,22 @@ def register_rigid(
     initial = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
     )
-    registration = sitk.ImageRegistrationMethod()
-    registration.SetMetricAsMattesMutualInformation(numberOfHistogramBins=histogram_bins)
-    registration.SetMetricSamplingStrategy(registration.RANDOM)
-    # SimpleITK seeds the sampler from the wall clock when given 0 (sitkWallClock): shift so that every seed is fixed
     fractions = [sampling_fraction] * len(shrink_factors) if np.isscalar(sampling_fraction) else list(sampling_fraction)
-    registration.SetMetricSamplingPercentagePerLevel(fractions, seed + 1)
+    registration = mattes_mi_registration(
+        shrink_factors,
+        smoothing_sigmas_mm,
+        fractions,
+        seed,
+        iterations,
+        min_step=1e-4,
+        relaxation=0.8,
+        histogram_bins=histogram_bins,
+    )
     mask_array = None
     if fixed_mask is not None:
         mask = sitk.Cast(fixed_mask > 0, sitk.sitkUInt8)
         registration.SetMetricFixedMask(mask)
         mask_array = array_xyz(sitk.Resample(mask, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
-    registration.SetInterpolator(sitk.sitkLinear)
-    # image gradients at the sampled points only, not filtered over whole images at every level (the slow part)
-    registration.MetricUseFixedImageGradientFilterOff()
-    registration.MetricUseMovingImageGradientFilterOff()
-    registration.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0,
-        minStep=1e-4,
-        numberOfIterations=iterations,
-        relaxationFactor=0.8,
-        gradientMagnitudeTolerance=1e-8,
-    )
-    registration.SetOptimizerScalesFromPhysicalShift()
-    registration.SetShrinkFactorsPerLevel(list(shrink_factors))
-    registration.SetSmoothingSigmasPerLevel(list(smoothing_sigmas_mm))
-    registration.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     registration.SetInitialTransform(initial, inPlace=False)
     result = registration.Execute(fixed, moving)
     euler = _as_euler(result)
@@ -274,9 +319,7 @@ def register_rigid(
 
 def _as_euler(transform: sitk.Transform) -> sitk.Euler3DTransform:
     """The ``Euler3DTransform`` inside the result of ``ImageRegistrationMethod.Execute`` (a one-element composite)."""
-    if transform.GetName() == "CompositeTransform":
-        transform = sitk.CompositeTransform(transform).GetNthTransform(0)
-    return sitk.Euler3DTransform(transform)
+    return sitk.Euler3DTransform(innermost_transform(transform))
 
 
 def resample_onto(
