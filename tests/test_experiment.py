@@ -81,11 +81,12 @@ def test_missing_model_is_named():
         experiment_table(per_slice, "supervised", "hybrid", "oracle_robust")
 
 
-def test_driver_runs_two_settings_on_a_tiny_study_and_reuses_its_runs(tiny_study, tmp_path):
-    """Two training iterations per model, one seed: every output of the experiment is written."""
+def test_driver_runs_a_setting_on_a_tiny_study_and_reuses_its_runs(tiny_study, tmp_path):
+    """Two training iterations per model, one seed, the default setting (whose models carry its name): every output
+    of the experiment is written. (One setting: each costs six bundle runs, ~90 s here.)"""
     command = [
         sys.executable, str(SCRIPT), "run", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path),
-        "--settings", "paper", "default",
+        "--settings", "default",
         "--datalist", str(tiny_study), "--dataset_dir", str(tiny_study.parent),
         "--set", "max_epochs=1", "val_interval=1", "train#trainer#epoch_length=2", "log_every_n_iterations=1",
     ]  # fmt: skip
@@ -94,21 +95,21 @@ def test_driver_runs_two_settings_on_a_tiny_study_and_reuses_its_runs(tiny_study
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     table = pd.read_csv(tmp_path / "table2.csv")
-    assert len(table) == 2 * 6 * 2  # settings x metrics x maps
-    assert set(table["setting"]) == {"paper", "default"}
+    assert len(table) == 6 * 2  # metrics x maps
+    assert set(table["setting"]) == {"default"}
     for column in ("labels", "supervised", "hybrid", "oracle", "p_value_max", "gap_closed_mean", "hybrid_better_seeds"):
         assert column in table.columns
     per_slice = pd.read_csv(tmp_path / "per_slice.csv")
-    models = {"supervised", "hybrid", "oracle", "supervised_default", "hybrid_default", "oracle_default", "labels"}
+    models = {"supervised_default", "hybrid_default", "oracle_default", "labels"}
     assert set(per_slice["model"]) == models and set(per_slice["subject"]) == {"sub-03"}
     assert (tmp_path / "figure.png").stat().st_size > 10_000
     record = json.loads((tmp_path / "experiment.json").read_text())
     assert record["command"].startswith("python scripts/run_paper_experiment.py run") and record["wall_seconds"] > 0
 
-    oracle_log = (tmp_path / "runs" / "paper" / "oracle_seed0" / "log.txt").read_text()
+    oracle_log = (tmp_path / "runs" / "default" / "oracle_seed0" / "log.txt").read_text()
     assert "Epoch: 1/1, Iter: 2/2" in oracle_log
     trained = sorted(tmp_path.glob("runs/*/*/models/model.pt"))
-    assert len(trained) == 6
+    assert len(trained) == 3
     stamps = [path.stat().st_mtime_ns for path in trained]
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
