@@ -14,23 +14,13 @@ Goals (issue 4): hybrid/supervised time per slice ≤ 1.05, data wait < 5 % of s
 from __future__ import annotations
 
 import argparse
-import pathlib
 import resource
 import tempfile
 import time
 
 import torch
+from bundle_configs import parse  # benchmarks/ is on sys.path when a benchmark runs as a script
 from ignite.engine import Events
-from monai.bundle import ConfigParser
-
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "bundles" / "qmap_hybrid" / "configs"
-
-
-def parse(config: str, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / config))
-    parser.update({"bundle_root": str(CONFIGS.parent), **overrides})
-    return parser
 
 
 def time_training(lambda_self: float, iterations: int, overrides: dict) -> dict:
@@ -80,7 +70,9 @@ def main() -> None:
     arguments.add_argument("--threads", type=int, default=2)
     options = arguments.parse_args()
     torch.set_num_threads(options.threads)
-    data = {key: value for key, value in (("datalist", options.datalist), ("dataset_dir", options.dataset_dir)) if value}
+    data = {
+        key: value for key, value in (("datalist", options.datalist), ("dataset_dir", options.dataset_dir)) if value
+    }
 
     with tempfile.TemporaryDirectory() as scratch:
         run_dirs = {"ckpt_dir": f"{scratch}/models", "log_dir": f"{scratch}/logs", "val_interval": 10**6}
@@ -95,7 +87,10 @@ def main() -> None:
     rows = [
         ("training, supervised (slices/s)", f"{supervised['slices_per_s']:.2f}"),
         ("training, hybrid (slices/s)", f"{hybrid['slices_per_s']:.2f}"),
-        ("hybrid / supervised time per slice (goal <= 1.05)", f"{supervised['slices_per_s'] / hybrid['slices_per_s']:.3f}"),
+        (
+            "hybrid / supervised time per slice (goal <= 1.05)",
+            f"{supervised['slices_per_s'] / hybrid['slices_per_s']:.3f}",
+        ),
         ("data wait, hybrid (% of step time, goal < 5)", f"{hybrid['data_wait_pct']:.2f}"),
         ("data wait, supervised (% of step time)", f"{supervised['data_wait_pct']:.2f}"),
         ("whole-volume inference, 1 subject, all steps (s, goal <= 20)", f"{inference_s:.1f}"),

@@ -37,13 +37,12 @@ import sys
 import tempfile
 import time
 
+import bundle_configs  # benchmarks/ is on sys.path when a benchmark runs as a script
 import torch
+from bundle_configs import BUNDLE, CONFIGS, REPO
 from monai.bundle import ConfigParser
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "qmap_hybrid"
-CONFIGS = BUNDLE / "configs"
 DEFAULT_DATALIST = REPO / "data" / "phantom_realistic" / "dataset.json"
 
 STAGES = {  # volume transform class -> stage of the table
@@ -63,10 +62,8 @@ STAGES = {  # volume transform class -> stage of the table
 
 
 def parse(config: str | list[str], **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / name) for name in ([config] if isinstance(config, str) else config)])
-    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", **overrides})
-    return parser
+    """A bundle config on the CPU (:func:`bundle_configs.parse`)."""
+    return bundle_configs.parse(config, **{"device": "$torch.device('cpu')", **overrides})
 
 
 def median_seconds(run, repeats: int, warmup: int = 2) -> float:

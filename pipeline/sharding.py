@@ -55,18 +55,17 @@ def barrier() -> None:
         dist.barrier()
 
 
-def partition(entries: Sequence, num_partitions: int, interleaved: bool = False) -> list[list]:
+def partition(entries: Sequence, num_partitions: int) -> list[list]:
     """Split ``entries`` into ``num_partitions`` shards, every entry in exactly one shard, none shuffled or repeated.
 
-    Uses ``monai.data.partition_dataset`` (``shuffle=False``, ``even_divisible=False``: no entry is padded in twice).
+    Uses ``monai.data.partition_dataset`` (``shuffle=False``; no entry padded in twice).
 
     Args:
         entries: the run's subjects (e.g. the entries of :func:`pipeline.data.load_datalist`).
         num_partitions: the number of shards (the world size).
-        interleaved: ``False``: contiguous shards in the order of ``entries`` (shard sizes differ by at most one, the
-            larger ones first), so that concatenating the shards' results in rank order gives the order of a
-            one-process run; ``True``: entry ``i`` goes to shard ``i % num_partitions`` (balances a list sorted by
-            size).
+
+    The shards are contiguous in the order of ``entries`` (sizes differ by at most one, the larger ones first), so
+    concatenating the shards' results in rank order gives the order of a one-process run.
 
     Returns:
         ``num_partitions`` lists; with fewer entries than shards the last shards are empty.
@@ -80,25 +79,22 @@ def partition(entries: Sequence, num_partitions: int, interleaved: bool = False)
     used = min(num_partitions, len(entries))  # partition_dataset needs at least one entry per partition
     if used == 0:
         return [[] for _ in range(num_partitions)]
-    if interleaved:
-        shards = partition_dataset(entries, num_partitions=used, shuffle=False, even_divisible=False)
-    else:  # partition_dataset's ratio split, with ratios that are the shard sizes (exact: no rounding is left)
-        sizes = [len(entries) // used + (index < len(entries) % used) for index in range(used)]
-        shards = partition_dataset(entries, ratios=sizes, shuffle=False)
+    # partition_dataset's ratio split, with ratios that are the shard sizes (exact: no rounding is left)
+    sizes = [len(entries) // used + (index < len(entries) % used) for index in range(used)]
+    shards = partition_dataset(entries, ratios=sizes, shuffle=False)
     return [list(part) for part in shards] + [[] for _ in range(num_partitions - used)]
 
 
-def shard(entries: Sequence, interleaved: bool = False) -> list:
+def shard(entries: Sequence) -> list:
     """This rank's shard of ``entries`` (:func:`partition` over the world size); every entry without a process group.
 
     Args:
         entries: the run's subjects, the same list (same order) on every rank.
-        interleaved: see :func:`partition`.
 
     Returns:
         The rank's entries, possibly none when there are fewer entries than ranks.
     """
-    return partition(entries, get_world_size(), interleaved)[get_rank()]
+    return partition(entries, get_world_size())[get_rank()]
 
 
 def gather_tables(frame: pd.DataFrame, dst: int = 0) -> pd.DataFrame | None:

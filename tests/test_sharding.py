@@ -105,19 +105,15 @@ def assert_same_maps(output_dir, reference_dir, subjects):
             np.testing.assert_allclose(image.get_fdata(), reference.get_fdata(), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("count, world_size", [(0, 2), (1, 2), (3, 2), (5, 4), (2, 5), (7, 3), (4, 1)])
-def test_partition_puts_every_subject_in_exactly_one_shard(count, world_size, interleaved):
+def test_partition_puts_every_subject_in_exactly_one_shard(count, world_size):
     subjects = [f"sub-{index:02d}" for index in range(count)]
-    shards = sharding.partition(subjects, world_size, interleaved=interleaved)
+    shards = sharding.partition(subjects, world_size)
     assert len(shards) == world_size
     assert sorted(subject for part in shards for subject in part) == subjects
     sizes = [len(part) for part in shards]
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)  # empty shards last
-    if not interleaved:  # contiguous: rank order is the list's order (what the gathered tables rely on)
-        assert [subject for part in shards for subject in part] == subjects
-    else:
-        assert all(part == subjects[rank::world_size] for rank, part in enumerate(shards))
+    assert [subject for part in shards for subject in part] == subjects  # contiguous: what gathered tables rely on
     with pytest.raises(ValueError):
         sharding.partition(subjects, 0)
 
