@@ -5,7 +5,8 @@ Everything is built from the bundle's own ``inference.json`` / ``train.json`` (M
 their settings); the subject is the first test subject of ``--datalist`` (default: the realistic phantom study).
 
     python benchmarks/bench_inference.py [--datalist data/phantom_realistic/dataset.json] [--threads 2]
-                                         [--subjects 1 8 32] [--skip-runs]
+                                         [--subjects 1 8 32] [--skip-runs | --only-runs] [--images-only]
+                                         [--set KEY=VALUE ...]
 
 Tables:
 
@@ -17,8 +18,12 @@ Tables:
    it does (load, checks, co-registration check, registration, brain mask, resampling, crop and normalisation),
    network, maps back to the T1w grid and writing, QC;
 3. **whole runs** (``python -m monai.bundle run inference`` in a subprocess, peak RSS of that process from
-   ``os.wait4``): wall time, time per subject and peak RSS for each ``--subjects`` count (a manifest that lists the
-   test subject's files under N names: the same work and memory as N different subjects).
+   a launcher process): wall time, time per subject, time per subject beyond the first run (imports and one-time
+   setup left out) and peak RSS for each ``--subjects`` count (a manifest that lists the test subject's files under N
+   names: the same work and memory as N different subjects).
+
+``--images-only`` benchmarks the test subject as a new subject: its weighted images alone, so the brain mask is
+estimated and the QC has no labels or references to compare with.
 
 Goals (issue 13): network ≥ 60 % of the matmul peak, ≤ 5 s per 1 mm subject, RSS within 10 % for 1, 8, 32 subjects.
 """
@@ -141,7 +146,16 @@ def network_rows(peak: float, batch_size: int, slice_size: tuple[int, int], scra
     return rows + network_row("paper features", ["inference.json", "paper.json"], peak, batch, scratch)
 
 
-def stage_times(datalist: str, dataset_dir: str, scratch: str) -> dict[str, float]:
+def benchmark_entry(datalist: str, dataset_dir: str, images_only: bool) -> dict:
+    """The first test entry of the manifest; with ``images_only`` its weighted images alone (a new subject: the brain
+    mask is estimated, the QC has no labels or references to compare with)."""
+    import pipeline.data
+
+    entry = pipeline.data.load_datalist(datalist, "testing", dataset_dir)[0]
+    return {k: v for k, v in entry.items() if k in ("subject", *pipeline.data.IMAGE_KEYS)} if images_only else entry
+
+
+def stage_times(datalist: str, dataset_dir: str, scratch: str, images_only: bool = False) -> dict[str, float]:
     """Seconds of each stage for the first test subject, run as ``inference.json`` wires it."""
     import pipeline.data
     import pipeline.data.validation
@@ -150,7 +164,7 @@ def stage_times(datalist: str, dataset_dir: str, scratch: str) -> dict[str, floa
     command = "import time; t = time.perf_counter(); import pipeline.engine, pipeline.data, pipeline.qc, pipeline.bids"
     command += ", monai.bundle; print(time.perf_counter() - t)"
     stages["imports (fresh process)"] = float(subprocess.check_output([sys.executable, "-c", command], text=True))
-    entries = pipeline.data.load_datalist(datalist, "testing", dataset_dir)[:1]
+    entries = [benchmark_entry(datalist, dataset_dir, images_only)]
     study = {"datalist": str(datalist), "dataset_dir": str(dataset_dir)}
     start = time.perf_counter()
     assert not pipeline.data.validation.validate_entry(entries[0]), "the benchmark subject has problems"
@@ -188,16 +202,21 @@ sys.exit(code)
 
 
 def whole_run(
-    datalist: str, dataset_dir: str, subjects: int, scratch: str, threads: int, configs=("inference.json",), **overrides
+    datalist: str,
+    dataset_dir: str,
+    images_only: bool,
+    subjects: int,
+    scratch: str,
+    threads: int,
+    configs=("inference.json",),
+    **overrides,
 ) -> tuple[float, float]:
     """(wall seconds, peak RSS GiB) of ``monai.bundle run inference`` over ``subjects`` copies of the test subject.
 
     ``overrides`` are the run's ``--key value`` (e.g. ``num_workers``); ``cache`` names the validation cache folder
     (a run with a new one validates every subject).
     """
-    import pipeline.data
-
-    entry = pipeline.data.load_datalist(datalist, "testing", dataset_dir)[0]
+    entry = benchmark_entry(datalist, dataset_dir, images_only)
     copies = [{**entry, "subject": f"sub-{index:03d}"} for index in range(subjects)]
     manifest = pathlib.Path(scratch, f"manifest_{subjects}.json")
     manifest.write_text(json.dumps({"training": [], "validation": [], "testing": copies}))
@@ -243,6 +262,9 @@ def main() -> None:
     arguments.add_argument("--skip-runs", action="store_true", help="only the network and stage tables")
     arguments.add_argument("--only-runs", action="store_true", help="only the whole runs over --subjects")
     arguments.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the whole runs")
+    arguments.add_argument(
+        "--images-only", action="store_true", help="the test subject's weighted images alone, as a new subject's"
+    )
     options = arguments.parse_args()
     torch.set_num_threads(options.threads)
     dataset_dir = options.dataset_dir or str(pathlib.Path(options.datalist).parent)
@@ -259,7 +281,7 @@ def main() -> None:
 
 def print_network_and_stage_tables(options: argparse.Namespace, dataset_dir: str, scratch: str) -> None:
     peak = matmul_peak_gflops()
-    stages = stage_times(options.datalist, dataset_dir, scratch)
+    stages = stage_times(options.datalist, dataset_dir, scratch, options.images_only)
     shape = stages.pop("(slice shape)")  # (X, Y, Z): Z axial slices of X × Y
     print(f"torch {torch.__version__}, {options.threads} threads, fp32 matmul peak {peak:.0f} GFLOP/s\n")
     rows = network_rows(peak, options.batch_size, shape[:2], scratch)
@@ -280,7 +302,7 @@ def print_network_and_stage_tables(options: argparse.Namespace, dataset_dir: str
 
 
 def print_run_table(options: argparse.Namespace, dataset_dir: str, scratch: str) -> None:
-    study, threads = (options.datalist, dataset_dir), options.threads
+    study, threads = (options.datalist, dataset_dir, options.images_only), options.threads
     overrides = dict(item.split("=", 1) for item in options.set)
     runs = [(f"{n} subject(s)", n, *whole_run(*study, n, scratch, threads, **overrides)) for n in options.subjects]
     if not options.only_runs:
@@ -299,11 +321,31 @@ def print_run_table(options: argparse.Namespace, dataset_dir: str, scratch: str)
             "whole inference run (" + (", ".join(options.set) or "defaults: validated, QC") + ")",
             "wall (s)",
             "s/subject",
+            "s/extra subject",
             "peak RSS (GiB)",
             "RSS / first",
         ),
-        [(name, f"{s:.1f}", f"{s / n:.1f}", f"{r:.2f}", f"{r / runs[0][3]:.2f}") for name, n, s, r in runs],
+        [
+            (
+                name,
+                f"{s:.1f}",
+                f"{s / n:.1f}",
+                marginal(runs[0], n, s) if i < len(options.subjects) else "",
+                f"{r:.2f}",
+                f"{r / runs[0][3]:.2f}",
+            )
+            for i, (name, n, s, r) in enumerate(runs)
+        ],
     )
+
+
+def marginal(first: tuple, subjects: int, seconds: float) -> str:
+    """Seconds per subject beyond the first run: ``(T_N - T_1) / (N - 1)`` against the first row of the subject
+    counts (``T_1``: its wall time, ``1``: its count), so imports and one-time setup are left out; blank for that row."""
+    _, first_subjects, first_seconds, _ = first
+    if subjects == first_subjects:
+        return ""
+    return f"{(seconds - first_seconds) / (subjects - first_subjects):.1f}"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@
   ``Engine.terminate`` does (see the class).
 * :class:`SmartSliceCacheHandler` -- MONAI's ``SmartCacheHandler`` (start, swap volumes after each epoch, stop) for
   the slice dataset over a ``SmartCacheDataset`` of volumes, which must re-index its slices after each swap.
+* :class:`ReleaseIterationData` -- drops the engine's last output before the next batch is read. Ignite (0.5) resets
+  ``state.batch`` before reading but ``state.output`` only after, and a MONAI engine's output holds the iteration's
+  image and prediction: while a whole-volume evaluator reads subject ``i + 1`` it still holds subject ``i``'s volumes
+  and maps, two subjects in memory instead of one. Neither Ignite nor MONAI has a handler for this (MONAI's
+  ``GarbageCollector`` collects only what is already unreferenced).
 * :func:`every_n_iterations_of_epoch` -- an event filter for ``StatsHandler(iteration_log=...)``. Ignite's
   ``Events.ITERATION_COMPLETED(every=n)`` counts iterations over the whole run, so with an epoch length that is not
   a multiple of ``n`` the log lines wander through the epochs (``Iter: 20/49``, ``40/49``, ``11/49``, ...); this
@@ -35,6 +40,7 @@ __all__ = [
     "DivergenceStop",
     "LambdaWarmup",
     "NonFiniteLossStop",
+    "ReleaseIterationData",
     "SmartSliceCacheHandler",
     "every_n_iterations_of_epoch",
 ]
@@ -184,6 +190,21 @@ class SmartSliceCacheHandler(SmartCacheHandler):
     def epoch_completed(self, engine: Engine) -> None:
         super().epoch_completed(engine)
         self.slices.refresh(seed=engine.state.epoch)
+
+
+class ReleaseIterationData:
+    """Sets ``engine.state.batch`` and ``engine.state.output`` to ``None`` at ``GET_BATCH_STARTED`` (Ignite resets the
+    batch there itself in 0.5, not the output).
+
+    The handlers of ``ITERATION_COMPLETED`` have used them by then; what the next iteration needs is read after this
+    event. The peak memory of a streamed run is then one subject's, whatever the number of subjects.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        engine.state.batch = engine.state.output = None
 
 
 def every_n_iterations_of_epoch(n: int) -> Callable[[Engine, int], bool]:

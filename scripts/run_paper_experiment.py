@@ -47,6 +47,7 @@ import pandas as pd
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the script runs from a clone without an install, too
 
+from pipeline.data import ensure_study
 from pipeline.reports.evaluation import METRICS, load_test_subjects, per_slice_metrics
 from pipeline.reports.experiment import experiment_table
 from pipeline.reports.figure import plot_figure
@@ -141,6 +142,7 @@ class Run:
             "checkpoint": models_dir / "model.pt",
             "output_dir": self.maps_dir,
             "overwrite": True,
+            "qc": False,  # the tables need the maps only (the QC reports cost ~6 s per model and subject)
         }
         run_bundle("inference", ["inference.json"], overrides, log, threads)
         done.touch()
@@ -366,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.overrides = parse_overrides(args.overrides)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
+    ensure_study(args.datalist, args.dataset_dir)  # once, before --jobs trainings would each generate a missing study
     args.func(args)
 
 

@@ -12,12 +12,14 @@ import pathlib
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, Orientationd
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from pipeline.data import brain_mask
 from pipeline.data.brain_mask import BrainMaskd, TemplateFit, load_mni152_templates
 from pipeline.data.coregistration import to_sitk
 from pipeline.data.errors import InvalidInputError
@@ -177,3 +179,33 @@ def test_synthetic_head_layers_and_determinism():
     assert head.head_mask[head.brain_mask].all() and head.head_mask.sum() > 2 * brain.sum()
     with pytest.raises(ValueError, match="keyed by"):
         add_synthetic_head({"pd": images["t1w"]}, brain, affine, noise_sigma=10.0)
+
+
+def test_template_fit_is_cached_by_the_t1w_content(subject, tmp_path, monkeypatch):
+    """A second fit of the same voxels and geometry reads the transform back instead of registering again (exactly the
+    same transform, so the same masks); a changed voxel or another seed is fitted anew."""
+    monkeypatch.setenv("QMAP_HYBRID_CACHE", str(tmp_path))
+    t1w = to_sitk(subject["t1w"])
+    first = TemplateFit(t1w)
+    assert len(list((tmp_path / "template_fit").glob("*.json"))) == 1
+
+    def no_registration(*args, **kwargs):
+        raise AssertionError("registered again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(brain_mask, "_register", no_registration)
+        again = TemplateFit(t1w)
+    assert again.transform.GetParameters() == first.transform.GetParameters()
+    assert again.transform.GetFixedParameters() == first.transform.GetFixedParameters()
+    assert again.metric == first.metric
+    np.testing.assert_array_equal(again.brain_mask(), first.brain_mask())
+
+    edited = sitk.Image(t1w)
+    edited[10, 10, 10] = edited[10, 10, 10] + 1.0
+    calls = []
+    real_register = brain_mask._register
+    monkeypatch.setattr(brain_mask, "_register", lambda *a, **k: calls.append(1) or real_register(*a, **k))
+    TemplateFit(edited)
+    TemplateFit(t1w, seed=1)
+    assert len(calls) == 4  # two stages for each new key
+    assert len(list((tmp_path / "template_fit").glob("*.json"))) == 3

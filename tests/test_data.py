@@ -35,6 +35,7 @@ from pipeline.data import (
     ensure_study,
     load_datalist,
 )
+from pipeline.data.checks import constant_problem
 from pipeline.data.transforms import CROP_MARGIN
 from pipeline.data.validity import MarkFitFailuresd
 from pipeline.handlers import SmartSliceCacheHandler
@@ -566,3 +567,13 @@ def test_oracle_labels_are_the_1mm_maps(tiny_study):
     torch.testing.assert_close(oracle["label"], default["reference"])
     torch.testing.assert_close(oracle["image"], default["image"])
     assert not torch.allclose(default["label"], default["reference"])  # the 3.5 mm labels differ from the truth
+
+
+def test_constant_problem_looks_at_finite_voxels_only():
+    image = torch.full((1, 4, 5, 6), 3.0)
+    assert constant_problem(image) == "is constant (every voxel = 3): an empty or failed acquisition"
+    image[0, 0, 0, 0] = float("nan")
+    assert "every voxel = 3" in constant_problem(image)
+    image[0, 1, 1, 1] = 2.0
+    assert constant_problem(image) is None
+    assert constant_problem(torch.full((1, 2, 2, 2), float("inf"))) is None  # nothing finite: volume_problem's case

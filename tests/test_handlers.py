@@ -1,6 +1,8 @@
 """The training handlers (lambda warm-up, divergence stop, non-finite loss stop, log filter) on real engines."""
 
+import gc
 import logging
+import weakref
 
 import pytest
 import torch
@@ -10,7 +12,13 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointSaver, MeanAbsoluteError, ValidationHandler, from_engine
 
 from pipeline.engine import loss_terms_output
-from pipeline.handlers import DivergenceStop, LambdaWarmup, NonFiniteLossStop, every_n_iterations_of_epoch
+from pipeline.handlers import (
+    DivergenceStop,
+    LambdaWarmup,
+    NonFiniteLossStop,
+    ReleaseIterationData,
+    every_n_iterations_of_epoch,
+)
 from pipeline.losses import HybridLoss
 
 
@@ -190,3 +198,30 @@ def test_every_n_iterations_of_epoch_counts_within_each_epoch():
     assert logged == [(1, 2), (1, 4), (2, 7), (2, 9), (3, 12), (3, 14)]  # positions 2 and 4 of each 5-iteration epoch
     with pytest.raises(ValueError, match="n must be >= 1"):
         every_n_iterations_of_epoch(0)
+
+
+@pytest.mark.parametrize("release", [False, True])
+def test_release_iteration_data_frees_a_subject_before_the_next_is_read(release):
+    """With the handler, the previous batch and output are unreferenced when the loader makes the next batch."""
+    tracked: list[weakref.ref] = []
+
+    def track(tensor: torch.Tensor) -> torch.Tensor:
+        tracked.append(weakref.ref(tensor))
+        return tensor
+
+    alive_while_reading = []
+
+    def subjects():
+        for index in range(3):
+            gc.collect()
+            alive_while_reading.append(sum(ref() is not None for ref in tracked))
+            yield track(torch.full((2, 4), float(index)))
+
+    seen_at_completion = []
+    engine = Engine(lambda engine, batch: track(batch * 2))
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen_at_completion.append(float(e.state.output[0, 0])))
+    if release:
+        ReleaseIterationData().attach(engine)
+    engine.run(subjects(), max_epochs=1, epoch_length=3)
+    assert seen_at_completion == [0.0, 2.0, 4.0]  # the handlers of the iteration still see its output
+    assert alive_while_reading == ([0, 0, 0] if release else [0, 1, 1])  # Ignite keeps the previous output

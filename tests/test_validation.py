@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from pipeline import physics
 from pipeline.data import InvalidInputError, load_datalist, validate_study, validation
+from pipeline.data.cache import CACHE_ENV
 from pipeline.data.validation import EXPECTED_CONTRAST_ORDER, contrast_problems, require_valid_study
 from pipeline.phantom.contrasts import protocols as phantom_protocols
 from pipeline.validate import main as validate_main
@@ -113,7 +114,7 @@ def test_every_problem_of_a_study_at_once(damaged_study, capsys, monkeypatch):
 def test_results_are_cached_per_file_state_and_options(tiny_study, tmp_path, monkeypatch):
     """A second validation reads the first one's result (problems included); touching a file, other options,
     ``cache=False`` or a damaged cache file validate again."""
-    monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     calls = []
 
     def fake_validate_entry(entry, **options):

@@ -23,7 +23,10 @@ a skull and scalp). Steps, all on the T1w's grid:
    :data:`RIM_DILATION_VOXELS` voxel (the partial-volume rim outside the tissue threshold, as the phantom's masks).
 
 Needs a T1 contrast (WM brighter than GM brighter than CSF), as an MPRAGE; the tissue medians' order is checked.
-~3-6 s for a 1 mm head on 2 cores (registration 1-2 s, warping and refinement 2-3 s).
+~3-6 s for a 1 mm head on 2 cores (registration 1-2 s, warping and refinement 2-3 s). The fitted transform is cached
+on disk (:mod:`pipeline.data.cache`, ``$QMAP_HYBRID_CACHE/template_fit``) under a hash of the T1w's voxels, geometry,
+the seed and the fit's settings: the pre-run validation's contrast check and the data pipeline's brain mask, and every
+later command on the same T1w, share one registration.
 
 :class:`BrainMaskd` is the MONAI dictionary transform, the counterpart of
 :class:`~pipeline.data.foreground.ForegroundMaskd` for images with skull.
@@ -32,7 +35,8 @@ Needs a T1 contrast (WM brighter than GM brighter than CSF), as an MPRAGE; the t
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable, Mapping
+import hashlib
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +48,8 @@ from monai.transforms import MapTransform
 from nilearn import datasets
 from scipy import ndimage
 
+import pipeline
+from pipeline.data.cache import cache_dir, cached_json
 from pipeline.data.coregistration import to_sitk
 from pipeline.data.errors import InvalidInputError, describe_item
 from pipeline.data.registration import array_xyz, image_like, innermost_transform, mattes_mi_registration, resample_onto
@@ -176,6 +182,24 @@ def _register(
     return result, float(registration.GetMetricValue())
 
 
+def _fit_key(t1w: sitk.Image, seed: int) -> str:
+    """Hash of the T1w's voxels and geometry, the seed, the fit's settings and the package version: the same key means
+    the same fit (the registration is deterministic for a seed), so its cache entry can never be stale."""
+    key = hashlib.blake2b(sitk.GetArrayViewFromImage(t1w).tobytes(), digest_size=20)
+    settings = (REGISTRATION_SPACING_MM, SHRINK_FACTORS, SMOOTHING_SIGMAS_MM, SAMPLING_FRACTION, METRIC_MARGIN_MM)
+    identity = (t1w.GetSize(), t1w.GetOrigin(), t1w.GetSpacing(), t1w.GetDirection(), seed, settings, ITERATIONS)
+    key.update(repr((*identity, pipeline.__version__)).encode())
+    return key.hexdigest()
+
+
+def _affine(parameters: Sequence[float], fixed_parameters: Sequence[float]) -> sitk.AffineTransform:
+    """A 3D ITK affine transform from its parameters (matrix, translation) and fixed parameters (centre)."""
+    transform = sitk.AffineTransform(3)
+    transform.SetFixedParameters(list(fixed_parameters))
+    transform.SetParameters(list(parameters))
+    return transform
+
+
 class TemplateFit:
     """The MNI152 templates registered (affinely) to one subject's T1w; see the module docstring.
 
@@ -194,6 +218,19 @@ class TemplateFit:
         if t1w.GetDimension() != 3:
             raise ValueError(f"TemplateFit needs a 3D T1w image, got {t1w.GetDimension()}D")
         self.t1w = sitk.Cast(t1w, sitk.sitkFloat32)
+        self.transform, self.metric = cached_json(
+            cache_dir("template_fit") / f"{_fit_key(self.t1w, seed)}.json",
+            lambda: self._fit(seed),
+            encode=lambda fit: {
+                "parameters": fit[0].GetParameters(),
+                "fixed_parameters": fit[0].GetFixedParameters(),
+                "metric": fit[1],
+            },
+            decode=lambda stored: (_affine(stored["parameters"], stored["fixed_parameters"]), float(stored["metric"])),
+        )
+
+    def _fit(self, seed: int) -> tuple[sitk.AffineTransform, float]:
+        """The registration itself: similarity, then affine (the module docstring); the transform and metric."""
         fixed, moving = _downsampled(self.t1w), _downsampled_template_t1()
         start = sitk.CenteredTransformInitializer(
             fixed, moving, sitk.Similarity3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
@@ -204,8 +241,8 @@ class TemplateFit:
         affine.SetCenter(similarity.GetCenter())
         affine.SetMatrix(similarity.GetMatrix())
         affine.SetTranslation(similarity.GetTranslation())
-        transform, self.metric = _register(fixed, moving, affine, seed)
-        self.transform = sitk.AffineTransform(transform)
+        transform, metric = _register(fixed, moving, affine, seed)
+        return sitk.AffineTransform(transform), metric
 
     def warp(self, template: sitk.Image) -> np.ndarray:
         """``template`` (a template-space image) pulled onto the T1w grid (linear, 0 outside): float32 (X, Y, Z)."""

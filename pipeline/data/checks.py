@@ -89,9 +89,12 @@ def volume_problem(image: torch.Tensor, allow_non_finite: bool = False) -> str |
 
 def constant_problem(image: torch.Tensor) -> str | None:
     """``"is constant (every voxel = v)"`` for a constant (e.g. all-zero) image, else None."""
-    finite = image[torch.isfinite(image)]
-    if finite.numel() and bool(finite.min() == finite.max()):
-        return f"is constant (every voxel = {float(finite.min()):g}): an empty or failed acquisition"
+    finite = torch.isfinite(image)
+    values = image if bool(finite.all()) else image[finite]  # no copy for the usual all-finite image
+    if values.numel():
+        low, high = torch.aminmax(values)
+        if bool(low == high):
+            return f"is constant (every voxel = {float(low):g}): an empty or failed acquisition"
     return None
 
 

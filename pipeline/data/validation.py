@@ -24,7 +24,7 @@ An entry's result is cached on disk (:func:`cached_validate_entry`): the ~10 s o
 once per study, not once per run (training, calibration, inference and adaptation of the same subjects). The key
 holds every file's resolved path, size and modification time, the options and the package version, so an edited,
 replaced or touched file is validated again. The folder is ``$QMAP_HYBRID_CACHE/validation`` (default
-``~/.cache/qmap-hybrid``); ``--no-cache`` (``cache=False``) bypasses it.
+``~/.cache/qmap-hybrid``; :mod:`pipeline.data.cache`); ``--no-cache`` (``cache=False``) bypasses it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -45,6 +44,7 @@ from monai.transforms import LoadImage
 from monai.utils import convert_to_tensor
 
 import pipeline
+from pipeline.data.cache import cache_dir, cached_json
 from pipeline.data.checks import constant_problem, volume_problem
 from pipeline.data.coregistration import geometry_problem, to_sitk
 from pipeline.data.errors import InvalidInputError, MissingFilesError
@@ -270,13 +270,9 @@ def validate_entry(
     return problems
 
 
-CACHE_ENV = "QMAP_HYBRID_CACHE"
-"""Environment variable naming the cache folder (default ``~/.cache/qmap-hybrid``)."""
-
-
 def validation_cache_dir() -> Path:
-    """The folder of cached validation results: ``$QMAP_HYBRID_CACHE/validation``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "qmap-hybrid") / "validation"
+    """The folder of cached validation results: ``$QMAP_HYBRID_CACHE/validation`` (:mod:`pipeline.data.cache`)."""
+    return cache_dir("validation")
 
 
 def _cache_key(entry: Mapping, options: Mapping) -> str | None:
@@ -310,21 +306,12 @@ def cached_validate_entry(entry: Mapping, **options) -> list[Problem]:
         key = None
     if key is None:
         return validate_entry(entry, **options)
-    path = validation_cache_dir() / f"{key}.json"
-    try:
-        return [Problem(*row) for row in json.loads(path.read_text())["problems"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    problems = validate_entry(entry, **options)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".json")
-        with os.fdopen(handle, "w") as file:
-            json.dump({"subject": str(entry.get("subject")), "problems": [list(p) for p in problems]}, file)
-        os.replace(temporary, path)
-    except OSError:
-        pass
-    return problems
+    return cached_json(
+        validation_cache_dir() / f"{key}.json",
+        lambda: validate_entry(entry, **options),
+        encode=lambda problems: {"subject": str(entry.get("subject")), "problems": [list(p) for p in problems]},
+        decode=lambda stored: [Problem(*row) for row in stored["problems"]],
+    )
 
 
 def validate_study(

@@ -1,0 +1,56 @@
+"""The on-disk cache of results that depend on nothing but their key: ``$QMAP_HYBRID_CACHE`` (default
+``~/.cache/qmap-hybrid``), one folder per kind of result.
+
+Two kinds use it: the pre-run validation (:mod:`pipeline.data.validation`, keyed by the state of an entry's files)
+and the template fit behind the estimated brain mask (:mod:`pipeline.data.brain_mask`, keyed by the T1w's voxels and
+geometry), so that a subject is validated and fitted once, not once per command. Entries are JSON files written to a
+temporary name and renamed, so concurrent processes (sharded runs, ``--jobs 2``) never read half of one; an entry
+that cannot be read is computed again and replaced, a cache folder that cannot be written is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["CACHE_ENV", "cache_dir", "cached_json"]
+
+CACHE_ENV = "QMAP_HYBRID_CACHE"
+"""Environment variable naming the cache folder (default ``~/.cache/qmap-hybrid``)."""
+
+T = TypeVar("T")
+
+
+def cache_dir(kind: str) -> Path:
+    """The folder of one kind of cached result: ``$QMAP_HYBRID_CACHE/<kind>``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "qmap-hybrid") / kind
+
+
+def cached_json(path: Path, compute: Callable[[], T], encode: Callable[[T], Any], decode: Callable[[Any], T]) -> T:
+    """``decode`` of the JSON at ``path`` if it can be read and decoded, else ``compute()``, stored there as ``encode``
+    of it (atomically; skipped if the folder cannot be written).
+
+    Args:
+        path: the entry's file (its name is the key, e.g. a hash of the inputs).
+        compute: makes the value when the entry is missing or unreadable.
+        encode, decode: value → JSON-serialisable object and back; ``decode`` may raise ``KeyError``, ``TypeError`` or
+            ``ValueError`` on an entry of another layout, which is then recomputed.
+    """
+    try:
+        return decode(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".json")
+        with os.fdopen(handle, "w") as file:
+            json.dump(encode(value), file)
+        os.replace(temporary, path)
+    except OSError:
+        pass
+    return value
