@@ -4,8 +4,8 @@
 #      row each; the choice is the lowest mean T1/T2 MPE (the lambda criterion), the test subject chooses nothing;
 #   2. the chosen setting (train.json as it is, "default") against supervised and oracle, seeds 0-2, on the realistic
 #      test subject (unseen mirrored brain), with the interpolated 3.5 mm labels as a yardstick;
-#   3. the same on the ideal study of data_manifest.json (images from the loss's own simplified equations; seeds
-#      0, 1: 2-core time);
+#   3. the same on the ideal study of data_manifest.json (images from the loss's own simplified equations), seeds
+#      0-2;
 #   4. the gap closed against the label slab thickness (2, 3.5, 5, 7 mm) on the realistic phantom (seeds 0, 1:
 #      2-core time).
 # Runs are reused where they exist (the driver skips finished runs), so an interrupted script can be restarted.
@@ -37,7 +37,7 @@ python scripts/run_paper_experiment.py run --settings default --seeds 0 1 2 --ou
     "${ON_REALISTIC[@]}"
 
 # 3. the default on the ideal default study (data_manifest.json)
-python scripts/run_paper_experiment.py run --settings default --seeds 0 1 --out runs/default_ideal --jobs 2
+python scripts/run_paper_experiment.py run --settings default --seeds 0 1 2 --out runs/default_ideal --jobs 2
 
 # 4. label slab thickness (the 3.5 mm point reuses step 2's models)
 for seed in 0 1; do

@@ -15,7 +15,7 @@ from pipeline.phantom.labels import acquire_low_resolution_maps, slab_affine
 from pipeline.qc import QCCalibration, calibrate_directory
 from pipeline.qc.__main__ import main as qc_main
 from pipeline.qc.consistency import fitted_scale, residual_summary, self_consistency
-from pipeline.qc.label_check import label_resolution_mpe
+from pipeline.qc.label_check import degrade_to_label_grid, label_resolution_mpe
 from pipeline.qc.plausibility import (
     PUBLISHED_RANGES_3T,
     plausibility_flags,
@@ -138,6 +138,39 @@ def test_label_resolution_check_degrades_like_the_phantoms_slab_labels():
     )
     assert left_out["compared_voxels"] == biased["compared_voxels"] - 3
     assert left_out["t1_mpe_percent"] == pytest.approx(biased["t1_mpe_percent"], abs=0.2)
+
+
+@pytest.mark.parametrize(
+    "linear, shift",
+    [
+        (np.diag([1.0, 1.0, 3.5]), [0.0, 0.0, 1.2]),  # slabs along the last axis
+        (np.array([[0, -1.0, 0], [3.5, 0, 0], [0, 0, 1.0]]), [8.0, -2.3, 0.4]),  # permuted, flipped, past the edges
+    ],
+)
+def test_label_degradation_one_axis_at_a_time_equals_point_sampling(linear, shift):
+    """On an axis-aligned label grid the separable footprint means equal map_coordinates' point sampling (edges, where
+    footprints leave the maps' grid, included); an oblique grid takes the point-sampling path."""
+    rng = np.random.default_rng(3)
+    maps = np.stack(
+        [rng.uniform(600, 2000, (9, 10, 14)), rng.uniform(40, 200, (9, 10, 14)), rng.uniform(0.5, 1, (9, 10, 14))]
+    )
+    mask = rng.uniform(size=maps.shape[1:]) > 0.2
+    maps_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    maps_affine[:3, 3] = [-4, 2, 7]
+    label_affine = np.eye(4)
+    label_affine[:3, :3], label_affine[:3, 3] = linear, maps_affine[:3, 3] + shift
+    label_shape = tuple(int(n) for n in np.ceil(np.abs(np.linalg.inv(linear)) @ maps.shape[1:]) + 1)
+    fast = degrade_to_label_grid(maps, mask, maps_affine, label_affine, label_shape)
+    slow = degrade_to_label_grid(maps, mask, maps_affine, label_affine, label_shape, point_sampling=True)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert (fast[1] > 0).mean() > 0.5 and (fast[1] == 0).any()  # mostly inside, some footprints wholly outside
+    oblique = label_affine.copy()
+    oblique[:3, :3] = linear @ np.array([[np.cos(0.1), -np.sin(0.1), 0], [np.sin(0.1), np.cos(0.1), 0], [0, 0, 1]])
+    rotated = degrade_to_label_grid(maps, mask, maps_affine, oblique, label_shape)
+    np.testing.assert_array_equal(
+        rotated[0], degrade_to_label_grid(maps, mask, maps_affine, oblique, label_shape, point_sampling=True)[0]
+    )
 
 
 def _report(subject, residual, csf_bias, t2_mpe=5.0):
