@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 
 import nibabel as nib
@@ -34,6 +33,7 @@ from monai.handlers import from_engine
 from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 from monai.utils import convert_to_numpy, convert_to_tensor
 
+from pipeline.files import atomic_target
 from pipeline.physics import MAP_UNIT_MS
 
 MAP_NAMES = ("t1_map", "t2_map", "m0_map")
@@ -246,14 +246,8 @@ def paste_on_grid(
 
 def _atomic_save(image: nib.Nifti1Image, target: pathlib.Path) -> None:
     """Save to a temporary file in ``target``'s folder, then rename it onto ``target``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".nii.gz", dir=target.parent)
-    os.close(handle)
-    try:
+    with atomic_target(target, suffix=".nii.gz") as temporary:
         nib.save(image, temporary)
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 CHECKPOINT_GLOB = "*checkpoint_epoch=*.pt"

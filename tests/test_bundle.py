@@ -312,6 +312,7 @@ def test_inference_writes_maps_in_input_geometry_and_refuses_overwrite(study, tr
     assert nib.aff2axcodes(t1w.affine) == ("L", "P", "S") and np.allclose(t1w.header.get_zooms(), 1.2)
     for name in ("t1_map", "t2_map", "m0_map"):
         written = nib.load(output_dir / "lps" / f"{name}.nii.gz")
+        assert (output_dir / "lps" / f"{name}.nii.gz").stat().st_mode & 0o777 == 0o644  # readable by other users
         assert written.shape == t1w.shape
         np.testing.assert_allclose(written.affine, t1w.affine, atol=1e-5)
         data = written.get_fdata(dtype=np.float32)

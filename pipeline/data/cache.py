@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from pipeline.files import write_atomically
 
 __all__ = ["CACHE_ENV", "cache_dir", "cached_json"]
 
@@ -46,11 +47,7 @@ def cached_json(path: Path, compute: Callable[[], T], encode: Callable[[T], Any]
         pass
     value = compute()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".json")
-        with os.fdopen(handle, "w") as file:
-            json.dump(encode(value), file)
-        os.replace(temporary, path)
+        write_atomically(path, json.dumps(encode(value)))
     except OSError:
         pass
     return value

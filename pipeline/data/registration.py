@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,7 +44,7 @@ from monai.transforms import MapTransform
 from pipeline.data.coregistration import RAS_TO_LPS, to_sitk
 from pipeline.data.errors import InvalidInputError, MisregistrationError, describe_item
 from pipeline.data.foreground import foreground_mask
-from pipeline.files import write_atomically
+from pipeline.files import atomic_target, write_atomically
 
 REGISTRATION_FILE = "registration.json"
 """Beside the ``.tfm`` files: each key's :meth:`RigidRegistration.to_dict` (rotation, displacements, final metric)."""
@@ -355,16 +354,8 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike, overwrit
         raise ValueError(f"transform files end in .tfm, got '{path}'")
     if path.exists() and not overwrite:
         raise FileExistsError(f"transform file '{path}' exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tfm", dir=path.parent)
-    os.close(handle)
-    try:
-        sitk.WriteTransform(transform, temporary)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_target(path, suffix=".tfm") as temporary:
+        sitk.WriteTransform(transform, str(temporary))
     return path
 
 
