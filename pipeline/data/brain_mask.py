@@ -185,7 +185,7 @@ def _register(
 def _fit_key(t1w: sitk.Image, seed: int) -> str:
     """Hash of the T1w's voxels and geometry, the seed, the fit's settings and the package version: the same key means
     the same fit (the registration is deterministic for a seed), so its cache entry can never be stale."""
-    key = hashlib.blake2b(sitk.GetArrayViewFromImage(t1w).tobytes(), digest_size=20)
+    key = hashlib.blake2b(sitk.GetArrayViewFromImage(t1w), digest_size=20)  # the voxels' buffer, not a copy
     settings = (REGISTRATION_SPACING_MM, SHRINK_FACTORS, SMOOTHING_SIGMAS_MM, SAMPLING_FRACTION, METRIC_MARGIN_MM)
     identity = (t1w.GetSize(), t1w.GetOrigin(), t1w.GetSpacing(), t1w.GetDirection(), seed, settings, ITERATIONS)
     key.update(repr((*identity, pipeline.__version__)).encode())

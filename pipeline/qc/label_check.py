@@ -68,12 +68,15 @@ def _interpolation_mean_matrix(positions: np.ndarray, size: int) -> np.ndarray:
 
 
 def _footprint_means(
-    volumes: dict[str, np.ndarray], label_to_maps: np.ndarray, label_shape: tuple, offsets: list[np.ndarray]
+    volumes: dict[str, np.ndarray],
+    label_to_maps: np.ndarray,
+    axes: np.ndarray,
+    label_shape: tuple,
+    offsets: list[np.ndarray],
 ) -> dict[str, np.ndarray]:
     """Footprint means of each volume on an axis-aligned label grid, one axis at a time: the mean of trilinear samples
     over a product of per-axis offsets is then the product of 1D means (what the point-sampling loop of
-    :func:`degrade_to_label_grid` computes, faster)."""
-    axes = _axis_aligned(label_to_maps)
+    :func:`degrade_to_label_grid` computes, faster). ``axes``: the maps axis of each label axis (:func:`_axis_aligned`)."""
     size = next(iter(volumes.values())).shape
     matrices = []
     for label_axis, maps_axis in enumerate(axes):
@@ -122,8 +125,9 @@ def degrade_to_label_grid(
         name: np.divide(m0, value, out=np.zeros_like(m0), where=value > 0) for name, value in (("t1", t1), ("t2", t2))
     }
     volumes = {"m0": m0, "brain": (np.asarray(mask) != 0).astype(np.float64), **rate}
-    if _axis_aligned(label_to_maps) is not None and not point_sampling:
-        mean = _footprint_means(volumes, label_to_maps, label_shape, _axis_offsets(spacing, samples_per_mm))
+    axes = None if point_sampling else _axis_aligned(label_to_maps)
+    if axes is not None:
+        mean = _footprint_means(volumes, label_to_maps, axes, label_shape, _axis_offsets(spacing, samples_per_mm))
     else:
         centres = np.stack(np.meshgrid(*(np.arange(n) for n in label_shape), indexing="ij"), axis=-1).reshape(-1, 3)
         sums = {name: np.zeros(len(centres)) for name in volumes}
