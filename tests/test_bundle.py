@@ -569,6 +569,30 @@ def test_the_content_registration_runs_once_per_pair(study, check_inputs, regist
         assert check.registration_keys == registered_in_pipeline
 
 
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_bias_correction_is_one_switch_of_training_and_inference(study, bias_correction):
+    """``bias_correction`` reaches the training and validation datasets and the inference pipeline, which then
+    N4-corrects the weighted images (and nothing else) before the normalisation."""
+    from pipeline.data.bias_field import CorrectBiasFieldd
+    from pipeline.data.normalization import ScaleByMaskedPercentiled
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"bundle_root": str(BUNDLE), "bias_correction": bias_correction, **study})
+    for dataset in ("train#dataset", "validate#dataset"):
+        assert parser.get_parsed_content(f"{dataset}#bias_correction") is bias_correction
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "bias_correction": str(bias_correction).lower(), **study})
+    transforms = parser.get_parsed_content("dataset").transform.transforms  # streamed: nothing is loaded
+    corrections = [t for t in transforms if isinstance(t, CorrectBiasFieldd)]
+    assert len(corrections) == int(bias_correction)
+    if bias_correction:
+        assert list(corrections[0].keys) == ["t1w", "t2w", "flair"]
+        normalisation = next(t for t in transforms if isinstance(t, ScaleByMaskedPercentiled))
+        assert transforms.index(corrections[0]) < transforms.index(normalisation)
+
+
 def test_bids_dataset_end_to_end(trained, tmp_path):
     """BIDS (rotated T2w, maps in s, no masks) → manifest → validate → register + infer → qMRI-BIDS derivatives."""
     from pipeline.bids import is_valid_derivative_path, write_manifest

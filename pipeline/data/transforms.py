@@ -13,8 +13,9 @@ Steps (each a MONAI transform):
    when the entry has none; check the mask is not empty; check T1/T2 maps are in ms; the labels' validity map
    ``label_failed`` (failed fits left out of the supervised term);
 4. crop every volume to the mask's bounding box grown by ``crop_margin`` voxels (zero-padded where the box leaves
-   the image), so the network sees the same slices whatever the field of view; divide each weighted image and M0
-   map by its 99th percentile inside the mask
+   the image), so the network sees the same slices whatever the field of view; optionally (``bias_correction``)
+   divide each weighted image by its N4 receive-bias field (:mod:`pipeline.data.bias_field`); divide each weighted
+   image and M0 map by its 99th percentile inside the mask
    (:mod:`pipeline.data.normalization`); T1/T2 from ms to network units (÷ ``MAP_UNIT_MS``, i.e. units of 3 s);
 5. concatenate: ``image`` (3, X, Y, Z) = (T1w, T2w, FLAIR); ``label`` (3, X, Y, Z) = (T1, T2, M0) low-resolution
    labels and ``label_failed`` (1, X, Y, Z); ``reference`` (3, X, Y, Z) = 1 mm (T1, T2, M0); ``mask`` (1, X, Y, Z)
@@ -38,6 +39,7 @@ from monai.transforms import (
     Spacingd,
 )
 
+from pipeline.data.bias_field import CorrectBiasFieldd
 from pipeline.data.brain_mask import BrainMaskd
 from pipeline.data.checks import CheckMapUnitsd, CheckMaskd, CheckVolumed, LoadVolumesd
 from pipeline.data.coregistration import CheckCoregistrationd
@@ -71,6 +73,7 @@ def build_volume_transforms(
     register: bool = False,
     transform_dir: str | None = None,
     overwrite: bool = False,
+    bias_correction: bool = False,
 ) -> Compose:
     """The composed volume pipeline (see the module docstring) for entries of :func:`~pipeline.data.load_datalist`.
 
@@ -100,6 +103,8 @@ def build_volume_transforms(
             co-registration check, which then measures the residual; otherwise the check alone runs.
         transform_dir: with ``register``, the transforms are written to ``<transform_dir>/<subject>/<key>_to_t1w.tfm``.
         overwrite: replace existing ``.tfm`` files (otherwise :class:`FileExistsError`).
+        bias_correction: divide each weighted image by its N4 receive-bias field inside the mask
+            (:class:`~pipeline.data.bias_field.CorrectBiasFieldd`), after the crop and before the normalisation.
 
     Returns:
         a ``Compose`` mapping an entry dict (file paths, ``subject``) to a dict with ``image``, ``mask``,
@@ -165,6 +170,7 @@ def build_volume_transforms(
         ),
         *([FitFailureMapd(label_group, mask_key=MASK_KEY)] if with_labels else []),
         *crop,
+        *([CorrectBiasFieldd(IMAGE_KEYS, mask_key=MASK_KEY)] if bias_correction else []),
         ScaleByMaskedPercentiled(IMAGE_KEYS + tuple(m0_keys), mask_key=MASK_KEY, percentile=percentile),
         ConcatItemsd(IMAGE_KEYS, "image"),
     ]
