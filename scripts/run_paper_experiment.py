@@ -16,7 +16,8 @@ the test subject (``inference.json``); the maps are evaluated against the 1 mm t
 :func:`pipeline.reports.experiment.experiment_table` writes the Table-2 layout with the oracle column, the
 interpolated low-resolution labels as a yardstick and the fraction of the gap closed. ``search`` trains the
 supervised and hybrid models of one setting for a list of lambdas, ``ablate`` hybrid variants (bundle overrides) of
-one setting, and both evaluate on the **validation** subject only (the test subject never chooses anything).
+one setting and fusions of their maps (``--fuse``: the voxel-wise median, :mod:`pipeline.fusion`), and both evaluate
+on the **validation** subject only (the test subject never chooses anything).
 
 Runs are kept under ``--out``: a model whose maps exist is not retrained, and an interrupted training resumes
 from its last saved epoch, so an interrupted command can simply be started again.
@@ -48,6 +49,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the script runs from a clone without an install, too
 
 from pipeline.data import ensure_study
+from pipeline.fusion import fuse_prediction_sets
 from pipeline.reports.evaluation import METRICS, load_test_subjects, per_slice_metrics
 from pipeline.reports.experiment import experiment_table
 from pipeline.reports.figure import plot_figure
@@ -304,7 +306,16 @@ def run_ablation(args: argparse.Namespace) -> None:
                     )
                 )
                 names.append(f"{name}:{model}")
-    per_slice, _ = evaluate(runs, execute_all(runs, data, args.jobs), names, data)
+    maps_dirs = execute_all(runs, data, args.jobs)
+    by_name = {(name, run.seed): folder for name, run, folder in zip(names, runs, maps_dirs)}
+    for name, *variants in args.fusions:  # the voxel-wise median of finished hybrid variants' maps
+        for seed in args.seeds:
+            run = dataclasses.replace(runs[0], seed=seed, run_dir=args.out / "runs" / f"{name}_hybrid_seed{seed}")
+            sources = [by_name[(f"{variant}:hybrid", seed)] for variant in variants]
+            runs.append(run)
+            names.append(f"{name}:hybrid")
+            maps_dirs.append(fuse_prediction_sets(sources, run.maps_dir, overwrite=True))
+    per_slice, _ = evaluate(runs, maps_dirs, names, data)
     per_slice = pd.concat([per_slice, labels_yardstick(args.out, "validation", data, args.seeds)], ignore_index=True)
     per_slice.to_csv(args.out / "ablation_per_slice.csv", index=False)
     per_seed = map_means(per_slice, ["model", "seed"])
@@ -347,6 +358,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar=("NAME", "KEY=VALUE"),
         help="a hybrid variant: a name and its bundle overrides; a name ending in '+supervised' "
         "trains its own supervised model too (for overrides that change it, e.g. slice_axis)",
+    )
+    ablation.add_argument(
+        "--fuse",
+        dest="fusions",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "VARIANT"),
+        help="a row of the voxel-wise median of these variants' hybrid maps (pipeline.fusion), e.g. "
+        "--fuse orientations default sagittal coronal",
     )
     ablation.add_argument("--seeds", nargs="+", type=int, default=[0])
     ablation.set_defaults(func=run_ablation, out=REPO / "runs" / "ablation")
