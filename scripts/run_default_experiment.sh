@@ -2,6 +2,7 @@
 # How the bundle's default loss (train.json) was chosen and what it gives (docs/results/README.md, "The default"):
 #   1. ablation on the realistic phantom's VALIDATION subject (seed 0): each lever on top of the robust loss, one
 #      row each; the choice is the lowest mean T1/T2 MPE (the lambda criterion), the test subject chooses nothing;
+#      1b. further levers on top of the chosen default (N4 bias correction, slice orientations and their fusion);
 #   2. the chosen setting (train.json as it is, "default") against supervised and oracle, seeds 0-2, on the realistic
 #      test subject (unseen mirrored brain), with the interpolated 3.5 mm labels as a yardstick;
 #   3. the same on the ideal study of data_manifest.json (images from the loss's own simplified equations), seeds
@@ -31,6 +32,16 @@ python scripts/run_paper_experiment.py ablate "${ROBUST_LOSS[@]}" --seeds 0 --ou
     --variant epg_spread+supervised "$EPG" map_weights=label_spread \
     --variant epg_long "$EPG" max_epochs=32 \
     --variant axial+supervised "$EPG" slice_axis=2 "slice_size=[176,224]"
+
+# 1b. levers tried on top of the chosen default (train.json), same validation subject and protocol: N4 correction of
+#     the weighted images' receive bias, sagittal and coronal slices, and the median of the three orientations' maps
+python scripts/run_paper_experiment.py ablate --setting default --seeds 0 --out runs/default_ablation \
+    "${ON_REALISTIC[@]}" --set val_interval=16 \
+    --variant default+supervised \
+    --variant n4 bias_correction=True \
+    --variant sagittal slice_axis=0 "slice_size=[208,192]" \
+    --variant coronal slice_axis=1 "slice_size=[176,192]" \
+    --fuse orientations default sagittal coronal
 
 # 2. the default on the realistic test subject
 python scripts/run_paper_experiment.py run --settings default --seeds 0 1 2 --out runs/default_realistic \
