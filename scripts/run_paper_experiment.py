@@ -308,13 +308,17 @@ def run_ablation(args: argparse.Namespace) -> None:
                 names.append(f"{name}:{model}")
     maps_dirs = execute_all(runs, data, args.jobs)
     by_name = {(name, run.seed): folder for name, run, folder in zip(names, runs, maps_dirs)}
-    for name, *variants in args.fusions:  # the voxel-wise median of finished hybrid variants' maps
+    for name, *variants in args.fusions:  # the voxel-wise median of finished variants' maps of one model
+        sources = [variant if ":" in variant else f"{variant}:hybrid" for variant in variants]
+        models = {source.split(":")[1] for source in sources}
+        if len(models) != 1 or any((source, args.seeds[0]) not in by_name for source in sources):
+            raise SystemExit(f"--fuse {name}: {variants} must name trained variants of one model (hybrid by default).")
+        model = models.pop()
         for seed in args.seeds:
-            run = dataclasses.replace(runs[0], seed=seed, run_dir=args.out / "runs" / f"{name}_hybrid_seed{seed}")
-            sources = [by_name[(f"{variant}:hybrid", seed)] for variant in variants]
+            run = dataclasses.replace(runs[0], seed=seed, run_dir=args.out / "runs" / f"{name}_{model}_seed{seed}")
             runs.append(run)
-            names.append(f"{name}:hybrid")
-            maps_dirs.append(fuse_prediction_sets(sources, run.maps_dir, overwrite=True))
+            names.append(f"{name}:{model}")
+            maps_dirs.append(fuse_prediction_sets([by_name[(s, seed)] for s in sources], run.maps_dir, overwrite=True))
     per_slice, _ = evaluate(runs, maps_dirs, names, data)
     per_slice = pd.concat([per_slice, labels_yardstick(args.out, "validation", data, args.seeds)], ignore_index=True)
     per_slice.to_csv(args.out / "ablation_per_slice.csv", index=False)
@@ -366,8 +370,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="append",
         default=[],
         metavar=("NAME", "VARIANT"),
-        help="a row of the voxel-wise median of these variants' hybrid maps (pipeline.fusion), e.g. "
-        "--fuse orientations default sagittal coronal",
+        help="a row of the voxel-wise median of these variants' maps (pipeline.fusion): their hybrid models', or "
+        "VARIANT:supervised, e.g. --fuse orientations default sagittal coronal",
     )
     ablation.add_argument("--seeds", nargs="+", type=int, default=[0])
     ablation.set_defaults(func=run_ablation, out=REPO / "runs" / "ablation")

@@ -227,14 +227,16 @@ def test_ablation_trains_each_variant_on_the_validation_subject_with_its_overrid
         "--datalist", str(tiny_study), "--dataset_dir", str(tiny_study.parent),
         "--set", "max_epochs=1", "val_interval=1", "train#trainer#epoch_length=1", "slice_axis=0",
         "--variant", "base+supervised", "--variant", "axial", "slice_axis=2", "slice_size=[16,208]",
-        "--fuse", "both", "base", "axial",
+        "--fuse", "both", "base", "axial", "--fuse", "one", "base:supervised", "base:supervised",
     ]  # fmt: skip
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore")
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = sorted(path.name for path in (tmp_path / "runs").iterdir())
-    assert runs == ["axial_hybrid_seed0", "base_hybrid_seed0", "base_supervised_seed0", "both_hybrid_seed0"]
+    assert runs == [
+        "axial_hybrid_seed0", "base_hybrid_seed0", "base_supervised_seed0", "both_hybrid_seed0", "one_supervised_seed0"
+    ]  # fmt: skip
     (subject,) = (path.name for path in (tmp_path / "runs" / "both_hybrid_seed0" / "maps_validation").iterdir())
     fused, *sources = (
         nib.load(tmp_path / "runs" / f"{name}_hybrid_seed0" / "maps_validation" / subject / "t2_map.nii.gz").get_fdata()
@@ -244,7 +246,11 @@ def test_ablation_trains_each_variant_on_the_validation_subject_with_its_overrid
     inference_log = (tmp_path / "runs" / "axial_hybrid_seed0" / "log.txt").read_text()
     assert inference_log.count("> slice_axis: 2") == 2  # training and inference of the variant both got it
     per_seed = pd.read_csv(tmp_path / "ablation_per_seed.csv")
-    assert set(per_seed["model"]) == {"base:supervised", "base:hybrid", "axial:hybrid", "both:hybrid", "labels"}
+    assert set(per_seed["model"]) == {
+        "base:supervised", "base:hybrid", "axial:hybrid", "both:hybrid", "one:supervised", "labels"
+    }  # fmt: skip
+    models = per_seed.set_index("model")
+    assert models.loc["one:supervised", "T2_MPE"] == pytest.approx(models.loc["base:supervised", "T2_MPE"], rel=1e-5)
     assert {"T1_MPE", "T2_HFEN", "T1_MPE_parenchyma", "T2_MAE_parenchyma_ms"} <= set(per_seed.columns)
     summary = pd.read_csv(tmp_path / "ablation.csv", index_col=0)
     assert summary.loc["axial:hybrid", "T1_MPE_mean"] == pytest.approx(
