@@ -39,9 +39,10 @@ python scripts/run_paper_experiment.py ablate --setting default --seeds 0 --out 
     "${ON_REALISTIC[@]}" --set val_interval=16 \
     --variant default+supervised \
     --variant n4 bias_correction=True \
-    --variant sagittal slice_axis=0 "slice_size=[208,192]" \
-    --variant coronal slice_axis=1 "slice_size=[176,192]" \
-    --fuse orientations default sagittal coronal
+    --variant sagittal+supervised slice_axis=0 "slice_size=[208,192]" \
+    --variant coronal+supervised slice_axis=1 "slice_size=[176,192]" \
+    --fuse orientations default sagittal coronal \
+    --fuse orientations default:supervised sagittal:supervised coronal:supervised
 
 # 2. the default on the realistic test subject
 python scripts/run_paper_experiment.py run --settings default --seeds 0 1 2 --out runs/default_realistic \
