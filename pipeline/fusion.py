@@ -51,10 +51,8 @@ def fuse_prediction_sets(
     if not subjects:
         raise ValueError(f"{folders[0]}: no subject folder with a {MAP_NAMES[0]}.nii.gz.")
     for folder in folders[1:]:
-        if _subjects(folder) != subjects:
-            raise ValueError(
-                f"{folder}: subjects {sorted(_subjects(folder))} differ from {folders[0]}'s {sorted(subjects)}."
-            )
+        if (others := _subjects(folder)) != subjects:
+            raise ValueError(f"{folder}: subjects {sorted(others)} differ from {folders[0]}'s {sorted(subjects)}.")
     output_dir = pathlib.Path(output_dir)
     for subject in sorted(subjects):
         for name in MAP_NAMES:
