@@ -17,7 +17,8 @@ the test subject (``inference.json``); the maps are evaluated against the 1 mm t
 interpolated low-resolution labels as a yardstick and the fraction of the gap closed. ``search`` trains the
 supervised and hybrid models of one setting for a list of lambdas, ``ablate`` hybrid variants (bundle overrides) of
 one setting and fusions of their maps (``--fuse``: the voxel-wise median, :mod:`pipeline.fusion`), and both evaluate
-on the **validation** subject only (the test subject never chooses anything).
+on the **validation** subject (the test subject never chooses anything). ``ablate --section testing`` then reports
+a variant chosen there on the test subject, with the same trained models.
 
 Runs are kept under ``--out``: a model whose maps exist is not retrained, and an interrupted training resumes
 from its last saved epoch, so an interrupted command can simply be started again.
@@ -300,7 +301,7 @@ def run_ablation(args: argparse.Namespace) -> None:
                         args.setting,
                         model,
                         seed,
-                        "validation",
+                        args.section,
                         args.out / "runs" / f"{name}_{model}_seed{seed}",
                         (*args.overrides, *parse_overrides(pairs)),
                     )
@@ -320,14 +321,23 @@ def run_ablation(args: argparse.Namespace) -> None:
             names.append(f"{name}:{model}")
             maps_dirs.append(fuse_prediction_sets([by_name[(s, seed)] for s in sources], run.maps_dir, overwrite=True))
     per_slice, _ = evaluate(runs, maps_dirs, names, data)
-    per_slice = pd.concat([per_slice, labels_yardstick(args.out, "validation", data, args.seeds)], ignore_index=True)
-    per_slice.to_csv(args.out / "ablation_per_slice.csv", index=False)
+    per_slice = pd.concat([per_slice, labels_yardstick(args.out, args.section, data, args.seeds)], ignore_index=True)
+    stem = "ablation" if args.section == "validation" else f"ablation_{args.section}"
+    per_slice.to_csv(args.out / f"{stem}_per_slice.csv", index=False)
     per_seed = map_means(per_slice, ["model", "seed"])
-    per_seed.to_csv(args.out / "ablation_per_seed.csv")
+    per_seed.to_csv(args.out / f"{stem}_per_seed.csv")
     summary = per_seed.groupby("model").agg(["mean", "std"])
     summary.columns = [f"{column}_{statistic}" for column, statistic in summary.columns]
-    summary.to_csv(args.out / "ablation.csv")
-    record(args.out, "ablation", args, started)
+    summary.to_csv(args.out / f"{stem}.csv")
+    paired = [name.removesuffix(":hybrid") for name in dict.fromkeys(names) if name.endswith(":hybrid")]
+    pairs = [  # each variant (or fusion) with a supervised model of its own: hybrid vs supervised, paired t-tests
+        experiment_table(per_slice, f"{name}:supervised", f"{name}:hybrid", None, labels="labels").assign(variant=name)
+        for name in paired
+        if f"{name}:supervised" in names
+    ]
+    if pairs:
+        pd.concat(pairs, ignore_index=True).to_csv(args.out / f"{stem}_pairs.csv", index=False)
+    record(args.out, stem, args, started)
     print(per_seed.round(4).to_string())
 
 
@@ -374,6 +384,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "VARIANT:supervised, e.g. --fuse orientations default sagittal coronal",
     )
     ablation.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ablation.add_argument(
+        "--section",
+        default="validation",
+        choices=("validation", "testing"),
+        help="the subjects the models infer and are evaluated on: validation (where choices are made), or testing "
+        "(the report of a choice made there: the trained models are reused, files ablation_testing*)",
+    )
     ablation.set_defaults(func=run_ablation, out=REPO / "runs" / "ablation")
     for command in (experiment, search, ablation):
         command.add_argument("--profile", default="cpu", choices=list(PROFILES))

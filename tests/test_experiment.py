@@ -76,6 +76,15 @@ def test_a_worse_hybrid_closes_a_negative_gap_and_wins_no_seed():
     assert (table["hybrid_better_seeds"] == 0).all()
 
 
+def test_without_an_oracle_the_table_has_the_paired_tests_and_no_gap():
+    per_slice = synthetic_per_slice()
+    with_oracle = experiment_table(per_slice, "supervised", "hybrid", "oracle")
+    table = experiment_table(per_slice[per_slice["model"] != "oracle"], "supervised", "hybrid", None)
+    assert not {"oracle", "oracle_mean", "gap_closed_mean", "gap_closed_std"} & set(table.columns)
+    shared = ["hybrid_mean", "supervised_mean", "p_value_max", "p_value_median", "hybrid_better_seeds", "seeds"]
+    pd.testing.assert_frame_equal(table[shared], with_oracle[shared])
+
+
 def test_missing_model_is_named():
     per_slice = synthetic_per_slice()
     with pytest.raises(ValueError, match=r"no rows of model\(s\) \['oracle_robust'\]"):
@@ -256,6 +265,25 @@ def test_ablation_trains_each_variant_on_the_validation_subject_with_its_overrid
     assert summary.loc["axial:hybrid", "T1_MPE_mean"] == pytest.approx(
         per_seed.set_index("model").loc["axial:hybrid", "T1_MPE"]
     )
+    pairs = pd.read_csv(tmp_path / "ablation_pairs.csv")  # only base has both models
+    assert set(pairs["variant"]) == {"base"} and "oracle" not in pairs and "gap_closed_mean" not in pairs
+    t1_mpe = pairs[(pairs["metric"] == "MPE") & (pairs["map"] == "T1")].iloc[0]
+    assert t1_mpe["hybrid_mean"] == pytest.approx(models.loc["base:hybrid", "T1_MPE"])
+    assert t1_mpe["labels_mean"] == pytest.approx(models.loc["labels", "T1_MPE"])
+
+    # the report on the test subject reuses the trained models: inference only
+    trained = (tmp_path / "runs" / "base_hybrid_seed0" / "train_seconds.txt").stat().st_mtime_ns
+    testing = command[: command.index("--variant")] + ["--section", "testing", "--variant", "base+supervised"]
+    result = subprocess.run(
+        testing, check=False, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore")
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "runs" / "base_hybrid_seed0" / "train_seconds.txt").stat().st_mtime_ns == trained
+    assert any((tmp_path / "runs" / "base_hybrid_seed0" / "maps_testing").glob("*/t1_map.nii.gz"))
+    on_test = pd.read_csv(tmp_path / "ablation_testing_per_seed.csv").set_index("model")
+    assert set(on_test.index) == {"base:supervised", "base:hybrid", "labels"}
+    assert on_test.loc["labels", "T1_MPE"] != pytest.approx(models.loc["labels", "T1_MPE"])  # another subject
+    assert set(pd.read_csv(tmp_path / "ablation_testing_pairs.csv")["variant"]) == {"base"}
 
 
 def test_label_thickness_curve_plot_and_study_folders(tmp_path):

@@ -44,7 +44,7 @@ def _paired(per_slice: pd.DataFrame, metric: str, seed, models: Sequence[str]) -
 
 
 def experiment_table(
-    per_slice: pd.DataFrame, supervised: str, hybrid: str, oracle: str, labels: str | None = None
+    per_slice: pd.DataFrame, supervised: str, hybrid: str, oracle: str | None, labels: str | None = None
 ) -> pd.DataFrame:
     """Table 2 of the paper with the oracle and the fraction of the gap closed, over seeds.
 
@@ -59,17 +59,20 @@ def experiment_table(
       supervised over the slices of each seed, the largest and the median over seeds;
     - ``hybrid_better_seeds``: in how many seeds the hybrid mean is better than the supervised one;
     - ``gap_closed_mean``, ``gap_closed_std``: the fraction of the gap closed (module docstring) per seed, mean
-      and standard deviation over seeds (NaN for a seed where supervised and oracle means are equal);
+      and standard deviation over seeds (NaN for a seed where supervised and oracle means are equal); without an
+      ``oracle`` (e.g. models of an ablation) neither these nor the ``oracle`` columns;
     - ``seeds``: the number of seeds;
     - with ``labels``: the same ``labels``, ``labels_mean``, ... columns for that yardstick (e.g. the interpolated
       low-resolution labels, :mod:`pipeline.reports.yardsticks`; rows for every seed, identical when it has no seed).
 
     Args:
         per_slice: per-slice metrics of every seed and model (module docstring).
-        supervised, hybrid, oracle: the three models' names in ``per_slice["model"]``.
+        supervised, hybrid, oracle: the three models' names in ``per_slice["model"]`` (``oracle`` may be None).
         labels: optional name of a yardstick in ``per_slice["model"]``.
     """
-    models = {"supervised": supervised, "hybrid": hybrid, "oracle": oracle} | ({"labels": labels} if labels else {})
+    models = {"supervised": supervised, "hybrid": hybrid} | {
+        column: model for column, model in (("oracle", oracle), ("labels", labels)) if model
+    }
     missing = sorted(set(models.values()) - set(per_slice["model"]))
     if missing:
         raise ValueError(f"per_slice has no rows of model(s) {missing}; it has {sorted(per_slice['model'].unique())}.")
@@ -95,16 +98,16 @@ def experiment_table(
                 for seed in seeds
             ]
             improvement = (means[hybrid] - means[supervised]) * (1 if HIGHER_IS_BETTER[metric] else -1)
-            gap = (means[supervised] - means[hybrid]) / (means[supervised] - means[oracle]).replace(0.0, np.nan)
             row.update(
                 {
                     "p_value_max": max(p_values),
                     "p_value_median": float(np.median(p_values)),
                     "hybrid_better_seeds": int((improvement > 0).sum()),
-                    "gap_closed_mean": gap.mean(),
-                    "gap_closed_std": gap.std(),
-                    "seeds": len(seeds),
                 }
             )
+            if oracle:
+                gap = (means[supervised] - means[hybrid]) / (means[supervised] - means[oracle]).replace(0.0, np.nan)
+                row.update({"gap_closed_mean": gap.mean(), "gap_closed_std": gap.std()})
+            row["seeds"] = len(seeds)
             rows.append(row)
     return pd.DataFrame(rows)
