@@ -6,12 +6,18 @@ blur in-plane. The median of an axial, a sagittal and a coronal model's maps kee
 fusion of orientations SyMTIC uses). Each input is an inference's output folder (:class:`pipeline.engine.SaveMapsd`:
 ``<folder>/<subject>/{t1,t2,m0}_map.nii.gz``, T1/T2 in ms, on the subject's T1w grid); the fused set has the same
 layout, so every evaluation and report reads it as it reads one model's.
+
+Command line (each folder the ``output_dir`` of one bundle inference; exit code 2 on a refused input)::
+
+    python -m pipeline.fusion maps_axial maps_sagittal maps_coronal --output-dir maps_fused [--overwrite]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
+import sys
 from collections.abc import Sequence
 
 import nibabel as nib
@@ -74,3 +80,24 @@ def fuse_prediction_sets(
             with atomic_target(target, suffix=".nii.gz") as temporary:
                 nib.save(fused, temporary)
     return output_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.fusion", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", help="prediction sets (bundle inference output_dir folders)")
+    parser.add_argument("--output-dir", required=True, help="where the fused set is written")
+    parser.add_argument("--overwrite", action="store_true", help="replace fused maps that exist")
+    args = parser.parse_args(argv)
+    try:
+        output_dir = fuse_prediction_sets(args.folders, args.output_dir, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as error:
+        print(f"python -m pipeline.fusion: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote the median of {len(args.folders)} prediction sets of {len(_subjects(output_dir))} subject(s) to {output_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

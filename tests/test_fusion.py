@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.engine import MAP_NAMES
-from pipeline.fusion import fuse_prediction_sets
+from pipeline.fusion import fuse_prediction_sets, main
 
 
 def _write_set(folder, maps, affine=None, subject="sub-01"):
@@ -52,3 +52,16 @@ def test_fusion_refuses_mismatched_sets_and_existing_maps(tmp_path):
     with pytest.raises(FileExistsError, match="t1_map.nii.gz exists"):
         fuse_prediction_sets([first, first], out)
     assert (out / "sub-01" / "t1_map.nii.gz").read_bytes() == written
+
+
+def test_command_line_fuses_and_refuses_with_exit_code_2(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    values = rng.uniform(10, 2000, size=(3, 3, 4, 4, 4))
+    folders = [str(_write_set(tmp_path / f"model{k}", values[k])) for k in range(3)]
+    assert main([*folders, "--output-dir", str(tmp_path / "fused")]) == 0
+    fused = nib.load(tmp_path / "fused" / "sub-01" / "t2_map.nii.gz").get_fdata()
+    np.testing.assert_allclose(fused, np.median(values[:, 1], axis=0), rtol=1e-6)
+    assert "3 prediction sets of 1 subject(s)" in capsys.readouterr().out
+    assert main([*folders, "--output-dir", str(tmp_path / "fused")]) == 2  # the fused set exists: not overwritten
+    assert "exists" in capsys.readouterr().err
+    assert main([*folders, "--output-dir", str(tmp_path / "fused"), "--overwrite"]) == 0
