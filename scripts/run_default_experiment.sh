@@ -3,7 +3,7 @@
 #   1. ablation on the realistic phantom's VALIDATION subject (seed 0): each lever on top of the robust loss, one
 #      row each; the choice is the lowest mean T1/T2 MPE (the lambda criterion), the test subject chooses nothing;
 #      1b. further levers on top of the chosen default (N4 bias correction, slice orientations and their fusion);
-#      1c. the orientations and their fusion over a second seed (validation), then reported on the test subject with
+#      1c. the orientations and their fusion over seeds 0-2 (validation), then reported on the test subject with
 #          the same trained models (ablate --section testing);
 #   2. the chosen setting (train.json as it is, "default") against supervised and oracle, seeds 0-2, on the realistic
 #      test subject (unseen mirrored brain), with the interpolated 3.5 mm labels as a yardstick;
@@ -37,7 +37,7 @@ python scripts/run_paper_experiment.py ablate "${ROBUST_LOSS[@]}" --seeds 0 --ou
 
 # 1b. levers tried on top of the chosen default (train.json), same validation subject and protocol: sagittal and
 #     coronal slices, the median of the three orientations' maps, and N4 correction of the weighted images' receive
-#     bias (seed 0); 1c. the orientations over seeds 0-1 (1b's runs are reused), then on the test subject
+#     bias (seed 0); 1c. the orientations over seeds 0-2 (1b's runs are reused), then on the test subject
 ORIENTATIONS=(
     --variant default+supervised
     --variant sagittal+supervised slice_axis=0 "slice_size=[208,192]"
@@ -48,7 +48,7 @@ ORIENTATIONS=(
 LEVERS=(ablate --setting default --out runs/default_ablation "${ON_REALISTIC[@]}" --set val_interval=16)
 python scripts/run_paper_experiment.py "${LEVERS[@]}" --seeds 0 "${ORIENTATIONS[@]}" --variant n4 bias_correction=True
 for section in validation testing; do
-    python scripts/run_paper_experiment.py "${LEVERS[@]}" --seeds 0 1 --section "$section" "${ORIENTATIONS[@]}"
+    python scripts/run_paper_experiment.py "${LEVERS[@]}" --seeds 0 1 2 --section "$section" "${ORIENTATIONS[@]}"
 done
 
 # 2. the default on the realistic test subject
