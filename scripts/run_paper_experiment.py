@@ -329,11 +329,10 @@ def run_ablation(args: argparse.Namespace) -> None:
     summary = per_seed.groupby("model").agg(["mean", "std"])
     summary.columns = [f"{column}_{statistic}" for column, statistic in summary.columns]
     summary.to_csv(args.out / f"{stem}.csv")
-    paired = [name.removesuffix(":hybrid") for name in dict.fromkeys(names) if name.endswith(":hybrid")]
-    pairs = [  # each variant (or fusion) with a supervised model of its own: hybrid vs supervised, paired t-tests
+    pairs = [  # each variant (or fusion) with both models: hybrid vs supervised, paired t-tests
         experiment_table(per_slice, f"{name}:supervised", f"{name}:hybrid", None, labels="labels").assign(variant=name)
-        for name in paired
-        if f"{name}:supervised" in names
+        for name in dict.fromkeys(name.rsplit(":", 1)[0] for name in names)
+        if {f"{name}:supervised", f"{name}:hybrid"} <= set(names)
     ]
     if pairs:
         pd.concat(pairs, ignore_index=True).to_csv(args.out / f"{stem}_pairs.csv", index=False)
