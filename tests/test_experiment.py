@@ -179,7 +179,7 @@ def test_every_profile_setting_and_model_config_parses_to_the_intended_loss_and_
             assert loss.edge_smoothing_sigma == (0.0 if published else 1.0)
             assert loss.contrasts == (("mprage", "tse_epg") if setting == "default" else ("mprage", "tse"))
             assert loss.scale_invariant_l1.window == 0
-            assert parser.get_parsed_content("slice_axis") == (2 if setting == "default" else 0)
+            assert parser.get_parsed_content("slice_axis") == (1 if setting == "default" else 0)
             label_keys = parser.get_parsed_content("train#dataset#label_keys", default=LABEL_KEYS)
             assert tuple(label_keys) == (REFERENCE_KEYS if model == "oracle" else LABEL_KEYS)
 
