@@ -15,11 +15,14 @@
 * :func:`remove_superseded_checkpoints` -- deletes the full training states a newer one supersedes (a resumed
   run's ``CheckpointSaver`` only knows, and removes, the files it wrote itself).
 * :func:`check_new_run` -- refuses to train over an earlier run's checkpoints by accident.
+* :func:`write_model_card`, :func:`trained_slice_axis` -- ``model.json`` beside the checkpoints: the slice
+  orientation a model was trained on, which inference (and QC calibration, adaptation) must repeat.
 * :func:`as_flag` -- a command-line override (``--resume true``) as a bool.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Hashable, Mapping, Sequence
@@ -33,7 +36,7 @@ from monai.handlers import from_engine
 from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 from monai.utils import convert_to_numpy, convert_to_tensor
 
-from pipeline.files import atomic_target
+from pipeline.files import atomic_target, write_atomically
 from pipeline.physics import MAP_UNIT_MS
 
 MAP_NAMES = ("t1_map", "t2_map", "m0_map")
@@ -301,6 +304,47 @@ def check_new_run(ckpt_dir: str | os.PathLike, resume: bool | str = False, overw
             f"{ckpt_dir} already holds checkpoints of an earlier run {existing}: pass --resume true to continue "
             "it, --overwrite true to start over and replace them, or choose another --ckpt_dir."
         )
+
+
+MODEL_CARD = "model.json"
+"""What a model's ``ckpt_dir`` records beside its weights about how it was trained: ``{"slice_axis": 0|1|2}``."""
+SLICE_PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}
+"""Slice orientation of each ``slice_axis`` (the RAS axis the slices are taken along)."""
+
+
+def write_model_card(ckpt_dir: str | os.PathLike, slice_axis: int, resume: bool | str = False) -> pathlib.Path:
+    """Write ``<ckpt_dir>/model.json`` (:data:`MODEL_CARD`) at the start of training; returns its path.
+
+    Raises:
+        ValueError: when a resumed run's card records another slice axis than ``slice_axis`` (its checkpoints were
+            trained on other slices), naming the card.
+    """
+    card = pathlib.Path(ckpt_dir) / MODEL_CARD
+    if as_flag(resume) and card.is_file():
+        recorded = json.loads(card.read_text())["slice_axis"]
+        if recorded != int(slice_axis):
+            raise ValueError(
+                f"{card}: the run being resumed was trained on slice_axis {recorded} ({SLICE_PLANES[recorded]}), "
+                f"not {slice_axis}; resume it with --slice_axis {recorded}."
+            )
+    return write_atomically(card, json.dumps({"slice_axis": int(slice_axis)}, indent=2) + "\n")
+
+
+def trained_slice_axis(checkpoint: str | os.PathLike) -> int:
+    """The ``slice_axis`` the model in ``checkpoint`` (``model.pt``, ``model.ts``, ``model.onnx``) was trained on,
+    from the :data:`MODEL_CARD` in its folder: inference must cut the same slices.
+
+    Raises:
+        FileNotFoundError: when the folder has no card (a model trained before bundle 0.8.0, or weights copied
+            without it), naming the card and the ``--slice_axis`` override that sets the orientation by hand.
+    """
+    card = pathlib.Path(checkpoint).parent / MODEL_CARD
+    if not card.is_file():
+        raise FileNotFoundError(
+            f"{card} is missing: it records the slice orientation {checkpoint} was trained on. Copy it with the "
+            "model, or pass --slice_axis 0, 1 or 2 (sagittal, coronal, axial: the training's slice_axis)."
+        )
+    return int(json.loads(card.read_text())["slice_axis"])
 
 
 def as_flag(value: bool | str | int) -> bool:

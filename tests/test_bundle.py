@@ -149,7 +149,12 @@ def test_supervised_override_only_sets_lambda_zero():
 
 
 def test_training_writes_best_model_and_state(trained):
-    assert sorted(path.name for path in trained["ckpt_dir"].iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
+    assert sorted(path.name for path in trained["ckpt_dir"].iterdir()) == [
+        "checkpoint_epoch=1.pt",
+        "model.json",
+        "model.pt",
+    ]
+    assert json.loads((trained["ckpt_dir"] / "model.json").read_text()) == {"slice_axis": 1}  # train.json's coronal
     state = torch.load(trained["ckpt_dir"] / "checkpoint_epoch=1.pt", weights_only=False)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch
@@ -196,7 +201,8 @@ def test_console_is_a_progress_bar_or_log_lines_never_both(overrides, progress_b
 
 
 def _copy_of_the_trained_run(trained, ckpt_dir):
-    """``ckpt_dir`` holding a copy of the ``trained`` run's files (``checkpoint_epoch=1.pt``, ``model.pt``)."""
+    """``ckpt_dir`` holding a copy of the ``trained`` run's files (``checkpoint_epoch=1.pt``, ``model.pt``,
+    ``model.json``)."""
     ckpt_dir.mkdir()
     for path in trained["ckpt_dir"].iterdir():
         (ckpt_dir / path.name).write_bytes(path.read_bytes())
@@ -223,7 +229,7 @@ def test_training_resumes_from_latest_state_and_removes_the_state_it_supersedes(
     )
     log = result.stdout + result.stderr
     assert "Restored all variables" in log and "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
-    assert sorted(path.name for path in ckpt_dir.iterdir()) == ["checkpoint_epoch=2.pt", "model.pt"]
+    assert sorted(path.name for path in ckpt_dir.iterdir()) == ["checkpoint_epoch=2.pt", "model.json", "model.pt"]
     resumed = torch.load(latest_checkpoint(ckpt_dir), weights_only=False)["trainer"]
     assert resumed["iteration"] == 2 * iterations
     assert iteration_log_lines(log) == [(2, step) for step in range(1, TRAINING_STEPS_PER_EPOCH + 1)]  # every step
@@ -454,7 +460,8 @@ def calibrated_model(study, trained, tmp_path_factory):
     """A copy of the trained model with its QC calibration (the ``calibrating`` command) beside it."""
     ckpt_dir = tmp_path_factory.mktemp("calibrated")
     checkpoint = ckpt_dir / "model.pt"
-    checkpoint.write_bytes((trained["ckpt_dir"] / "model.pt").read_bytes())
+    for name in ("model.pt", "model.json"):
+        (ckpt_dir / name).write_bytes((trained["ckpt_dir"] / name).read_bytes())
     run = {"bundle_root": BUNDLE, "checkpoint": checkpoint, **study}
     check(bundle_run("calibrating", ["inference.json", "calibrate.json"], **run))
     return run

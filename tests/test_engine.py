@@ -1,12 +1,18 @@
-"""pipeline.engine helpers that the bundle's engines use: writing maps back onto the input's grid."""
+"""pipeline.engine helpers that the bundle's engines use: writing maps back onto the input's grid, the model card."""
+
+import json
+import pathlib
 
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import ResampleToMatch
 
-from pipeline.engine import paste_on_grid
+from pipeline.engine import paste_on_grid, trained_slice_axis, write_model_card
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "bundles" / "qmap_hybrid" / "configs"
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -40,3 +46,30 @@ def test_paste_on_grid_equals_monai_resampling_for_permuted_flipped_shifted_grid
     oblique = source_affine.copy()
     oblique[:3, :3] = oblique[:3, :3] @ np.array([[0.8, 0.6, 0], [-0.6, 0.8, 0], [0, 0, 1]])
     assert paste_on_grid(volume, oblique, target_affine, target_shape) is None
+
+
+def test_inference_cuts_the_slices_the_model_was_trained_on(tmp_path):
+    """inference.json's ``slice_axis`` is the one in ``model.json`` beside the checkpoint; an explicit override wins."""
+    write_model_card(tmp_path, slice_axis=0)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["checkpoint"] = str(tmp_path / "model.pt")
+    assert parser.get_parsed_content("slice_axis") == 0
+    parser["slice_axis"] = 2
+    assert parser.get_parsed_content("slice_axis") == 2
+
+
+def test_a_model_without_its_card_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model\.json is missing.*model\.onnx.*--slice_axis"):
+        trained_slice_axis(tmp_path / "model.onnx")
+
+
+def test_a_resumed_run_keeps_its_slice_axis(tmp_path):
+    card = write_model_card(tmp_path, slice_axis=2)
+    assert trained_slice_axis(tmp_path / "model.pt") == 2
+    assert write_model_card(tmp_path, slice_axis=2, resume="true") == card  # the same slices: resumes
+    with pytest.raises(ValueError, match=r"model\.json: the run being resumed was trained on slice_axis 2 \(axial\)"):
+        write_model_card(tmp_path, slice_axis=1, resume="true")
+    assert json.loads(card.read_text()) == {"slice_axis": 2}  # untouched by the refused resume
+    write_model_card(tmp_path, slice_axis=1)  # a new run (--overwrite true) records its own
+    assert trained_slice_axis(tmp_path / "model.pt") == 1

@@ -14,6 +14,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 
+from pipeline.engine import write_model_card
 from pipeline.export import OnnxRuntimeNetwork, export_command, traceable
 from pipeline.physics import MAP_UNIT_MS
 
@@ -57,6 +58,7 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     _, network = parse_network()
     torch.save(network.state_dict(), ckpt_dir / "model.pt")
+    write_model_card(ckpt_dir, slice_axis=1)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     runs = [
         subprocess.Popen(

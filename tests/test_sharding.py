@@ -16,6 +16,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from pipeline import sharding
 from pipeline.data import InvalidInputError, load_datalist
+from pipeline.engine import write_model_card
 from pipeline.reports import evaluate_predictions
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -52,6 +53,7 @@ def cohort(tiny_study, tmp_path_factory):
     parser["device"] = "$torch.device('cpu')"
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("network").state_dict(), root / "model.pt")
+    write_model_card(root, slice_axis=1)
     return {
         "datalist": root / "cohort.json",
         "dataset_dir": tiny_study.parent,
