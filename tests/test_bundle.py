@@ -450,6 +450,7 @@ def test_best_model_is_the_lowest_validation_error_and_a_runaway_validation_stop
     )
     assert set(parser.get_parsed_content("divergence_metrics")) <= set(parser["validate#additional_metrics"])
     assert parser.get_parsed_content("divergence_factor") > 1
+    assert stop["start_epoch"] == "@divergence_start_epoch" and parser.get_parsed_content("divergence_start_epoch") == 8
     assert any("@divergence_stop.attach(@validate" in step for step in parser["attach_state_handlers"])
     warmup = next(h for h in parser["train#handlers"] if h["_target_"] == "pipeline.handlers.LambdaWarmup")
     assert warmup["loss"] == "@loss" and warmup["lambda_self"] == "@lambda_self"
