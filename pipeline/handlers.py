@@ -85,7 +85,7 @@ class DivergenceStop:
     terminates ``trainer``. Validations before epoch ``start_epoch`` are not compared (only a non-finite value stops
     them) and do not count towards the best: early in training the errors of a network still learning the maps'
     scale swing by 2x from one validation to the next (training-time T2 MPE at epoch 4 of nine runs of
-    docs/results/default: 24-61 %), which is not divergence. Whichever model the key-metric checkpoint kept (the best validation) stays the model;
+    docs/results/default: 24-62 %), which is not divergence. Whichever model the key-metric checkpoint kept (the best validation) stays the model;
     ``diverged_epoch`` records the epoch (None while the run is healthy).
 
     Args:
