@@ -81,12 +81,14 @@ class DivergenceStop:
 
     Attach to the validation evaluator (``val_handlers``): after every validation it reads
     ``evaluator.state.metrics[name]`` for each name of ``metric_names`` (errors, lower is better, e.g.
-    ``val_t2_mpe``; a NaN or infinite value counts as diverged), logs a warning naming the metric, its value, its best value and the training epoch, and
-    terminates ``trainer``. Validations before epoch ``start_epoch`` are not compared (only a non-finite value stops
-    them) and do not count towards the best: early in training the errors of a network still learning the maps'
-    scale swing by 2x from one validation to the next (training-time T2 MPE at epoch 4 of nine runs of
-    docs/results/default: 24-62 %), which is not divergence. Whichever model the key-metric checkpoint kept (the best validation) stays the model;
-    ``diverged_epoch`` records the epoch (None while the run is healthy).
+    ``val_t2_mpe``; a NaN or infinite value counts as diverged), logs a warning naming the metric, its value, its best
+    value and the training epoch, and terminates ``trainer``. Whichever model the key-metric checkpoint kept (the best
+    validation) stays the model; ``diverged_epoch`` records the epoch (None while the run is healthy).
+
+    Validations before epoch ``start_epoch`` are not compared (only a non-finite value stops them) and do not count
+    towards the best: early in training the errors of a network still learning the maps' scale swing by 2x from one
+    validation to the next (training-time T2 MPE at epoch 4 of nine runs of docs/results/default: 24-62 %), which is
+    not divergence.
 
     Args:
         trainer: the training engine to stop.
@@ -98,7 +100,8 @@ class DivergenceStop:
     def __init__(self, trainer: Engine, metric_names: Sequence[str], factor: float = 1.5, start_epoch: int = 1) -> None:
         if factor <= 1:
             raise ValueError(f"factor must be > 1, got {factor}.")
-        self.trainer, self.start_epoch = trainer, int(start_epoch)
+        self.trainer = trainer
+        self.start_epoch = int(start_epoch)
         self.metric_names = tuple(metric_names)
         self.factor = float(factor)
         self.best: dict[str, float] = {}

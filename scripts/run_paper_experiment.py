@@ -137,7 +137,7 @@ class Run:
             started = time.perf_counter()
             run_bundle("training", configs, overrides, log, threads)
             (self.run_dir / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
-        shared = {key: value for key, value in self.overrides if key in INFERENCE_KEYS}  # e.g. slice_axis
+        shared = {key: value for key, value in self.overrides if key in INFERENCE_KEYS}  # e.g. features
         overrides = {
             **data,
             **shared,
