@@ -58,7 +58,8 @@ class SubjectAdaptation:
         checkpoint: the trained weights every subject starts from.
         dataset: processed volumes (``image`` (3, X, Y, Z) ``MetaTensor``, ``mask`` (1, X, Y, Z), ``subject``), e.g.
             the inference config's ``dataset``.
-        inferer: predicts a volume's maps from a (1, 3, X, Y, Z) image batch (the inference config's ``SliceInferer``).
+        inferer: predicts a volume's maps from a (1, 3, X, Y, Z) image batch (the inference config's
+            :class:`~pipeline.engine.NeighbourSliceInferer`).
         postprocessing: applied to ``{"pred", "image", "mask", "subject"}`` of the kept maps (the inference config's:
             masking, ms, writing, QC).
         qc: the QC that judges the maps (the :class:`~pipeline.qc.SubjectQCd` of ``postprocessing``, with the
@@ -66,7 +67,8 @@ class SubjectAdaptation:
         loss: the self-supervised loss with the subject's protocol (:class:`pipeline.losses.SelfSupervisedLoss`).
         output_dir: where ``<subject>/adaptation.json`` goes (the maps' folder).
         steps, learning_rate, batch_size: the fine-tuning: Adam, this many iterations of this many slices.
-        slice_axis, min_brain_fraction, slice_transforms: the training slices (as the training config's; random crops).
+        slice_axis, min_brain_fraction, slice_transforms, context_slices: the training slices (as the training config's;
+            random crops).
         map_unit_ms: ms per network unit of T1 and T2.
         device: where the network runs.
         overwrite: replace an existing ``adaptation.json`` (otherwise ``FileExistsError``).
@@ -88,6 +90,7 @@ class SubjectAdaptation:
         slice_axis: int = 2,
         min_brain_fraction: float = 0.05,
         slice_transforms: Sequence[Callable] | None = None,
+        context_slices: int = 0,
         map_unit_ms: float = MAP_UNIT_MS,
         device: torch.device | str = "cpu",
         overwrite: bool = False,
@@ -105,6 +108,7 @@ class SubjectAdaptation:
             min_brain_fraction,
             slice_transforms,
         )
+        self.context_slices = context_slices
         self.map_unit_ms, self.device, self.overwrite = float(map_unit_ms), torch.device(device), overwrite
         self.logger = logging.getLogger(__name__)
 
@@ -124,7 +128,9 @@ class SubjectAdaptation:
 
     def fine_tune(self, volume: Mapping) -> None:
         """``steps`` iterations of the self-supervised loss on random crops of ``volume``'s slices."""
-        slices = SliceDataset([volume], self.slice_axis, self.min_brain_fraction, self.slice_transforms)
+        slices = SliceDataset(
+            [volume], self.slice_axis, self.min_brain_fraction, self.slice_transforms, self.context_slices
+        )
         loader = DataLoader(slices, batch_size=self.batch_size, shuffle=True, num_workers=0)
         trainer = SupervisedTrainer(
             device=self.device,

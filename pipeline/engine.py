@@ -15,8 +15,10 @@
 * :func:`remove_superseded_checkpoints` -- deletes the full training states a newer one supersedes (a resumed
   run's ``CheckpointSaver`` only knows, and removes, the files it wrote itself).
 * :func:`check_new_run` -- refuses to train over an earlier run's checkpoints by accident.
-* :func:`write_model_card`, :func:`trained_slice_axis` -- ``model.json`` beside the checkpoints: the slice
-  orientation a model was trained on, which inference (and QC calibration, adaptation) must repeat.
+* :func:`write_model_card`, :func:`trained_setting` -- ``model.json`` beside the checkpoints: the slices a model
+  was trained on (orientation, neighbours stacked as channels), which inference (and QC calibration, adaptation)
+  must repeat.
+* :class:`NeighbourSliceInferer` -- MONAI's ``SliceInferer`` feeding each slice with its neighbours (2.5D).
 * :func:`as_flag` -- a command-line override (``--resume true``) as a bool.
 """
 
@@ -33,9 +35,11 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.handlers import from_engine
+from monai.inferers import SliceInferer
 from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 from monai.utils import convert_to_numpy, convert_to_tensor
 
+from pipeline.data.slices import stack_neighbour_slices
 from pipeline.files import atomic_target, write_atomically
 from pipeline.physics import MAP_UNIT_MS
 
@@ -307,44 +311,76 @@ def check_new_run(ckpt_dir: str | os.PathLike, resume: bool | str = False, overw
 
 
 MODEL_CARD = "model.json"
-"""What a model's ``ckpt_dir`` records beside its weights about how it was trained: ``{"slice_axis": 0|1|2}``."""
+"""What a model's ``ckpt_dir`` records beside its weights about how it was trained, the settings inference must
+repeat: ``{"slice_axis": 0|1|2, "context_slices": k}``."""
+CARD_DEFAULTS = {"context_slices": 0}
+"""The value of each setting a card lacks because it was written before the setting existed (bundle 0.8.0)."""
 SLICE_PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}
 """Slice orientation of each ``slice_axis`` (the RAS axis the slices are taken along)."""
 
 
-def write_model_card(ckpt_dir: str | os.PathLike, slice_axis: int, resume: bool | str = False) -> pathlib.Path:
+def _read_card(card: pathlib.Path) -> dict:
+    return {**CARD_DEFAULTS, **json.loads(card.read_text())}
+
+
+def write_model_card(
+    ckpt_dir: str | os.PathLike, slice_axis: int, resume: bool | str = False, context_slices: int = 0
+) -> pathlib.Path:
     """Write ``<ckpt_dir>/model.json`` (:data:`MODEL_CARD`) at the start of training; returns its path.
 
     Raises:
-        ValueError: when a resumed run's card records another slice axis than ``slice_axis`` (its checkpoints were
-            trained on other slices), naming the card.
+        ValueError: when a resumed run's card records other settings (its checkpoints were trained on other
+            slices), naming the card and the overrides that resume it.
     """
     card = pathlib.Path(ckpt_dir) / MODEL_CARD
+    settings = {"slice_axis": int(slice_axis), "context_slices": int(context_slices)}
     if as_flag(resume) and card.is_file():
-        recorded = json.loads(card.read_text())["slice_axis"]
-        if recorded != int(slice_axis):
+        recorded = _read_card(card)
+        changed = {name: recorded[name] for name, value in settings.items() if recorded[name] != value}
+        if changed:
             raise ValueError(
-                f"{card}: the run being resumed was trained on slice_axis {recorded} ({SLICE_PLANES[recorded]}), "
-                f"not {slice_axis}; resume it with --slice_axis {recorded}."
+                f"{card}: the run being resumed was trained with {changed}, not "
+                f"{ {name: settings[name] for name in changed} }; resume it with "
+                + " ".join(f"--{name} {value}" for name, value in changed.items())
+                + f" (slice_axis {recorded['slice_axis']}: {SLICE_PLANES[recorded['slice_axis']]})."
             )
-    return write_atomically(card, json.dumps({"slice_axis": int(slice_axis)}, indent=2) + "\n")
+    return write_atomically(card, json.dumps(settings, indent=2) + "\n")
 
 
-def trained_slice_axis(checkpoint: str | os.PathLike) -> int:
-    """The ``slice_axis`` the model in ``checkpoint`` (``model.pt``, ``model.ts``, ``model.onnx``) was trained on,
-    from the :data:`MODEL_CARD` in its folder: inference must cut the same slices.
+def trained_setting(checkpoint: str | os.PathLike, name: str) -> int:
+    """The setting ``name`` (``slice_axis``, ``context_slices``) the model in ``checkpoint`` (``model.pt``,
+    ``model.ts``, ``model.onnx``) was trained with, from the :data:`MODEL_CARD` in its folder: inference must cut the
+    same slices.
 
     Raises:
         FileNotFoundError: when the folder has no card (a model trained before bundle 0.8.0, or weights copied
-            without it), naming the card and the ``--slice_axis`` override that sets the orientation by hand.
+            without it), naming the card and the overrides that set the training's settings by hand.
     """
     card = pathlib.Path(checkpoint).parent / MODEL_CARD
     if not card.is_file():
         raise FileNotFoundError(
-            f"{card} is missing: it records the slice orientation {checkpoint} was trained on. Copy it with the "
-            "model, or pass --slice_axis 0, 1 or 2 (sagittal, coronal, axial: the training's slice_axis)."
+            f"{card} is missing: it records the slices {checkpoint} was trained on. Copy it with the model, or pass "
+            "--slice_axis 0, 1 or 2 (sagittal, coronal, axial) and --context_slices k (neighbours on either side, 0 "
+            "for 2D slices): the training's."
         )
-    return int(json.loads(card.read_text())["slice_axis"])
+    return int(_read_card(card)[name])
+
+
+class NeighbourSliceInferer(SliceInferer):
+    """MONAI's ``SliceInferer`` for a 2.5D network: each slice along ``spatial_dim`` goes in with its
+    ``context_slices`` neighbours on either side as channels (:func:`pipeline.data.stack_neighbour_slices`, the
+    training slices' stacking); with 0 it is ``SliceInferer`` itself.
+
+    ``inputs``: (B, C, X, Y, Z) -> the network's per-slice output stacked back, (B, C_out, X, Y, Z).
+    """
+
+    def __init__(self, spatial_dim: int = 0, context_slices: int = 0, *args, **kwargs) -> None:
+        super().__init__(spatial_dim, *args, **kwargs)
+        self.context_slices = int(context_slices)
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
+        stacked = stack_neighbour_slices(inputs, self.spatial_dim, self.context_slices)
+        return super().__call__(stacked, network, *args, **kwargs)
 
 
 def as_flag(value: bool | str | int) -> bool:

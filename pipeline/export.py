@@ -32,14 +32,15 @@ import numpy as np
 import torch
 from monai.networks.nets.basic_unet import UpCat
 
-IN_CHANNELS = 3
-"""Network input channels: T1w MPRAGE, T2w TSE, T2w FLAIR (normalised intensities)."""
+from pipeline.data.slices import IMAGE_CHANNELS, input_channels
+from pipeline.engine import trained_setting
 
 OUT_CHANNELS = 3
 """Network output channels: T1 / 3000 ms, T2 / 3000 ms, normalised M0."""
 
-ONNX_EXPORT_SHAPE = (1, IN_CHANNELS, 64, 64)
-"""Example input (B, C, H, W) the ONNX export traces; batch, height and width stay dynamic."""
+ONNX_EXPORT_SIZE = (64, 64)
+"""(H, W) of the example input (1, the model's input channels, H, W) the ONNX export traces; batch, height and width
+stay dynamic."""
 
 DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
 """The dynamic axes of the ONNX model's input ``image`` and output ``pred`` (B, C, H, W)."""
@@ -98,6 +99,7 @@ def export_command(
     configs = os.path.join(os.fspath(bundle_root), "configs")
     ckpt_file = os.fspath(ckpt_file or os.path.join(os.fspath(bundle_root), "models", "model.pt"))
     common = ["--ckpt_file", ckpt_file, "--meta_file", os.path.join(configs, "metadata.json")]
+    common += ["--ckpt_dir", os.path.dirname(ckpt_file)]  # the configs read the model's card (model.json) there
     if kind == "torchscript":
         filepath = os.fspath(filepath or os.path.join(os.path.dirname(ckpt_file), "model.ts"))
         command = ["ckpt_export", "network", "--filepath", filepath, *common]
@@ -107,7 +109,8 @@ def export_command(
         config_files = [os.path.join(configs, name) for name in ("inference.json", "inference_onnx.json")]
         command = ["onnx_export", "export_network", "--filepath", filepath, *common]
         command += ["--config_file", repr(config_files), "--use_trace", "True"]
-        command += ["--input_shape", repr(list(ONNX_EXPORT_SHAPE)), "--converter_kwargs", repr(ONNX_CONVERTER_KWARGS)]
+        shape = [1, input_channels(trained_setting(ckpt_file, "context_slices")), *ONNX_EXPORT_SIZE]
+        command += ["--input_shape", repr(shape), "--converter_kwargs", repr(ONNX_CONVERTER_KWARGS)]
     else:
         raise ValueError(f"kind must be 'torchscript' or 'onnx', got {kind!r}.")
     return [executable, "-m", "monai.bundle", *command]
@@ -122,7 +125,7 @@ def _onnx_providers() -> list[str]:
 
 class OnnxRuntimeNetwork(torch.nn.Module):
     """An exported ONNX model run by onnxruntime, called like the eager network (by ``SupervisedEvaluator`` +
-    ``SliceInferer``): ``(B, 3, H, W)`` normalised weighted slices -> ``(B, 3, H, W)`` maps (T1 / 3000 ms,
+    ``SliceInferer``): ``(B, in_channels, H, W)`` normalised weighted slices -> ``(B, 3, H, W)`` maps (T1 / 3000 ms,
     T2 / 3000 ms, normalised M0) on the input's device, in its dtype (computed in float32).
 
     ``eval()``, ``train()`` and ``to()`` change nothing (no parameters): the session holds the weights.
@@ -144,7 +147,7 @@ class OnnxRuntimeNetwork(torch.nn.Module):
         filepath: str | os.PathLike,
         providers: Sequence[str] | None = None,
         num_threads: int | None = None,
-        in_channels: int = IN_CHANNELS,
+        in_channels: int = IMAGE_CHANNELS,
         out_channels: int = OUT_CHANNELS,
     ) -> None:
         super().__init__()
@@ -195,7 +198,7 @@ class OnnxRuntimeNetwork(torch.nn.Module):
 
 
 def check_network(
-    network, filepath: str | os.PathLike, in_channels: int = IN_CHANNELS, out_channels: int = OUT_CHANNELS
+    network, filepath: str | os.PathLike, in_channels: int = IMAGE_CHANNELS, out_channels: int = OUT_CHANNELS
 ):
     """Runs a loaded exported model (e.g. ``torch.jit.load`` of ``model.ts``) on one (1, in_channels, 32, 32) zero
     slice on its device and returns it, or raises a ``ValueError`` naming ``filepath`` if that fails or does not give

@@ -33,9 +33,12 @@ from pipeline.data import (
     build_volume_dataset,
     build_volume_transforms,
     ensure_study,
+    input_channels,
     load_datalist,
+    stack_neighbour_slices,
 )
 from pipeline.data.checks import constant_problem
+from pipeline.data.slices import SliceDataset
 from pipeline.data.transforms import CROP_MARGIN
 from pipeline.data.validity import MarkFitFailuresd
 from pipeline.handlers import SmartSliceCacheHandler
@@ -505,6 +508,31 @@ def test_slice_dataset_items_skip_empty_slices_and_load_each_volume_once(hand_st
     assert batch["mask"].shape == (4, 1, *size)
     assert batch["subject"] == ["sub-02"] * 4 and batch["slice"].shape == (4,)
     assert len(loaded) == files  # serving slices never reloads a volume
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_neighbour_slices_are_the_volume_shifted_along_the_slice_axis_and_clamped_at_its_ends(axis):
+    """Channel block j of the stacked volume is the volume at offset (0, -1, +1, -2, +2)[j] along ``axis`` (numpy's
+    ``take`` of clipped indices); a dataset item is its slice, so training and inference see the same channels."""
+    rng = np.random.default_rng(axis)
+    image = torch.from_numpy(rng.random((3, 5, 6, 7), dtype=np.float32))
+    stacked = stack_neighbour_slices(image, axis, context_slices=2)
+    assert stacked.shape == (input_channels(2), 5, 6, 7) == (15, 5, 6, 7)
+    n = image.shape[axis + 1]
+    for block, offset in enumerate([0, -1, 1, -2, 2]):
+        shifted = np.take(image.numpy(), np.clip(np.arange(n) + offset, 0, n - 1), axis=axis + 1)
+        np.testing.assert_array_equal(stacked[3 * block : 3 * block + 3].numpy(), shifted)
+    assert stack_neighbour_slices(image, axis) is image  # 2D slices: the volume itself
+    batched = stack_neighbour_slices(image[None], axis, context_slices=2)
+    np.testing.assert_array_equal(batched[0].numpy(), stacked.numpy())
+    volume = {"image": image, "mask": torch.ones(1, 5, 6, 7), "subject": "s"}
+    items = list(SliceDataset([volume], axis, min_brain_fraction=0.0, context_slices=2))
+    assert [item["slice"] for item in items] == list(range(n))
+    for item in items:
+        np.testing.assert_array_equal(item["image"].numpy(), stacked.select(axis + 1, item["slice"]).numpy())
+        assert item["mask"].shape == (1, *np.delete(image.shape[1:], axis))
+    with pytest.raises(ValueError, match="context_slices must be 0"):
+        input_channels(-1)
 
 
 def test_streamed_volumes_equal_cached_ones_and_are_computed_when_read(tiny_study, monkeypatch):

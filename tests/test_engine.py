@@ -10,7 +10,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import ResampleToMatch
 
-from pipeline.engine import paste_on_grid, trained_slice_axis, write_model_card
+from pipeline.engine import NeighbourSliceInferer, paste_on_grid, trained_setting, write_model_card
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "bundles" / "qmap_hybrid" / "configs"
 
@@ -49,27 +49,59 @@ def test_paste_on_grid_equals_monai_resampling_for_permuted_flipped_shifted_grid
 
 
 def test_inference_cuts_the_slices_the_model_was_trained_on(tmp_path):
-    """inference.json's ``slice_axis`` is the one in ``model.json`` beside the checkpoint; an explicit override wins."""
-    write_model_card(tmp_path, slice_axis=0)
+    """inference.json's ``slice_axis`` and ``context_slices`` are those in ``model.json`` beside the checkpoint, and
+    its network takes that many channels; an explicit override wins."""
+    write_model_card(tmp_path, slice_axis=0, context_slices=1)
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
     parser["checkpoint"] = str(tmp_path / "model.pt")
     assert parser.get_parsed_content("slice_axis") == 0
+    assert parser.get_parsed_content("network_def").conv_0.conv_0.conv.in_channels == 9
+    inferer = parser.get_parsed_content("inferer")
+    assert isinstance(inferer, NeighbourSliceInferer) and (inferer.spatial_dim, inferer.context_slices) == (0, 1)
     parser["slice_axis"] = 2
     assert parser.get_parsed_content("slice_axis") == 2
 
 
 def test_a_model_without_its_card_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"model\.json is missing.*model\.onnx.*--slice_axis"):
-        trained_slice_axis(tmp_path / "model.onnx")
+    with pytest.raises(FileNotFoundError, match=r"model\.json is missing.*model\.onnx.*--slice_axis.*--context_slices"):
+        trained_setting(tmp_path / "model.onnx", "slice_axis")
 
 
-def test_a_resumed_run_keeps_its_slice_axis(tmp_path):
+def test_a_card_from_before_context_slices_reads_as_2d_slices(tmp_path):
+    (tmp_path / "model.json").write_text(json.dumps({"slice_axis": 1}))  # bundle 0.8.0's card
+    assert trained_setting(tmp_path / "model.pt", "slice_axis") == 1
+    assert trained_setting(tmp_path / "model.pt", "context_slices") == 0
+
+
+def test_a_resumed_run_keeps_its_slices(tmp_path):
     card = write_model_card(tmp_path, slice_axis=2)
-    assert trained_slice_axis(tmp_path / "model.pt") == 2
+    assert trained_setting(tmp_path / "model.pt", "slice_axis") == 2
     assert write_model_card(tmp_path, slice_axis=2, resume="true") == card  # the same slices: resumes
-    with pytest.raises(ValueError, match=r"model\.json: the run being resumed was trained on slice_axis 2 \(axial\)"):
+    with pytest.raises(
+        ValueError, match=r"model\.json: the run being resumed .*--slice_axis 2 \(slice_axis 2: axial\)"
+    ):
         write_model_card(tmp_path, slice_axis=1, resume="true")
-    assert json.loads(card.read_text()) == {"slice_axis": 2}  # untouched by the refused resume
-    write_model_card(tmp_path, slice_axis=1)  # a new run (--overwrite true) records its own
-    assert trained_slice_axis(tmp_path / "model.pt") == 1
+    with pytest.raises(ValueError, match=r"--context_slices 0 "):
+        write_model_card(tmp_path, slice_axis=2, resume="true", context_slices=1)
+    assert json.loads(card.read_text()) == {"slice_axis": 2, "context_slices": 0}  # untouched by the refused resumes
+    write_model_card(tmp_path, slice_axis=1, context_slices=1)  # a new run (--overwrite true) records its own
+    assert trained_setting(tmp_path / "model.pt", "slice_axis") == 1
+    assert trained_setting(tmp_path / "model.pt", "context_slices") == 1
+
+
+@pytest.mark.parametrize("spatial_dim", [0, 1, 2])
+def test_the_2_5d_inferer_hands_each_slice_its_neighbours(spatial_dim):
+    """A network returning the input's channels 3-5 (the slices at offset -1) gives back the volume shifted by one
+    slice along ``spatial_dim``, its first slice repeated."""
+    image = torch.rand(1, 3, 6, 7, 8)
+    inferer = NeighbourSliceInferer(spatial_dim, context_slices=1, roi_size=[-1, -1], sw_batch_size=4)
+
+    def previous_slices(x):
+        assert x.shape[1] == 9
+        return x[:, 3:6]
+
+    pred = inferer(image, previous_slices)
+    n = image.shape[2 + spatial_dim]
+    expected = image.index_select(2 + spatial_dim, (torch.arange(n) - 1).clamp(min=0))
+    torch.testing.assert_close(pred, expected)

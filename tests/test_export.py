@@ -89,9 +89,12 @@ def test_export_commands_are_monai_bundle_commands(tmp_path):
     torchscript = export_command("torchscript", BUNDLE)
     assert torchscript[1:5] == ["-m", "monai.bundle", "ckpt_export", "network"]
     assert torchscript[torchscript.index("--filepath") + 1] == str(BUNDLE / "models" / "model.ts")
+    write_model_card(tmp_path, slice_axis=1, context_slices=2)
     onnx = export_command("onnx", BUNDLE, tmp_path / "model.pt")
     assert onnx[3:5] == ["onnx_export", "export_network"]
     assert onnx[onnx.index("--filepath") + 1] == str(tmp_path / "model.onnx")
+    assert onnx[onnx.index("--ckpt_dir") + 1] == str(tmp_path)  # where the configs read the card
+    assert eval(onnx[onnx.index("--input_shape") + 1])[1] == 15  # 3 images x (2 x 2 neighbours + the slice)
     with pytest.raises(ValueError, match="tensorrt"):
         export_command("tensorrt", BUNDLE)
 

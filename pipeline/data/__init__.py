@@ -26,7 +26,7 @@ from pipeline.data.manifest import (
     read_manifest,
 )
 from pipeline.data.normalization import ScaleByMaskedPercentiled
-from pipeline.data.slices import SliceDataset, brain_slices
+from pipeline.data.slices import SliceDataset, brain_slices, input_channels, stack_neighbour_slices
 from pipeline.data.transforms import build_volume_transforms
 from pipeline.data.validation import Problem, problems_table, require_valid_study, validate_study
 
@@ -56,9 +56,11 @@ __all__ = [
     "ensure_study",
     "estimate_shift_mm",
     "foreground_mask",
+    "input_channels",
     "load_datalist",
     "problems_table",
     "read_manifest",
     "require_valid_study",
+    "stack_neighbour_slices",
     "validate_study",
 ]

@@ -146,6 +146,7 @@ def build_slice_dataset(
     slice_transforms: Sequence[Callable] | Callable | None = None,
     min_brain_fraction: float = 0.1,
     axis: int = 0,
+    context_slices: int = 0,
     **volume_options,
 ) -> SliceDataset:
     """2D slices (sagittal by default) of the cached volumes of a datalist.
@@ -155,12 +156,13 @@ def build_slice_dataset(
         slice_transforms: applied to every slice item, e.g. ``ResizeWithPadOrCropd`` to a fixed (H, W), flips.
         min_brain_fraction: slices with a smaller fraction of mask pixels are skipped.
         axis: spatial axis sliced (0 = X: sagittal).
+        context_slices: neighbours on either side stacked onto each image slice as channels (2.5D); 0: none.
         volume_options: further keyword arguments of :func:`build_volume_dataset` (``with_reference``,
             ``cache_num_workers``, ``max_shift_mm``, ...).
 
     Returns:
-        a :class:`~pipeline.data.slices.SliceDataset` of items ``image`` (3, H, W), ``mask`` (1, H, W),
+        a :class:`~pipeline.data.slices.SliceDataset` of items ``image`` (3·(2·context_slices+1), H, W), ``mask`` (1, H, W),
         [``label``, ``reference`` (3, H, W)], ``subject``, ``slice``.
     """
     volumes = build_volume_dataset(datalist, dataset_dir, section, **volume_options)
-    return SliceDataset(volumes, axis=axis, min_brain_fraction=min_brain_fraction, transform=slice_transforms)
+    return SliceDataset(volumes, axis, min_brain_fraction, slice_transforms, context_slices)

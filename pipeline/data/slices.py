@@ -11,6 +11,43 @@ from monai.utils import convert_to_tensor
 
 SLICED_KEYS = ("image", "label", "label_failed", "mask", "reference")
 """Volume keys (C, X, Y, Z) cut into slices; ``subject`` is copied, ``slice`` added."""
+IMAGE_CHANNELS = 3
+"""Weighted images of a subject (T1w MPRAGE, T2w TSE, T2w FLAIR): the channels of one slice."""
+
+
+def input_channels(context_slices: int = 0) -> int:
+    """Network input channels when each slice comes with ``context_slices`` neighbours on either side (2.5D)."""
+    if int(context_slices) < 0:
+        raise ValueError(f"context_slices must be 0 (2D slices) or a number of neighbours, got {context_slices}.")
+    return IMAGE_CHANNELS * (2 * int(context_slices) + 1)
+
+
+def stack_neighbour_slices(
+    image: torch.Tensor, axis: int, context_slices: int = 0, index: int | None = None
+) -> torch.Tensor:
+    """Each slice of ``image`` along spatial ``axis`` with its ``context_slices`` neighbours on either side as channels.
+
+    Args:
+        image: (C, X, Y, Z) or (B, C, X, Y, Z) volume.
+        axis: spatial axis the slices are taken along (0 = X, sagittal).
+        context_slices: neighbours k on either side; 0 returns ``image`` itself.
+        index: one slice's index along ``axis``: only that slice is stacked, and the slice axis is dropped.
+
+    Returns:
+        (C·(2k+1), X, Y, Z) (or (B, C·(2k+1), X, Y, Z)); channel block j holds the slices at offset 0, -1, +1, ...,
+        -k, +k from each slice (the first block is ``image`` itself, so channel c of the acquired images stays channel
+        c), the nearest edge slice standing in for neighbours outside the volume. With ``index``: the same channels
+        of that slice, (C·(2k+1), H, W) (or with B).
+    """
+    slice_dim, channel_dim = axis - 3, -4  # from the end: (..., C, X, Y, Z)
+    if int(context_slices) == 0 and index is None:
+        return image
+    n = image.shape[slice_dim]
+    centres = torch.arange(n, device=image.device) if index is None else torch.tensor([index], device=image.device)
+    offsets = [0] + [sign * k for k in range(1, int(context_slices) + 1) for sign in (-1, 1)]
+    blocks = [image.index_select(slice_dim, (centres + offset).clamp(0, n - 1)) for offset in offsets]
+    stacked = torch.cat(blocks, dim=channel_dim)
+    return stacked if index is None else stacked.select(slice_dim, 0)
 
 
 def brain_slices(mask: torch.Tensor, axis: int = 0, min_brain_fraction: float = 0.1) -> list[int]:
@@ -34,10 +71,12 @@ class SliceDataset(Dataset):
             ``SmartCacheDataset`` holds a changing subset: :meth:`refresh` re-indexes it after its cache was updated.
         axis: spatial axis sliced (0 = X, sagittal slices).
         min_brain_fraction: slices whose fraction of mask pixels is smaller are skipped.
+        context_slices: neighbouring slices on either side stacked onto each ``image`` slice as channels (2.5D,
+            :func:`stack_neighbour_slices`); 0: the slice alone.
         transform: callable or sequence of callables applied to every slice item (e.g. ``ResizeWithPadOrCropd``
             to a fixed size, random flips).
 
-    Items: ``image`` (3, H, W) float32, ``mask`` (1, H, W), [``label`` (3, H, W)], [``reference`` (3, H, W)] (plain
+    Items: ``image`` (3·(2·context_slices+1), H, W) float32 (channels 0-2: the slice itself), ``mask`` (1, H, W), [``label`` (3, H, W)], [``reference`` (3, H, W)] (plain
     tensors before ``transform``), ``subject`` (str), ``slice`` (int index along ``axis``); ``list_data_collate``
     batches them.
     """
@@ -48,10 +87,12 @@ class SliceDataset(Dataset):
         axis: int = 0,
         min_brain_fraction: float = 0.1,
         transform: Sequence[Callable] | Callable | None = None,
+        context_slices: int = 0,
     ):
         self.volumes = volumes
         self.axis = axis
         self.min_brain_fraction = min_brain_fraction
+        self.context_slices = context_slices
         super().__init__(data=self._slice_index(), transform=transform)
 
     def _slice_index(self) -> list[tuple[int, int]]:
@@ -81,5 +122,8 @@ class SliceDataset(Dataset):
             for key in SLICED_KEYS
             if key in volume
         }
+        if self.context_slices:
+            image = convert_to_tensor(volume["image"], track_meta=False)
+            item["image"] = stack_neighbour_slices(image, self.axis, self.context_slices, slice_index)
         item.update(subject=volume["subject"], slice=slice_index)
         return apply_transform(self.transform, item) if self.transform is not None else item
