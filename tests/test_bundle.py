@@ -369,22 +369,6 @@ def test_maps_do_not_depend_on_the_field_of_view(study, trained, tmp_path):
         assert np.mean(np.abs(padded - original) / original) < 0.005, name
 
 
-def test_a_2_5d_model_records_its_neighbours_and_inference_feeds_them(study, tmp_path):
-    """``context_slices=1``: the network takes 9 channels, ``model.json`` records the neighbours, and inference (no
-    override) cuts the model's slices and writes maps."""
-    dirs = {"ckpt_dir": tmp_path / "models", "log_dir": tmp_path / "logs"}
-    check(bundle_run("training", ["train.json"], bundle_root=BUNDLE, max_epochs=1, context_slices=1, **study, **dirs))
-    assert json.loads((dirs["ckpt_dir"] / "model.json").read_text()) == {"slice_axis": 1, "context_slices": 1}
-    weights = torch.load(dirs["ckpt_dir"] / "model.pt", map_location="cpu", weights_only=True)
-    assert weights["0.conv_0.conv_0.conv.weight"].shape[1] == 9
-    output_dir = tmp_path / "maps"
-    run = {"checkpoint": dirs["ckpt_dir"] / "model.pt", "output_dir": output_dir, "qc": False}
-    check(bundle_run("inference", ["inference.json"], bundle_root=BUNDLE, **study, **run))
-    subject = json.loads(study["datalist"].read_text())["testing"][0]["subject"]
-    t1 = nib.load(output_dir / subject / "t1_map.nii.gz").get_fdata()
-    assert np.isfinite(t1).all() and t1.max() > 0
-
-
 def test_evaluation_writes_reports(study, trained, tmp_path):
     maps = tmp_path / "maps"
     check(

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy.stats import ttest_rel
 
 from pipeline.reports.experiment import experiment_table
@@ -230,12 +231,12 @@ def test_acquisition_effect_summary_matches_a_direct_computation():
 
 def test_ablation_trains_each_variant_on_the_validation_subject_with_its_overrides(tiny_study, tmp_path):
     """A '+supervised' variant trains its own supervised model; the others share none; the labels yardstick is
-    evaluated beside them; inference gets the training's slice axis."""
+    evaluated beside them; inference gets the training's slice axis and neighbour slices (2.5D) from ``model.json``."""
     command = [
         sys.executable, str(SCRIPT), "ablate", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path),
         "--datalist", str(tiny_study), "--dataset_dir", str(tiny_study.parent),
         "--set", "max_epochs=1", "val_interval=1", "train#trainer#epoch_length=1", "slice_axis=0",
-        "--variant", "base+supervised", "--variant", "axial", "slice_axis=2", "slice_size=[16,208]",
+        "--variant", "base+supervised", "--variant", "axial", "slice_axis=2", "slice_size=[16,208]", "context_slices=1",
         "--fuse", "both", "base", "axial", "--fuse", "one", "base:supervised", "base:supervised",
     ]  # fmt: skip
     result = subprocess.run(
@@ -254,6 +255,10 @@ def test_ablation_trains_each_variant_on_the_validation_subject_with_its_overrid
     np.testing.assert_allclose(fused, (sources[0] + sources[1]) / 2, rtol=1e-6)  # the median of two is their mean
     inference_log = (tmp_path / "runs" / "axial_hybrid_seed0" / "log.txt").read_text()
     assert inference_log.count("> slice_axis: 2") == 2  # training and inference of the variant both got it
+    axial_models = tmp_path / "runs" / "axial_hybrid_seed0" / "models"
+    assert json.loads((axial_models / "model.json").read_text()) == {"slice_axis": 2, "context_slices": 1}
+    weights = torch.load(axial_models / "model.pt", map_location="cpu", weights_only=True)
+    assert weights["0.conv_0.conv_0.conv.weight"].shape[1] == 9  # 3 images x (the slice and one neighbour each side)
     per_seed = pd.read_csv(tmp_path / "ablation_per_seed.csv")
     assert set(per_seed["model"]) == {
         "base:supervised", "base:hybrid", "axial:hybrid", "both:hybrid", "one:supervised", "labels"
