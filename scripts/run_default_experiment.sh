@@ -6,6 +6,8 @@
 #      1c. the orientations and their fusion over seeds 0-2 (validation), then reported on the test subject with
 #          the same trained models (ablate --section testing); the single model with the lowest mean validation MPE
 #          over the 3 seeds (coronal) became train.json's default;
+#      1d. 2.5D inputs (context_slices=1) against the coronal 2D default, seeds 0-2 (validation; 1c's coronal runs
+#          are linked, not retrained);
 #   2. the chosen setting (train.json as it is, "default") against supervised and oracle, seeds 0-2, on the realistic
 #      test subject (unseen mirrored brain), with the interpolated 3.5 mm labels as a yardstick;
 #   3. the same on the ideal study of data_manifest.json (images from the loss's own simplified equations), seeds
@@ -54,6 +56,18 @@ python scripts/run_paper_experiment.py "${LEVERS[@]}" --seeds 0 "${ORIENTATIONS[
 for section in validation testing; do
     python scripts/run_paper_experiment.py "${LEVERS[@]}" --seeds 0 1 2 --section "$section" "${ORIENTATIONS[@]}"
 done
+
+# 1d. 2.5D inputs on top of the coronal default (seeds 0-2, validation), beside 1c's coronal runs
+mkdir -p runs/context_ablation/runs
+ln -sfn ../default_ablation/labels runs/context_ablation/labels
+for seed in 0 1 2; do
+    for model in hybrid supervised; do
+        ln -sfn ../../default_ablation/runs/coronal_${model}_seed$seed runs/context_ablation/runs/coronal_${model}_seed$seed
+    done
+done
+python scripts/run_paper_experiment.py ablate --setting default --seeds 0 1 2 --out runs/context_ablation \
+    "${ON_REALISTIC[@]}" --set val_interval=16 --variant coronal+supervised slice_axis=1 "slice_size=[176,192]" \
+    --variant context1+supervised context_slices=1
 
 # 2. the default on the realistic test subject
 python scripts/run_paper_experiment.py run --settings default --seeds 0 1 2 --out runs/default_realistic \
