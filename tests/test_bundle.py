@@ -154,7 +154,10 @@ def test_training_writes_best_model_and_state(trained):
         "model.json",
         "model.pt",
     ]
-    assert json.loads((trained["ckpt_dir"] / "model.json").read_text()) == {"slice_axis": 1}  # train.json's coronal
+    assert json.loads((trained["ckpt_dir"] / "model.json").read_text()) == {
+        "slice_axis": 1,
+        "context_slices": 1,
+    }  # train.json's coronal 2.5D
     state = torch.load(trained["ckpt_dir"] / "checkpoint_epoch=1.pt", weights_only=False)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch

@@ -14,6 +14,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 
+from pipeline.data import input_channels
 from pipeline.engine import write_model_card
 from pipeline.export import OnnxRuntimeNetwork, export_command, traceable
 from pipeline.physics import MAP_UNIT_MS
@@ -27,14 +28,22 @@ ATOL = 1e-4
 """Exported vs eager network outputs (T1 / 3000 ms, T2 / 3000 ms, M0 of order 0.1-1): float32 kernels that sum in
 another order differ by ~1e-6 (measured: <= 2e-6), far below this."""
 
+CONTEXT = 1
+"""Neighbour slices on either side of the exported network (``train.json``'s default, 2.5D)."""
+CHANNELS = input_channels(CONTEXT)
+"""Its input channels."""
+
 EXPORTED = {"torchscript": ("inference_torchscript.json", "model.ts"), "onnx": ("inference_onnx.json", "model.onnx")}
 """Export kind: (its inference config, merged after inference.json; the exported file in ``ckpt_dir``)."""
 
 
 def parse_network(*config_files, **overrides):
+    """The ``network`` of inference.json merged with ``config_files``, for ``CONTEXT`` neighbour slices (as the
+    fixture's ``model.json`` says; ``test_engine`` reads the card itself)."""
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / name) for name in ("inference.json", *config_files)])
     parser["device"] = "$torch.device('cpu')"
+    parser["context_slices"] = CONTEXT
     for key, value in overrides.items():
         parser[key] = value
     return parser, parser.get_parsed_content("network")
@@ -58,7 +67,7 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     _, network = parse_network()
     torch.save(network.state_dict(), ckpt_dir / "model.pt")
-    write_model_card(ckpt_dir, slice_axis=1)
+    write_model_card(ckpt_dir, slice_axis=1, context_slices=CONTEXT)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     runs = [
         subprocess.Popen(
@@ -104,8 +113,8 @@ def test_exported_outputs_equal_eager_outputs(exported, batch, height, width):
     """Dynamic batch and slice size; 45 x 61 is odd at every level of the U-Net (the decoder pads)."""
     ckpt_dir, network = exported
     torchscript = torch.jit.load(ckpt_dir / "model.ts", map_location="cpu")
-    onnx = OnnxRuntimeNetwork(ckpt_dir / "model.onnx")
-    image = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(height))
+    onnx = OnnxRuntimeNetwork(ckpt_dir / "model.onnx", in_channels=CHANNELS)
+    image = torch.rand(batch, CHANNELS, height, width, generator=torch.Generator().manual_seed(height))
     with torch.no_grad():
         eager = network(image)
         outputs = {"torchscript": torchscript(image), "onnx": onnx(image)}
@@ -117,7 +126,7 @@ def test_exported_outputs_equal_eager_outputs(exported, batch, height, width):
 
 def test_traceable_changes_no_output_and_is_what_onnx_needs_for_odd_sizes(exported, tmp_path):
     ckpt_dir, network = exported
-    image = torch.rand(1, 3, 45, 61)
+    image = torch.rand(1, CHANNELS, 45, 61)
     state = torch.load(ckpt_dir / "model.pt", weights_only=True)
     _, patched = parse_network("inference_onnx.json", network="@export_network")
     patched.load_state_dict(state)
@@ -125,13 +134,13 @@ def test_traceable_changes_no_output_and_is_what_onnx_needs_for_odd_sizes(export
         assert torch.equal(patched.eval()(image), network(image))
 
     def small_unet():
-        return BasicUNet(spatial_dims=2, in_channels=3, out_channels=3, features=(4, 4, 4, 4, 4, 4)).eval()
+        return BasicUNet(spatial_dims=2, in_channels=CHANNELS, out_channels=3, features=(4, 4, 4, 4, 4, 4)).eval()
 
     for name, model in (("plain", small_unet()), ("traceable", traceable(small_unet()))):
-        torch.onnx.export(model, (torch.rand(1, 3, 32, 32),), tmp_path / f"{name}.onnx", dynamo=False, **AXES)
-    assert OnnxRuntimeNetwork(tmp_path / "traceable.onnx")(image).shape == (1, 3, 45, 61)
+        torch.onnx.export(model, (torch.rand(1, CHANNELS, 32, 32),), tmp_path / f"{name}.onnx", dynamo=False, **AXES)
+    assert OnnxRuntimeNetwork(tmp_path / "traceable.onnx", in_channels=CHANNELS)(image).shape == (1, 3, 45, 61)
     with pytest.raises(RuntimeError, match="plain.onnx failed on a"):
-        OnnxRuntimeNetwork(tmp_path / "plain.onnx")(image)
+        OnnxRuntimeNetwork(tmp_path / "plain.onnx", in_channels=CHANNELS)(image)
 
 
 AXES = {
@@ -143,14 +152,14 @@ AXES = {
 
 def test_onnx_network_is_a_module_on_the_input_device_and_dtype(exported):
     ckpt_dir, network = exported
-    onnx = OnnxRuntimeNetwork(ckpt_dir / "model.onnx", num_threads=1)
+    onnx = OnnxRuntimeNetwork(ckpt_dir / "model.onnx", num_threads=1, in_channels=CHANNELS)
     assert onnx.eval() is onnx and onnx.to("cpu") is onnx and not list(onnx.parameters())
-    image = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    image = torch.rand(1, CHANNELS, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         pred = onnx(image)
         assert pred.dtype == torch.float64 and pred.device == image.device
         torch.testing.assert_close(pred, network(image.float()).double(), rtol=0.0, atol=ATOL)
-    with pytest.raises(ValueError, match=r"model.onnx takes \(B, 3, H, W\) slices, got \(1, 2, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"model.onnx takes \(B, 9, H, W\) slices, got \(1, 2, 32, 32\)"):
         onnx(torch.rand(1, 2, 32, 32))
 
 
@@ -168,7 +177,7 @@ def test_missing_or_mismatched_exports_fail_naming_the_file(tmp_path):
     torch.jit.script(one_channel).save(tmp_path / "model.ts")
     with pytest.raises(Exception) as mismatched:
         parse_network("inference_torchscript.json", ckpt_dir=str(tmp_path))
-    assert f"exported model {tmp_path / 'model.ts'} fails on a (1, 3, 32, 32) input" in error_chain(mismatched.value)
+    assert f"exported model {tmp_path / 'model.ts'} fails on a (1, 9, 32, 32) input" in error_chain(mismatched.value)
 
 
 @pytest.mark.parametrize("kind", list(EXPORTED))
@@ -183,7 +192,7 @@ def test_inference_configs_run_the_exported_file_without_checkpoint_loader(expor
     assert parser["handlers"] == [h for h in inference["handlers"] if h["_target_"] != "CheckpointLoader"]
     if kind == "onnx":
         assert parser.get_parsed_content("amp") is False
-    image = torch.rand(2, 3, 32, 48)
+    image = torch.rand(2, CHANNELS, 32, 48)
     with torch.no_grad():
         torch.testing.assert_close(exported_network(image), network(image), rtol=0.0, atol=ATOL)
 

@@ -48,12 +48,13 @@ def cohort(tiny_study, tmp_path_factory):
     entries = [entry for section in ("training", "validation", "testing") for entry in manifest[section]]
     (root / "cohort.json").write_text(json.dumps({"testing": entries}))
     (root / "one.json").write_text(json.dumps({"testing": entries[:1]}))
+    write_model_card(root, slice_axis=1, context_slices=1)  # train.json's default slices
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
     parser["device"] = "$torch.device('cpu')"
+    parser["checkpoint"] = str(root / "model.pt")
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("network").state_dict(), root / "model.pt")
-    write_model_card(root, slice_axis=1)
     return {
         "datalist": root / "cohort.json",
         "dataset_dir": tiny_study.parent,
