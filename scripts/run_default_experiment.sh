@@ -81,7 +81,7 @@ for seed in 0 1; do
     for model in supervised hybrid oracle; do
         target=runs/label_thickness/label3.5mm/${model}_seed$seed/models
         if [ ! -f "$target/model.pt" ]; then
-            mkdir -p "$target" && cp runs/default_realistic/runs/default/${model}_seed$seed/models/model.pt "$target/"
+            mkdir -p "$target" && cp runs/default_realistic/runs/default/${model}_seed$seed/models/model.{pt,json} "$target/"
         fi
     done
 done
