@@ -161,8 +161,8 @@ def build_slice_dataset(
             ``cache_num_workers``, ``max_shift_mm``, ...).
 
     Returns:
-        a :class:`~pipeline.data.slices.SliceDataset` of items ``image`` (3·(2·context_slices+1), H, W), ``mask`` (1, H, W),
-        [``label``, ``reference`` (3, H, W)], ``subject``, ``slice``.
+        a :class:`~pipeline.data.slices.SliceDataset` of items ``image`` (3·(2·context_slices+1), H, W), ``mask``
+        (1, H, W), [``label``, ``reference`` (3, H, W)], ``subject``, ``slice``.
     """
     volumes = build_volume_dataset(datalist, dataset_dir, section, **volume_options)
     return SliceDataset(volumes, axis, min_brain_fraction, slice_transforms, context_slices)

@@ -39,12 +39,12 @@ def stack_neighbour_slices(
         c), the nearest edge slice standing in for neighbours outside the volume. With ``index``: the same channels
         of that slice, (C·(2k+1), H, W) (or with B).
     """
-    slice_dim, channel_dim = axis - 3, -4  # from the end: (..., C, X, Y, Z)
-    if int(context_slices) == 0 and index is None:
+    slice_dim, channel_dim, context = axis - 3, -4, int(context_slices)  # dims from the end: (..., C, X, Y, Z)
+    if context == 0 and index is None:
         return image
     n = image.shape[slice_dim]
     centres = torch.arange(n, device=image.device) if index is None else torch.tensor([index], device=image.device)
-    offsets = [0] + [sign * k for k in range(1, int(context_slices) + 1) for sign in (-1, 1)]
+    offsets = [0] + [sign * k for k in range(1, context + 1) for sign in (-1, 1)]
     blocks = [image.index_select(slice_dim, (centres + offset).clamp(0, n - 1)) for offset in offsets]
     stacked = torch.cat(blocks, dim=channel_dim)
     return stacked if index is None else stacked.select(slice_dim, 0)
@@ -76,8 +76,8 @@ class SliceDataset(Dataset):
         transform: callable or sequence of callables applied to every slice item (e.g. ``ResizeWithPadOrCropd``
             to a fixed size, random flips).
 
-    Items: ``image`` (3·(2·context_slices+1), H, W) float32 (channels 0-2: the slice itself), ``mask`` (1, H, W), [``label`` (3, H, W)], [``reference`` (3, H, W)] (plain
-    tensors before ``transform``), ``subject`` (str), ``slice`` (int index along ``axis``); ``list_data_collate``
+    Items: ``image`` (3·(2·context_slices+1), H, W) float32 (channels 0-2: the slice itself), ``mask`` (1, H, W),
+    [``label`` (3, H, W)], [``reference`` (3, H, W)] (plain tensors before ``transform``), ``subject`` (str), ``slice`` (int index along ``axis``); ``list_data_collate``
     batches them.
     """
 
@@ -120,10 +120,9 @@ class SliceDataset(Dataset):
         item = {
             key: convert_to_tensor(volume[key], track_meta=False).select(self.axis + 1, slice_index).clone()
             for key in SLICED_KEYS
-            if key in volume
+            if key in volume and key != "image"
         }
-        if self.context_slices:
-            image = convert_to_tensor(volume["image"], track_meta=False)
-            item["image"] = stack_neighbour_slices(image, self.axis, self.context_slices, slice_index)
+        image = convert_to_tensor(volume["image"], track_meta=False)
+        item["image"] = stack_neighbour_slices(image, self.axis, self.context_slices, slice_index)  # a copy
         item.update(subject=volume["subject"], slice=slice_index)
         return apply_transform(self.transform, item) if self.transform is not None else item
