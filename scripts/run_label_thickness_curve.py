@@ -45,6 +45,7 @@ from run_paper_experiment import (  # noqa: E402
     record,
 )
 
+from pipeline.engine import MODEL_CARD  # noqa: E402
 from pipeline.reports.experiment import experiment_table  # noqa: E402
 
 CURVE_METRICS = ("HFEN", "MPE", "SSIM")
@@ -68,6 +69,16 @@ def ensure_study(folder: pathlib.Path, acquisition: str, thickness: float) -> di
                    "--label-thickness", f"{thickness:g}"]  # fmt: skip
         subprocess.run(command, check=True, cwd=REPO)
     return {"datalist": str(manifest), "dataset_dir": str(folder)}
+
+
+def share_model(source_run: pathlib.Path, target_run: pathlib.Path) -> None:
+    """Copy ``source_run``'s trained model and its card (:data:`MODEL_CARD`: the slices it was trained on, which
+    inference reads) into ``target_run/models``, keeping any file already there."""
+    for name in ("model.pt", MODEL_CARD):
+        target = target_run / "models" / name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source_run / "models" / name, target)
 
 
 def plot_curve(table: pd.DataFrame, path: pathlib.Path) -> None:
@@ -116,11 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         data = ensure_study(study_dir(args.data_root, args.acquisition, thickness), args.acquisition, thickness)
         runs = [run(thickness, model, seed) for seed in args.seeds for model in ("supervised", "hybrid", "oracle")]
         for seed in args.seeds:  # the oracle's model, trained once, infers on this study
-            source = run(args.oracle_thickness, "oracle", seed).run_dir / "models" / "model.pt"
-            target = run(thickness, "oracle", seed).run_dir / "models" / "model.pt"
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
+            share_model(run(args.oracle_thickness, "oracle", seed).run_dir, run(thickness, "oracle", seed).run_dir)
         per_slice, _ = evaluate(runs, execute_all(runs, data, args.jobs), [r.model for r in runs], data)
         per_slice = pd.concat([per_slice, labels_yardstick(args.out / f"label{thickness:g}mm", "testing", data,
                                                            args.seeds)], ignore_index=True)  # fmt: skip

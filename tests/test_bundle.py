@@ -420,6 +420,7 @@ def test_multi_gpu_config_runs_two_processes_on_cpu(study, tmp_path):
             max_epochs=1,
             val_interval=1,
             progress_bar="true",
+            slice_axis=0,  # the tiny study's 16 sagittal planes: one validation batch per process, not ~175 slices
             bundle_root=BUNDLE,
             ckpt_dir=tmp_path / "models",
             log_dir=tmp_path / "logs",

@@ -94,12 +94,14 @@ def test_missing_model_is_named():
 
 def test_driver_runs_a_setting_on_a_tiny_study_and_reuses_its_runs(tiny_study, tmp_path):
     """Two training iterations per model, one seed, the default setting (whose models carry its name): every output
-    of the experiment is written. (One setting: each costs six bundle runs, ~90 s here.)"""
+    of the experiment is written. (One setting, sliced along the tiny study's 16 sagittal planes: its coronal slices
+    would be ~175 slices padded to 176 x 192 per validation, three quarters of this test's time.)"""
     command = [
         sys.executable, str(SCRIPT), "run", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path),
         "--settings", "default",
         "--datalist", str(tiny_study), "--dataset_dir", str(tiny_study.parent),
         "--set", "max_epochs=1", "val_interval=1", "train#trainer#epoch_length=2", "log_every_n_iterations=1",
+        "slice_axis=0",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
@@ -303,3 +305,20 @@ def test_label_thickness_curve_plot_and_study_folders(tmp_path):
     ]
     curve.plot_curve(pd.concat(tables, ignore_index=True), tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+def test_the_oracle_shared_across_label_studies_carries_its_card_and_keeps_what_is_there(tmp_path):
+    """Inference reads the slices a model was trained on from ``model.json``: a copied ``model.pt`` without it fails."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import run_label_thickness_curve as curve
+
+    source, target = tmp_path / "label3.5mm" / "oracle_seed0", tmp_path / "label7mm" / "oracle_seed0"
+    (source / "models").mkdir(parents=True)
+    (source / "models" / "model.pt").write_bytes(b"weights")
+    (source / "models" / "model.json").write_text('{"slice_axis": 1, "context_slices": 1}')
+    curve.share_model(source, target)
+    assert json.loads((target / "models" / "model.json").read_text()) == {"slice_axis": 1, "context_slices": 1}
+    assert (target / "models" / "model.pt").read_bytes() == b"weights"
+    (source / "models" / "model.pt").write_bytes(b"retrained")
+    curve.share_model(source, target)
+    assert (target / "models" / "model.pt").read_bytes() == b"weights"  # a file already there is never replaced
