@@ -8,17 +8,20 @@ oracle trains on the 1 mm truth, which does not depend on the labels: it is trai
 ``--oracle-thickness``) and only infers on every other study. Writes ``label_thickness_curve.csv`` (one row per
 thickness x metric x map: :func:`pipeline.reports.experiment.experiment_table`'s columns, with the interpolated
 labels as the ``labels`` yardstick), ``label_thickness_per_slice.csv``, ``label_thickness_curve.png`` (gap closed,
-mean and standard deviation over seeds) and ``label_thickness_curve.json`` (command, commit, wall time).
+mean and standard deviation over seeds) and ``label_thickness_curve.json`` (command, commit, wall time). ``--merge``
+folds in the thicknesses an earlier curve measured and this run did not, with that curve's record.
 
 Usage::
 
     python scripts/run_label_thickness_curve.py --thicknesses 2 3.5 5 7 --seeds 0 1 2 --jobs 2 \\
         --acquisition realistic --set "slice_size=[208,192]"
+    python scripts/run_label_thickness_curve.py --thicknesses 2 5 --seeds 0 1 --merge docs/results/default/label_thickness
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import shutil
 import subprocess
@@ -81,6 +84,37 @@ def share_model(source_run: pathlib.Path, target_run: pathlib.Path) -> None:
             shutil.copy2(source_run / "models" / name, target)
 
 
+MERGE_MUST_MATCH = ("seeds", "setting", "acquisition", "oracle_thickness", "overrides")
+"""Arguments an earlier curve must share with this run to be merged: the same models on the same studies."""
+
+
+def merge_earlier(
+    folder: pathlib.Path, args: argparse.Namespace, table: pd.DataFrame, per_slice: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Add to this run's curve ``table`` and ``per_slice`` the thicknesses only the earlier curve in ``folder``
+    measured; returns both, sorted by thickness, and the earlier curve's record (``label_thickness_curve.json``).
+
+    Raises:
+        ValueError: the earlier curve was made with other :data:`MERGE_MUST_MATCH` arguments (its record names them).
+    """
+    record_path = folder / "label_thickness_curve.json"
+    earlier = json.loads(record_path.read_text())
+    differ = [key for key in MERGE_MUST_MATCH if earlier["arguments"].get(key) != vars(args)[key]]
+    if differ:
+        raise ValueError(f"{record_path}: made with other {', '.join(differ)} than this run; it cannot be merged")
+    ran = set(table["label_thickness_mm"])
+    merged = [
+        pd.concat([ours, theirs[~theirs["label_thickness_mm"].isin(ran)]], ignore_index=True)
+        .sort_values("label_thickness_mm", kind="stable")
+        .reset_index(drop=True)
+        for ours, theirs in (
+            (table, pd.read_csv(folder / "label_thickness_curve.csv")),
+            (per_slice, pd.read_csv(folder / "label_thickness_per_slice.csv")),
+        )
+    ]
+    return merged[0], merged[1], earlier
+
+
 def plot_curve(table: pd.DataFrame, path: pathlib.Path) -> None:
     """Gap closed (mean ± std over seeds) against the label thickness, one panel per metric, a line per map."""
     figure, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4.2 * len(CURVE_METRICS), 3.6), sharey=True)
@@ -110,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "runs" / "label_thickness")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--merge", type=pathlib.Path, help="an earlier curve's folder whose other thicknesses join")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     overrides = parse_overrides(args.overrides)
@@ -134,12 +169,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         per_slices.append(per_slice.assign(label_thickness_mm=thickness))
         table = experiment_table(per_slice, "supervised", "hybrid", "oracle", labels="labels")
         tables.append(table.assign(label_thickness_mm=thickness))
-    table = pd.concat(tables, ignore_index=True)
+    table, per_slice, merged = pd.concat(tables, ignore_index=True), pd.concat(per_slices, ignore_index=True), {}
+    if args.merge:
+        table, per_slice, earlier = merge_earlier(args.merge, args, table, per_slice)
+        merged = {"merged": {"folder": str(args.merge), **earlier}}
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "label_thickness_curve.csv", index=False)
-    pd.concat(per_slices, ignore_index=True).to_csv(args.out / "label_thickness_per_slice.csv", index=False)
+    per_slice.to_csv(args.out / "label_thickness_per_slice.csv", index=False)
     plot_curve(table, args.out / "label_thickness_curve.png")
-    record(args.out, "label_thickness_curve", args, started)
+    record(args.out, "label_thickness_curve", args, started, **merged)
     shown = ["label_thickness_mm", "metric", "map", "labels", "supervised", "hybrid", "oracle", "gap_closed_mean",
              "gap_closed_std", "hybrid_better_seeds", "p_value_max"]  # fmt: skip
     print(table[table["metric"].isin(CURVE_METRICS)][shown].to_string(index=False))

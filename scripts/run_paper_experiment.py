@@ -187,8 +187,8 @@ def labels_yardstick(out: pathlib.Path, section: str, data: dict, seeds: Sequenc
     return pd.concat([per_slice.assign(seed=seed) for seed in seeds], ignore_index=True)
 
 
-def record(out: pathlib.Path, name: str, args: argparse.Namespace, started: float) -> None:
-    """Write ``<name>.json``: the command, the commit, the wall time."""
+def record(out: pathlib.Path, name: str, args: argparse.Namespace, started: float, **extra) -> None:
+    """Write ``<name>.json``: the command, the commit, the wall time (and ``extra``'s entries)."""
     git = ["git", "-C", str(REPO)]
     commit = subprocess.run([*git, "rev-parse", "HEAD"], check=False, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(
@@ -201,6 +201,7 @@ def record(out: pathlib.Path, name: str, args: argparse.Namespace, started: floa
         "wall_seconds": round(time.perf_counter() - started, 1),
         "cpu_count": os.cpu_count(),
         "arguments": {key: value for key, value in vars(args).items() if key != "func"},
+        **extra,
     }
     (out / f"{name}.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
 

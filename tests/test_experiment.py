@@ -1,5 +1,6 @@
 """The paper experiment: its Table-2 aggregation over seeds, and its driver on a tiny setting."""
 
+import argparse
 import json
 import os
 import pathlib
@@ -305,6 +306,42 @@ def test_label_thickness_curve_plot_and_study_folders(tmp_path):
     ]
     curve.plot_curve(pd.concat(tables, ignore_index=True), tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+def test_a_merged_label_thickness_curve_keeps_this_runs_thicknesses_and_refuses_other_models(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import run_label_thickness_curve as curve
+
+    def measured(thicknesses, shift):
+        per_slice = pd.concat(
+            [synthetic_per_slice(seeds=(0, 1)).assign(label_thickness_mm=t, MPE=lambda f: f["MPE"] + shift)
+             for t in thicknesses], ignore_index=True)  # fmt: skip
+        tables = [experiment_table(per_slice[per_slice["label_thickness_mm"] == t], "supervised", "hybrid", "oracle")
+                  .assign(label_thickness_mm=t) for t in thicknesses]  # fmt: skip
+        return pd.concat(tables, ignore_index=True), per_slice
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    old_table, old_per_slice = measured((3.5, 7.0), shift=1.0)
+    old_table.to_csv(earlier / "label_thickness_curve.csv", index=False)
+    old_per_slice.to_csv(earlier / "label_thickness_per_slice.csv", index=False)
+    arguments = {"seeds": [0, 1], "setting": "default", "acquisition": "realistic", "oracle_thickness": 3.5,
+                 "overrides": []}  # fmt: skip
+    (earlier / "label_thickness_curve.json").write_text(json.dumps({"commit": "abc", "arguments": arguments}))
+
+    table, per_slice = measured((5.0, 3.5), shift=0.0)
+    args = argparse.Namespace(**arguments)
+    merged_table, merged_per_slice, record = curve.merge_earlier(earlier, args, table, per_slice)
+    assert record["commit"] == "abc"
+    assert list(merged_table["label_thickness_mm"].unique()) == [3.5, 5.0, 7.0]
+    assert len(merged_per_slice) == len(per_slice) + len(old_per_slice) / 2
+    ours = merged_per_slice[merged_per_slice["label_thickness_mm"] == 3.5]["MPE"]  # this run's 3.5 mm, not the earlier
+    assert ours.to_numpy() == pytest.approx(per_slice[per_slice["label_thickness_mm"] == 3.5]["MPE"].to_numpy())
+    assert merged_table[merged_table["label_thickness_mm"] == 7.0].reset_index(drop=True).equals(
+        old_table[old_table["label_thickness_mm"] == 7.0].reset_index(drop=True))  # fmt: skip
+
+    with pytest.raises(ValueError, match="label_thickness_curve.json.*seeds"):
+        curve.merge_earlier(earlier, argparse.Namespace(**{**arguments, "seeds": [0, 1, 2]}), table, per_slice)
 
 
 def test_the_oracle_shared_across_label_studies_carries_its_card_and_keeps_what_is_there(tmp_path):
