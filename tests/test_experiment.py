@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import nibabel as nib
 import numpy as np
@@ -304,7 +305,12 @@ def test_label_thickness_curve_plot_and_study_folders(tmp_path):
         experiment_table(synthetic_per_slice(), "supervised", "hybrid", "oracle").assign(label_thickness_mm=thickness)
         for thickness in (2.0, 3.5, 7.0)
     ]
-    curve.plot_curve(pd.concat(tables, ignore_index=True), tmp_path / "curve.png")
+    table = pd.concat(tables, ignore_index=True)
+    table.loc[0, "gap_closed_mean"] = 14.2  # an ill-conditioned ratio: written at the edge, the range kept
+    figure_texts = []
+    with mock.patch.object(curve.plt.Axes, "annotate", side_effect=lambda text, *a, **k: figure_texts.append(text)):
+        curve.plot_curve(table, tmp_path / "curve.png")
+    assert figure_texts == ["+14.2"]
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 
 
