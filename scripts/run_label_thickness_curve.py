@@ -125,7 +125,7 @@ def plot_curve(table: pd.DataFrame, path: pathlib.Path) -> None:
     for axis, metric in zip(axes, CURVE_METRICS):
         for map_name, rows in table[table["metric"] == metric].groupby("map"):
             rows = rows.sort_values("label_thickness_mm")
-            axis.errorbar(rows["label_thickness_mm"], rows["gap_closed_mean"], yerr=rows["gap_closed_std"],
+            axis.errorbar(rows["label_thickness_mm"], rows["gap_closed_mean"].clip(*GAP_SHOWN), yerr=rows["gap_closed_std"],
                           marker="o", capsize=3, label=map_name)  # fmt: skip
             for thickness, mean in rows[~rows["gap_closed_mean"].between(*GAP_SHOWN)][
                 ["label_thickness_mm", "gap_closed_mean"]
