@@ -125,15 +125,13 @@ def plot_curve(table: pd.DataFrame, path: pathlib.Path) -> None:
     for axis, metric in zip(axes, CURVE_METRICS):
         for map_name, rows in table[table["metric"] == metric].groupby("map"):
             rows = rows.sort_values("label_thickness_mm")
-            axis.errorbar(rows["label_thickness_mm"], rows["gap_closed_mean"].clip(*GAP_SHOWN), yerr=rows["gap_closed_std"],
-                          marker="o", capsize=3, label=map_name)  # fmt: skip
-            for thickness, mean in rows[~rows["gap_closed_mean"].between(*GAP_SHOWN)][
-                ["label_thickness_mm", "gap_closed_mean"]
-            ].itertuples(index=False):
-                edge = min(max(mean, GAP_SHOWN[0]), GAP_SHOWN[1])
-                axis.annotate(
-                    f"{mean:+.1f}", (thickness, edge), textcoords="offset points", xytext=(6, -12 * (edge > 0))
-                )
+            shown = rows["gap_closed_mean"].clip(*GAP_SHOWN)
+            axis.errorbar(rows["label_thickness_mm"], shown, yerr=rows["gap_closed_std"], marker="o", capsize=3,
+                          label=map_name)  # fmt: skip
+            for thickness, mean, edge in zip(rows["label_thickness_mm"], rows["gap_closed_mean"], shown):
+                if mean != edge:
+                    axis.annotate(f"{mean:+.1f}", (thickness, edge), textcoords="offset points",
+                                  xytext=(6, -12 * (edge > 0)))  # fmt: skip
         axis.set_ylim(*GAP_SHOWN)
         axis.axhline(0.0, color="grey", linewidth=0.8)
         axis.set(title=f"{metric}", xlabel="label slab thickness (mm)")
