@@ -107,16 +107,17 @@ def merge_earlier(
     if differ:
         raise ValueError(f"{record_path}: made with other {', '.join(differ)} than this run; it cannot be merged")
     ran = set(table["label_thickness_mm"])
-    merged = [
-        pd.concat([ours, theirs[~theirs["label_thickness_mm"].isin(ran)]], ignore_index=True)
-        .sort_values("label_thickness_mm", kind="stable")
-        .reset_index(drop=True)
-        for ours, theirs in (
-            (table, pd.read_csv(folder / "label_thickness_curve.csv")),
-            (per_slice, pd.read_csv(folder / "label_thickness_per_slice.csv")),
-        )
-    ]
-    return merged[0], merged[1], earlier
+
+    def with_earlier(ours: pd.DataFrame, file_name: str) -> pd.DataFrame:
+        theirs = pd.read_csv(folder / file_name)
+        joined = pd.concat([ours, theirs[~theirs["label_thickness_mm"].isin(ran)]], ignore_index=True)
+        return joined.sort_values("label_thickness_mm", kind="stable").reset_index(drop=True)
+
+    return (
+        with_earlier(table, "label_thickness_curve.csv"),
+        with_earlier(per_slice, "label_thickness_per_slice.csv"),
+        earlier,
+    )
 
 
 def plot_curve(table: pd.DataFrame, path: pathlib.Path) -> None:
