@@ -39,6 +39,7 @@ from pipeline.data.slices import SliceDataset
 from pipeline.engine import PrepareMapBatch
 from pipeline.files import write_atomically
 from pipeline.physics import MAP_UNIT_MS
+from pipeline.precision import AutocastInferer, needs_grad_scaler
 from pipeline.qc.transforms import SubjectQCd
 
 ADAPTATION_FILE = "adaptation.json"
@@ -71,6 +72,8 @@ class SubjectAdaptation:
             random crops).
         map_unit_ms: ms per network unit of T1 and T2.
         device: where the network runs.
+        autocast_dtype: the fine-tuning network's precision (:func:`pipeline.precision.autocast_dtype`; None: fp32).
+            Prediction runs in ``inferer``'s.
         overwrite: replace an existing ``adaptation.json`` (otherwise ``FileExistsError``).
     """
 
@@ -93,6 +96,7 @@ class SubjectAdaptation:
         context_slices: int = 0,
         map_unit_ms: float = MAP_UNIT_MS,
         device: torch.device | str = "cpu",
+        autocast_dtype: torch.dtype | None = None,
         overwrite: bool = False,
     ) -> None:
         if steps < 1 or learning_rate <= 0:
@@ -110,6 +114,7 @@ class SubjectAdaptation:
         )
         self.context_slices = context_slices
         self.map_unit_ms, self.device, self.overwrite = float(map_unit_ms), torch.device(device), overwrite
+        self.autocast_dtype = autocast_dtype
         self.logger = logging.getLogger(__name__)
 
     def predict(self, volume: Mapping) -> torch.Tensor:
@@ -140,6 +145,8 @@ class SubjectAdaptation:
             optimizer=torch.optim.Adam(self.network.parameters(), lr=self.learning_rate),
             loss_function=self.loss,
             prepare_batch=PrepareMapBatch(label_key=None),
+            inferer=AutocastInferer(self.autocast_dtype),
+            amp=needs_grad_scaler(self.autocast_dtype),
             decollate=False,
         )
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=self.steps), lambda engine: engine.terminate())

@@ -370,8 +370,10 @@ class HybridLoss(_Loss):
         return {**{f"self_{c}": value for c, value in per_contrast.items()}, "self_supervised": self_supervised}
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Total loss (scalar); see :meth:`components` for the arguments."""
-        terms = self.components(pred, target)
+        """Total loss (scalar); see :meth:`components` for the arguments. Computed in fp32, also inside an autocast
+        region (MONAI's CUDA ``amp`` puts the loss in one): the signal models and edges need fp32's mantissa."""
+        with torch.autocast(pred.device.type, enabled=False):
+            terms = self.components(pred.float(), target)
         self.last_components = {name: value.detach() for name, value in terms.items()}
         return terms["total"]
 

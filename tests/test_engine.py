@@ -57,7 +57,7 @@ def test_inference_cuts_the_slices_the_model_was_trained_on(tmp_path):
     parser["checkpoint"] = str(tmp_path / "model.pt")
     assert parser.get_parsed_content("slice_axis") == 0
     assert parser.get_parsed_content("network_def").conv_0.conv_0.conv.in_channels == 9
-    inferer = parser.get_parsed_content("inferer")
+    inferer = parser.get_parsed_content("slice_inferer")
     assert isinstance(inferer, NeighbourSliceInferer) and (inferer.spatial_dim, inferer.context_slices) == (0, 1)
     parser["slice_axis"] = 2
     assert parser.get_parsed_content("slice_axis") == 2

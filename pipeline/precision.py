@@ -1,0 +1,136 @@
+"""Mixed precision: the network in bf16 (or fp16) where the hardware has the units for it, everything else in fp32.
+
+One switch, ``amp`` in the bundle configs (``--amp auto|true|false|bf16|fp16``), resolved by :func:`autocast_dtype`:
+
+* a CPU with bf16 instructions (AVX512-BF16 or AMX-BF16, detected by PyTorch, not assumed): bf16;
+* a CUDA device: bf16 where it supports it (Ampere and newer), fp16 otherwise;
+* anything else (an older CPU, ``false``): fp32, no autocast.
+
+MONAI 1.6's engines hard-code ``torch.autocast("cuda")`` and a CUDA ``GradScaler`` behind their own ``amp`` option, so
+they cannot run the CPU's matrix units. :class:`AutocastInferer` puts ``torch.autocast`` around the *network's
+forward only*, inside whichever inferer the engine uses (training, validation, inference, adaptation), and hands the
+output back as fp32: the signal models, the losses and the metrics never see a bf16 tensor (bf16 keeps 8 bits of
+mantissa, steps of 0.4 %). Only fp16 needs loss scaling against underflowing gradients; :func:`needs_grad_scaler`
+tells the trainer to switch on MONAI's own CUDA ``GradScaler`` then.
+
+Exported models (TorchScript, ONNX) hold the fp32 weights; ONNX Runtime runs them in fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from monai.inferers import Inferer, SimpleInferer
+
+from pipeline.engine import as_flag
+
+AMP_CHOICES = ("auto", "true", "false", "bf16", "fp16")
+"""What ``amp`` accepts (also Python booleans). ``auto`` and ``true`` pick the device's best low precision; ``auto``
+falls back to fp32 where there is none, ``true`` refuses."""
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16), as PyTorch's own CPU-capability
+    check reports them. Without them, bf16 autocast runs emulated and is slower than fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def device_low_precision(device: torch.device | str) -> torch.dtype | None:
+    """The low-precision dtype ``device`` runs fast: bf16 on a bf16-capable CPU or CUDA device, fp16 on an older
+    CUDA device, None (fp32 only) otherwise."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast_dtype(amp: bool | str, device: torch.device | str) -> torch.dtype | None:
+    """The network's autocast dtype for the config switch ``amp`` on ``device``; None means fp32 (no autocast).
+
+    Args:
+        amp: ``"auto"`` (the device's low precision where it has one, else fp32), ``true`` (the same, but an error
+            where there is none), ``false`` (fp32), ``"bf16"`` or ``"fp16"`` (that dtype, checked against the device).
+            Command-line text (``--amp false``) and Python booleans are both accepted.
+        device: where the network runs.
+
+    Raises:
+        ValueError: an unknown value, or a precision ``device`` cannot run fast (e.g. bf16 on a CPU without
+            AVX512-BF16/AMX, fp16 on a CPU), naming the device and the values that work.
+    """
+    device = torch.device(device)
+    text = str(amp).strip().lower()
+    supported = device_low_precision(device)
+    if text == "auto":
+        return supported
+    if text in ("bf16", "fp16"):
+        requested = {"bf16": torch.bfloat16, "fp16": torch.float16}[text]
+        usable = {supported} | ({torch.float16} if device.type == "cuda" else set())
+        if requested not in usable:
+            raise ValueError(
+                f"amp={amp!r}: {device} has no fast {text} ({_device_note(device)}); use --amp auto or --amp false."
+            )
+        return requested
+    try:
+        enabled = as_flag(amp)
+    except ValueError:
+        raise ValueError(f"amp must be one of {AMP_CHOICES} (or a bool), got {amp!r}.") from None
+    if enabled and supported is None:
+        raise ValueError(f"amp={amp!r}: {device} has no fast low precision ({_device_note(device)}); use --amp false.")
+    return supported if enabled else None
+
+
+def _device_note(device: torch.device) -> str:
+    if device.type == "cpu":
+        return "bf16 needs a CPU with AVX512-BF16 or AMX-BF16; this one has " + (
+            "them" if cpu_supports_bf16() else "neither"
+        )
+    return f"device type {device.type}"
+
+
+def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
+    """Whether training in ``dtype`` needs loss scaling (fp16's 5-bit exponent underflows small gradients; bf16 has
+    fp32's range). The trainer's MONAI ``amp`` option, which brings its CUDA ``GradScaler``."""
+    return dtype == torch.float16
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``"bf16"``, ``"fp16"`` or ``"fp32"`` (None): what a run records and prints."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
+
+
+def log_precision(device: torch.device | str, dtype: torch.dtype | None) -> str:
+    """Log (``pipeline.precision``, INFO) and return the precision the network runs in on ``device``."""
+    name = precision_name(dtype)
+    logging.getLogger(__name__).info("network precision on %s: %s (--amp false for fp32)", device, name)
+    return name
+
+
+class AutocastInferer(Inferer):
+    """Runs ``inferer`` (default: MONAI's ``SimpleInferer``) with the network under ``torch.autocast(dtype)`` and
+    returns its output as fp32.
+
+    The autocast covers the network's forward (and, through autograd, its backward) only: what the engine does with
+    the output -- the loss, the metrics, the post-processing -- runs in fp32. With ``dtype`` None it is ``inferer``
+    itself.
+
+    Args:
+        dtype: the autocast dtype (:func:`autocast_dtype`), or None for fp32.
+        inferer: the inferer to wrap, e.g. :class:`pipeline.engine.NeighbourSliceInferer` for whole volumes.
+
+    ``inputs`` (B, C, ...) on the network's device -> the wrapped inferer's output, fp32.
+    """
+
+    def __init__(self, dtype: torch.dtype | None = None, inferer: Inferer | None = None) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.inferer = SimpleInferer() if inferer is None else inferer
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        if self.dtype is None:
+            return self.inferer(inputs, network, *args, **kwargs)
+        with torch.autocast(inputs.device.type, dtype=self.dtype):
+            output = self.inferer(inputs, network, *args, **kwargs)
+        return output.float()
