@@ -1,0 +1,184 @@
+"""Benchmark mixed precision on this machine's CPU: matmul peaks, the training step and inference in fp32 and bf16,
+what the bf16 step spends its time on, and what was tried to bring it nearer the bf16 peak.
+
+The network is the bundle's (``train.json``'s ``network_def``: ``BasicUNet``, its features, 9 input channels of the
+2.5D default) under :class:`pipeline.precision.AutocastInferer`, the wrapper every bundle path uses; the step is the
+issue's (batch 8 of 128×128, Adam, L1 on the fp32 output), median of ``--repeats`` after 2 warm-up steps.
+
+    python benchmarks/bench_precision.py [--threads 2] [--repeats 6] [--skip-compile]
+
+Tables:
+
+1. **peaks and steps**: fp32 and bf16 ``torch.mm`` of 2048² (best of 10), the training step and inference (batch 32
+   of 176×192, no grad) in both, FLOPs by ``torch.utils.flop_counter`` (2 per multiply-add), GFLOP/s, % of the
+   matching peak, images/s and the bf16 speed-up; the same step with the features doubled.
+2. **bf16 step variants**: the bundle's default against GroupNorm(C, C) for InstanceNorm (the same maths),
+   channels-last memory, Adam ``fused=True``, and ``torch.compile`` (Inductor); a variant that fails says why.
+3. **where the bf16 step's time goes**: ``torch.profiler`` over 4 steps, operators grouped by what they do, ms per
+   step and share.
+
+Goal (issue 34): the bf16 training step ≥ 2.5× the fp32 step, or table 3 shows what stands in the way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import time
+
+import torch
+from bench_inference import flops, matmul_peak_gflops, median_seconds, parse  # benchmarks/ is on sys.path
+
+from pipeline.precision import AutocastInferer, cpu_supports_bf16
+
+STEP_BATCH, STEP_SIZE = 8, (128, 128)
+INFERENCE_BATCH, INFERENCE_SIZE = 32, (176, 192)
+
+OPERATOR_GROUPS = {  # substring of a profiler operator name -> what it does (first match wins)
+    "convolution_backward": "convolution, backward",
+    "convolution": "convolution, forward",
+    "copy_": "dtype casts and copies",
+    "to_copy": "dtype casts and copies",
+    "batch_norm": "instance normalisation (batch_norm kernels)",
+    "group_norm": "group normalisation",
+    "max_pool": "max pooling",
+    "cat": "concatenation and padding",
+    "pad": "concatenation and padding",
+    "leaky_relu": "LeakyReLU",
+    "Optimizer": "optimizer (Adam)",
+    "upsample": "upsampling (transposed conv)",
+}
+
+
+def network(features=None) -> torch.nn.Module:
+    overrides = {} if features is None else {"features": features}
+    return copy.deepcopy(parse("train.json", **overrides).get_parsed_content("network_def"))
+
+
+def group_norms(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` with each ``InstanceNorm2d`` replaced by ``GroupNorm(C, C)`` with the same affine weights."""
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.InstanceNorm2d):
+                norm = torch.nn.GroupNorm(child.num_features, child.num_features, child.eps, affine=child.affine)
+                norm.load_state_dict(child.state_dict())
+                setattr(module, name, norm)
+    return net
+
+
+class Step:
+    """One training step of ``net`` at ``dtype`` (None: fp32) on a fixed random batch; ``variant`` changes it."""
+
+    def __init__(self, net: torch.nn.Module, dtype: torch.dtype | None, variant: str = "") -> None:
+        in_channels = next(net.parameters()).shape[1]
+        self.x = torch.rand(STEP_BATCH, in_channels, *STEP_SIZE)
+        self.y = torch.rand(STEP_BATCH, 3, *STEP_SIZE)
+        if variant == "group norm":
+            net = group_norms(net)
+        if variant == "channels-last":
+            net = net.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(net.parameters(), 1e-3, fused=True if variant == "fused Adam" else None)
+        self.net = torch.compile(net) if variant == "torch.compile" else net
+        self.inferer = AutocastInferer(dtype)
+
+    def __call__(self) -> None:
+        loss = (self.inferer(self.x, self.net) - self.y).abs().mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+
+
+def inference(net: torch.nn.Module, dtype: torch.dtype | None):
+    x = torch.rand(INFERENCE_BATCH, next(net.parameters()).shape[1], *INFERENCE_SIZE)
+    inferer, net = AutocastInferer(dtype), net.eval()
+
+    def run() -> None:
+        with torch.no_grad():
+            inferer(x, net)
+
+    return run
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def peaks_and_steps(repeats: int) -> tuple[str, dict]:
+    with torch.autocast("cpu", enabled=False):
+        peak = {"fp32": matmul_peak_gflops()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        peak["bf16"] = matmul_peak_gflops()
+    rows, seconds = [["2048² matmul", "", f"{peak['fp32']:.0f} GFLOP/s", f"{peak['bf16']:.0f} GFLOP/s", "", "",
+                      f"{peak['bf16'] / peak['fp32']:.2f}×"]], {}
+    cases = [
+        ("training step, batch 8 of 128²", lambda dtype: Step(network(), dtype), STEP_BATCH),
+        ("inference, batch 32 of 176×192", lambda dtype: inference(network(), dtype), INFERENCE_BATCH),
+        ("training step, features ×2", lambda dtype: Step(network([32, 32, 64, 128, 256, 32]), dtype), STEP_BATCH),
+    ]
+    for name, make, images in cases:
+        work = flops(make(None))
+        times = {label: median_seconds(make(dtype), repeats) for label, dtype in (("fp32", None), ("bf16", torch.bfloat16))}
+        seconds[name] = times
+        cells = [f"{times[p] * 1e3:.0f} ms ({100 * work / times[p] / 1e9 / peak[p]:.0f} % of peak)" for p in times]
+        rows.append([name, f"{work / 1e9:.1f}", *cells, f"{images / times['fp32']:.0f}",
+                     f"{images / times['bf16']:.0f}", f"{times['fp32'] / times['bf16']:.2f}×"])
+    header = ["", "GFLOP", "fp32", "bf16 autocast", "images/s fp32", "images/s bf16", "bf16 speed-up"]
+    return table(header, rows), seconds
+
+
+def variants(repeats: int, fp32_step_s: float, skip_compile: bool) -> str:
+    rows = []
+    names = ["bundle default", "group norm", "channels-last", "fused Adam"] + ([] if skip_compile else ["torch.compile"])
+    for variant in names:
+        try:
+            start = time.perf_counter()
+            step = Step(network(), torch.bfloat16, "" if variant == "bundle default" else variant)
+            step()
+            first = time.perf_counter() - start
+            seconds = median_seconds(step, repeats)
+            rows.append([variant, f"{seconds * 1e3:.0f}", f"{fp32_step_s / seconds:.2f}×", f"{first:.1f}", ""])
+        except Exception as error:  # a variant that cannot run is a result: its row says why
+            reason = str(error).strip().splitlines()[0][:120]
+            rows.append([variant, "fails", "", "", f"{type(error).__name__}: {reason}"])
+    return table(["bf16 step variant", "ms", "vs fp32 step", "first step (s)", "note"], rows)
+
+
+def profile(steps: int = 4) -> str:
+    step = Step(network(), torch.bfloat16)
+    for _ in range(2):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for _ in range(steps):
+            step()
+    grouped, total = collections.Counter(), 0.0
+    for event in profiler.key_averages():
+        total += event.self_cpu_time_total
+        group = next((g for key, g in OPERATOR_GROUPS.items() if key in event.key), "everything else")
+        grouped[group] += event.self_cpu_time_total
+    rows = [[group, f"{us / 1e3 / steps:.1f}", f"{100 * us / total:.0f}"] for group, us in grouped.most_common()]
+    rows.append(["total (profiled)", f"{total / 1e3 / steps:.1f}", "100"])
+    return table(["where the bf16 step's time goes", "ms per step", "%"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--skip-compile", action="store_true", help="leave out torch.compile (it compiles ~1 min)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {args.threads} threads, CPU bf16 units (AVX512-BF16/AMX): {cpu_supports_bf16()}, "
+          f"AMX tiles: {torch.cpu._is_amx_tile_supported()}\n")
+    text, seconds = peaks_and_steps(args.repeats)
+    print(text + "\n")
+    print(variants(args.repeats, seconds["training step, batch 8 of 128²"]["fp32"], args.skip_compile) + "\n")
+    print(profile())
+
+
+if __name__ == "__main__":
+    main()
