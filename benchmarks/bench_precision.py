@@ -10,10 +10,12 @@ issue's (batch 8 of 128×128, Adam, L1 on the fp32 output), median of ``--repeat
 Tables:
 
 1. **peaks and steps**: fp32 and bf16 ``torch.mm`` of 2048² (best of 10), the training step and inference (batch 32
-   of 176×192, no grad) in both, FLOPs by ``torch.utils.flop_counter`` (2 per multiply-add), GFLOP/s, % of the
+   of 176×192, no grad) in both (and inference by ONNX Runtime, fp32, exported as the bundle exports it), FLOPs by ``torch.utils.flop_counter`` (2 per multiply-add), GFLOP/s, % of the
    matching peak, images/s and the bf16 speed-up; the same step with the features doubled.
 2. **bf16 step variants**: the bundle's default against GroupNorm(C, C) for InstanceNorm (the same maths),
-   channels-last memory, Adam ``fused=True``, and ``torch.compile`` (Inductor); a variant that fails says why.
+   channels-last memory, Adam ``fused=True``, and ``torch.compile`` (Inductor; as the network is, and with the
+   decoder's zero pads skipped, which is what stops it); a variant that fails says why; the first step's time
+   includes compiling.
 3. **where the bf16 step's time goes**: ``torch.profiler`` over 4 steps, operators grouped by what they do, ms per
    step and share.
 
@@ -25,11 +27,15 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import tempfile
 import time
+import types
 
 import torch
+from monai.networks.nets.basic_unet import UpCat
 from bench_inference import flops, matmul_peak_gflops, median_seconds, parse  # benchmarks/ is on sys.path
 
+from pipeline.export import ONNX_CONVERTER_KWARGS, OnnxRuntimeNetwork, traceable
 from pipeline.precision import AutocastInferer, cpu_supports_bf16
 
 STEP_BATCH, STEP_SIZE = 8, (128, 128)
@@ -56,6 +62,23 @@ def network(features=None) -> torch.nn.Module:
     return copy.deepcopy(parse("train.json", **overrides).get_parsed_content("network_def"))
 
 
+def without_zero_pads(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` whose ``BasicUNet`` decoder blocks skip their pad when it is zero (even-sized maps), which is what stops
+    ``torch.compile``: Inductor's meta kernel of ``replication_pad2d_backward`` gets the strides of a zero pad wrong."""
+    for module in net.modules():
+        if isinstance(module, UpCat):
+            module.forward = types.MethodType(_skip_zero_pad_forward, module)
+    return net
+
+
+def _skip_zero_pad_forward(self: UpCat, x: torch.Tensor, x_e: torch.Tensor) -> torch.Tensor:
+    x_0 = self.upsample(x)
+    pads = [p for i in range(x.dim() - 2) for p in (0, x_e.shape[-i - 1] - x_0.shape[-i - 1])]
+    if any(pads):
+        x_0 = torch.nn.functional.pad(x_0, pads, "replicate")
+    return self.convs(torch.cat([x_e, x_0], dim=1))
+
+
 def group_norms(net: torch.nn.Module) -> torch.nn.Module:
     """``net`` with each ``InstanceNorm2d`` replaced by ``GroupNorm(C, C)`` with the same affine weights."""
     for module in list(net.modules()):
@@ -80,7 +103,9 @@ class Step:
             net = net.to(memory_format=torch.channels_last)
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(net.parameters(), 1e-3, fused=True if variant == "fused Adam" else None)
-        self.net = torch.compile(net) if variant == "torch.compile" else net
+        if variant == "torch.compile, zero pads skipped":
+            net = without_zero_pads(net)
+        self.net = torch.compile(net) if variant.startswith("torch.compile") else net
         self.inferer = AutocastInferer(dtype)
 
     def __call__(self) -> None:
@@ -99,6 +124,16 @@ def inference(net: torch.nn.Module, dtype: torch.dtype | None):
             inferer(x, net)
 
     return run
+
+
+def onnx_inference(net: torch.nn.Module, scratch: str):
+    """Inference of ``net`` (fp32 weights) exported as the bundle exports it and run by ONNX Runtime (fp32)."""
+    in_channels = next(net.parameters()).shape[1]
+    x = torch.rand(INFERENCE_BATCH, in_channels, *INFERENCE_SIZE)
+    filepath = f"{scratch}/model.onnx"
+    torch.onnx.export(traceable(net.eval()), (x[:1],), filepath, **ONNX_CONVERTER_KWARGS)
+    session = OnnxRuntimeNetwork(filepath, in_channels=in_channels)
+    return lambda: session(x)
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -126,13 +161,19 @@ def peaks_and_steps(repeats: int) -> tuple[str, dict]:
         cells = [f"{times[p] * 1e3:.0f} ms ({100 * work / times[p] / 1e9 / peak[p]:.0f} % of peak)" for p in times]
         rows.append([name, f"{work / 1e9:.1f}", *cells, f"{images / times['fp32']:.0f}",
                      f"{images / times['bf16']:.0f}", f"{times['fp32'] / times['bf16']:.2f}×"])
-    header = ["", "GFLOP", "fp32", "bf16 autocast", "images/s fp32", "images/s bf16", "bf16 speed-up"]
+        if name.startswith("inference"):
+            with tempfile.TemporaryDirectory() as scratch:
+                onnx = median_seconds(onnx_inference(network(), scratch), repeats)
+            rows.append([f"{name}, ONNX Runtime fp32", f"{work / 1e9:.1f}",
+                         f"{onnx * 1e3:.0f} ms ({100 * work / onnx / 1e9 / peak['fp32']:.0f} % of peak)", "",
+                         f"{images / onnx:.0f}", "", f"{times['fp32'] / onnx:.2f}× (vs eager fp32)"])
+    header = ["", "GFLOP", "fp32", "bf16 autocast", "images/s fp32", "images/s bf16", "speed-up"]
     return table(header, rows), seconds
 
 
 def variants(repeats: int, fp32_step_s: float, skip_compile: bool) -> str:
     rows = []
-    names = ["bundle default", "group norm", "channels-last", "fused Adam"] + ([] if skip_compile else ["torch.compile"])
+    names = ["bundle default", "group norm", "channels-last", "fused Adam"] + ([] if skip_compile else ["torch.compile", "torch.compile, zero pads skipped"])
     for variant in names:
         try:
             start = time.perf_counter()

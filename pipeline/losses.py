@@ -371,9 +371,10 @@ class HybridLoss(_Loss):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Total loss (scalar); see :meth:`components` for the arguments. Computed in fp32, also inside an autocast
-        region (MONAI's CUDA ``amp`` puts the loss in one): the signal models and edges need fp32's mantissa."""
+        region (MONAI's CUDA ``amp`` puts the loss in one), a low-precision ``pred`` cast up: the signal models and edges
+        need fp32's mantissa."""
         with torch.autocast(pred.device.type, enabled=False):
-            terms = self.components(pred.float(), target)
+            terms = self.components(pred.to(torch.promote_types(pred.dtype, torch.float32)), target)
         self.last_components = {name: value.detach() for name, value in terms.items()}
         return terms["total"]
 
