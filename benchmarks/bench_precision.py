@@ -9,7 +9,7 @@ issue's (batch 8 of 128×128, Adam, L1 on the fp32 output), median of ``--repeat
 
 Tables:
 
-1. **peaks and steps**: fp32 and bf16 ``torch.mm`` of 2048² (best of 10), the training step and inference (batch 32
+1. **peaks and steps** (fp32 and bf16 in turns, 3 rounds, the median): fp32 and bf16 ``torch.mm`` of 2048² (best of 10), the training step and inference (batch 32
    of 176×192, no grad) in both (and inference by ONNX Runtime, fp32, exported as the bundle exports it), FLOPs by ``torch.utils.flop_counter`` (2 per multiply-add), GFLOP/s, % of the
    matching peak, images/s and the bf16 speed-up; the same step with the features doubled.
 2. **bf16 step variants**: the bundle's default against GroupNorm(C, C) for InstanceNorm (the same maths),
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import statistics
 import tempfile
 import time
 import types
@@ -136,6 +137,16 @@ def onnx_inference(net: torch.nn.Module, scratch: str):
     return lambda: session(x)
 
 
+def interleaved(runs: dict, repeats: int, rounds: int = 3) -> dict[str, float]:
+    """Median seconds of each run over ``rounds`` rounds that take turns (each round: the median of ``repeats`` after
+    2 warm-ups), so that a slow spell of this shared machine falls on both sides of a ratio."""
+    medians = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            medians[name].append(median_seconds(run, repeats))
+    return {name: statistics.median(values) for name, values in medians.items()}
+
+
 def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -156,7 +167,7 @@ def peaks_and_steps(repeats: int) -> tuple[str, dict]:
     ]
     for name, make, images in cases:
         work = flops(make(None))
-        times = {label: median_seconds(make(dtype), repeats) for label, dtype in (("fp32", None), ("bf16", torch.bfloat16))}
+        times = interleaved({"fp32": make(None), "bf16": make(torch.bfloat16)}, repeats)
         seconds[name] = times
         cells = [f"{times[p] * 1e3:.0f} ms ({100 * work / times[p] / 1e9 / peak[p]:.0f} % of peak)" for p in times]
         rows.append([name, f"{work / 1e9:.1f}", *cells, f"{images / times['fp32']:.0f}",
