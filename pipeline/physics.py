@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -46,6 +48,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.cache import cache_dir, cached_array
 
 __all__ = [
     "MAP_UNIT_MS",
@@ -614,15 +618,28 @@ EPG_TABLE_SIZE = (128, 1024)
 """Table points (T1, T2), log-spaced over ``EPG_TABLE_RANGE_MS``."""
 
 
+EPG_TABLE_VERSION = 1
+"""Part of the on-disk key of a table: raise it when the EPG code changes what a table holds."""
+
+
 @functools.lru_cache(maxsize=16)
 def _centre_echo_table(protocol: TSEProtocol) -> torch.Tensor:
-    """(1, 1, n_T1, n_T2) float64 centre-echo amplitudes ``A_n`` of :func:`cpmg_echo_train` on the log grid."""
+    """(1, 1, n_T1, n_T2) float64 centre-echo amplitudes ``A_n`` of :func:`cpmg_echo_train` on the log grid, filled
+    once per protocol and kept on disk (``$QMAP_HYBRID_CACHE/epg_tables``, :mod:`pipeline.cache`): filling takes a few
+    seconds, which every training, inference and QC process would otherwise pay."""
+    key = json.dumps([EPG_TABLE_VERSION, EPG_TABLE_SIZE, EPG_TABLE_RANGE_MS, dataclasses.asdict(protocol)])
+    path = cache_dir("epg_tables") / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
+    return torch.from_numpy(cached_array(path, lambda: _fill_centre_echo_table(protocol), EPG_TABLE_SIZE))[None, None]
+
+
+def _fill_centre_echo_table(protocol: TSEProtocol) -> np.ndarray:
+    """(n_T1, n_T2) float64 centre-echo amplitudes of :func:`cpmg_echo_train` on the log grid of the table."""
     log_range = [math.log(value) for value in EPG_TABLE_RANGE_MS]
     t1 = torch.linspace(*log_range, EPG_TABLE_SIZE[0], dtype=torch.float64).exp()
     t2 = torch.linspace(*log_range, EPG_TABLE_SIZE[1], dtype=torch.float64).exp()
     echo = centre_echo_index(protocol)
     amplitudes = _cpmg_echo_train(t1[:, None], t2[None, :], [protocol.refocusing_angle] * echo, protocol.echo_spacing)
-    return amplitudes[..., echo - 1].abs()[None, None]
+    return amplitudes[..., echo - 1].abs().numpy()
 
 
 def tse_epg_tabulated(t1: Any, t2: Any, m0: Any, protocol: TSEProtocol | None = None) -> Any:

@@ -1,10 +1,12 @@
-"""Tests of pipeline.data.cache (the on-disk cache of the validation and the template fit)."""
+"""Tests of pipeline.cache (the on-disk cache of the validation, the template fit and the EPG tables)."""
 
 from __future__ import annotations
 
 import json
 
-from pipeline.data.cache import CACHE_ENV, cache_dir, cached_json
+import numpy as np
+
+from pipeline.cache import CACHE_ENV, cache_dir, cached_array, cached_json
 
 
 def test_cache_dir_follows_the_environment_variable(tmp_path, monkeypatch):
@@ -39,3 +41,25 @@ def test_cached_json_without_a_writable_folder_still_computes(tmp_path):
     blocker.write_text("not a folder")
     value = cached_json(blocker / "key.json", lambda: 7, encode=lambda v: v, decode=lambda s: s)
     assert value == 7 and blocker.read_text() == "not a folder"
+
+
+def test_cached_array_computes_once_and_recomputes_a_damaged_or_misshapen_entry(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.arange(6.0).reshape(2, 3)
+
+    path = tmp_path / "tables" / "key.npy"
+    first = cached_array(path, compute, shape=(2, 3))
+    second = cached_array(path, compute, shape=(2, 3))
+    np.testing.assert_array_equal(first, second)
+    assert len(calls) == 1 and list(path.parent.iterdir()) == [path]
+    np.testing.assert_array_equal(np.load(path), compute())
+    for damaged in (b"\x93NUMPY half", None):  # half-written, another shape
+        if damaged is None:
+            np.save(path, np.zeros((3, 2)))
+        else:
+            path.write_bytes(damaged)
+        np.testing.assert_array_equal(cached_array(path, compute, shape=(2, 3)), np.arange(6.0).reshape(2, 3))
+    assert len(calls) == 4  # 1 + 2 recomputations + the reference above

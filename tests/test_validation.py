@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from pipeline import physics
 from pipeline.data import InvalidInputError, load_datalist, validate_study, validation
-from pipeline.data.cache import CACHE_ENV
+from pipeline.cache import CACHE_ENV
 from pipeline.data.validation import EXPECTED_CONTRAST_ORDER, contrast_problems, require_valid_study
 from pipeline.phantom.contrasts import protocols as phantom_protocols
 from pipeline.validate import main as validate_main

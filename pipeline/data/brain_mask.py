@@ -24,7 +24,7 @@ a skull and scalp). Steps, all on the T1w's grid:
 
 Needs a T1 contrast (WM brighter than GM brighter than CSF), as an MPRAGE; the tissue medians' order is checked.
 ~3-6 s for a 1 mm head on 2 cores (registration 1-2 s, warping and refinement 2-3 s). The fitted transform is cached
-on disk (:mod:`pipeline.data.cache`, ``$QMAP_HYBRID_CACHE/template_fit``) under a hash of the T1w's voxels, geometry,
+on disk (:mod:`pipeline.cache`, ``$QMAP_HYBRID_CACHE/template_fit``) under a hash of the T1w's voxels, geometry,
 the seed and the fit's settings: the pre-run validation's contrast check and the data pipeline's brain mask, and every
 later command on the same T1w, share one registration.
 
@@ -49,7 +49,7 @@ from nilearn import datasets
 from scipy import ndimage
 
 import pipeline
-from pipeline.data.cache import cache_dir, cached_json
+from pipeline.cache import cache_dir, cached_json
 from pipeline.data.coregistration import to_sitk
 from pipeline.data.errors import InvalidInputError, describe_item
 from pipeline.data.registration import array_xyz, image_like, innermost_transform, mattes_mi_registration, resample_onto

@@ -24,7 +24,7 @@ An entry's result is cached on disk (:func:`cached_validate_entry`): the ~10 s o
 once per study, not once per run (training, calibration, inference and adaptation of the same subjects). The key
 holds every file's resolved path, size and modification time, the options and the package version, so an edited,
 replaced or touched file is validated again. The folder is ``$QMAP_HYBRID_CACHE/validation`` (default
-``~/.cache/qmap-hybrid``; :mod:`pipeline.data.cache`); ``--no-cache`` (``cache=False``) bypasses it.
+``~/.cache/qmap-hybrid``; :mod:`pipeline.cache`); ``--no-cache`` (``cache=False``) bypasses it.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from monai.transforms import LoadImage
 from monai.utils import convert_to_tensor
 
 import pipeline
-from pipeline.data.cache import cache_dir, cached_json
+from pipeline.cache import cache_dir, cached_json
 from pipeline.data.checks import constant_problem, volume_problem
 from pipeline.data.coregistration import geometry_problem, to_sitk
 from pipeline.data.errors import InvalidInputError, MissingFilesError
@@ -271,7 +271,7 @@ def validate_entry(
 
 
 def validation_cache_dir() -> Path:
-    """The folder of cached validation results: ``$QMAP_HYBRID_CACHE/validation`` (:mod:`pipeline.data.cache`)."""
+    """The folder of cached validation results: ``$QMAP_HYBRID_CACHE/validation`` (:mod:`pipeline.cache`)."""
     return cache_dir("validation")
 
 
