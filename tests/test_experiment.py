@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy.stats import ttest_rel
 
-from pipeline.reports.experiment import experiment_table
+from pipeline.reports.experiment import compare_experiments, experiment_table
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "run_paper_experiment.py"
 MODEL_OFFSETS = {"supervised": 0.0, "hybrid": 0.6, "oracle": 1.0}
@@ -86,6 +86,31 @@ def test_without_an_oracle_the_table_has_the_paired_tests_and_no_gap():
     assert not {"oracle", "oracle_mean", "gap_closed_mean", "gap_closed_std"} & set(table.columns)
     shared = ["hybrid_mean", "supervised_mean", "p_value_max", "p_value_median", "hybrid_better_seeds", "seeds"]
     pd.testing.assert_frame_equal(table[shared], with_oracle[shared])
+
+
+def test_two_runs_compared_cell_by_cell_against_their_seed_spread():
+    """compare_experiments: the difference of the seed means and the spread are those of the two tables; a shift
+    larger than the spread is flagged, one inside it is not; the candidate's Table-2 claim comes along."""
+    per_slice = synthetic_per_slice()
+    reference = experiment_table(per_slice, "supervised", "hybrid", "oracle")
+    shifted = per_slice.copy()
+    hybrid_t1 = (shifted["model"] == "hybrid") & (shifted["map"] == "T1")
+    shifted.loc[hybrid_t1, "MPE"] += 1.0  # far beyond the seeds' spread (noise 0.05 per slice)
+    candidate = experiment_table(shifted, "supervised", "hybrid", "oracle")
+    comparison = compare_experiments(reference, candidate).set_index(["metric", "map", "model"])
+    assert len(comparison) == 8 * 3
+    changed = comparison.loc[("MPE", "T1", "hybrid")]
+    expected = reference.set_index(["metric", "map"]).loc[("MPE", "T1")]
+    assert changed["reference_mean"] == pytest.approx(expected["hybrid_mean"])
+    assert changed["difference"] == pytest.approx(1.0)
+    assert changed["spread"] == pytest.approx(max(expected["hybrid_seed_std"], changed["candidate_seed_std"]))
+    assert not changed["within_spread"]
+    claim = candidate.set_index(["metric", "map"]).loc[("MPE", "T1")]
+    assert changed["p_value_max"] == claim["p_value_max"] and changed["hybrid_better_seeds"] == claim["hybrid_better_seeds"]
+    unchanged = comparison.drop(index=("MPE", "T1", "hybrid"))
+    assert (unchanged["difference"].abs() < 1e-12).all() and unchanged["within_spread"].all()
+    with pytest.raises(ValueError, match="different metric x map cells"):
+        compare_experiments(reference, candidate[candidate["metric"] != "SSIM"])
 
 
 def test_missing_model_is_named():

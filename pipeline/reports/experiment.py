@@ -111,3 +111,50 @@ def experiment_table(
             row["seeds"] = len(seeds)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def compare_experiments(
+    reference: pd.DataFrame, candidate: pd.DataFrame, models: Sequence[str] = ("supervised", "hybrid", "oracle")
+) -> pd.DataFrame:
+    """Two runs of the same experiment side by side (e.g. fp32 and bf16 training): per cell and model, the means over
+    seeds, their seed spreads and whether the difference lies within them.
+
+    Args:
+        reference, candidate: :func:`experiment_table` outputs (``table2.csv``) over the same metrics and maps.
+        models: the model columns to compare (those missing from either table are left out).
+
+    Returns:
+        One row per metric × map × model: ``metric``, ``map``, ``model``, ``reference_mean``, ``reference_seed_std``,
+        ``candidate_mean``, ``candidate_seed_std``, ``difference`` (candidate − reference), ``spread`` (the larger of
+        the two seed standard deviations) and ``within_spread`` (``|difference| <= spread``); then the candidate's
+        ``hybrid_better_seeds``, ``p_value_max`` and ``seeds`` of that cell (its Table-2 claim).
+
+    Raises:
+        ValueError: when the tables do not hold the same metric × map cells.
+    """
+    cells = ["metric", "map"]
+    if set(map(tuple, reference[cells].to_numpy())) != set(map(tuple, candidate[cells].to_numpy())):
+        raise ValueError("the two experiment tables hold different metric x map cells; compare runs of one experiment.")
+    joined = reference.merge(candidate, on=cells, suffixes=("_reference", "_candidate"))
+    rows = []
+    for _, cell in joined.iterrows():
+        for model in [m for m in models if f"{m}_mean" in reference and f"{m}_mean" in candidate]:
+            means = {side: cell[f"{model}_mean_{side}"] for side in ("reference", "candidate")}
+            stds = {side: cell[f"{model}_seed_std_{side}"] for side in ("reference", "candidate")}
+            difference, spread = means["candidate"] - means["reference"], max(stds.values())
+            rows.append(
+                {
+                    "metric": cell["metric"],
+                    "map": cell["map"],
+                    "model": model,
+                    **{f"{side}_mean": means[side] for side in means},
+                    **{f"{side}_seed_std": stds[side] for side in stds},
+                    "difference": difference,
+                    "spread": spread,
+                    "within_spread": bool(abs(difference) <= spread),
+                    "hybrid_better_seeds": cell["hybrid_better_seeds_candidate"],
+                    "p_value_max": cell["p_value_max_candidate"],
+                    "seeds": cell["seeds_candidate"],
+                }
+            )
+    return pd.DataFrame(rows)
