@@ -33,8 +33,8 @@ import time
 import types
 
 import torch
-from monai.networks.nets.basic_unet import UpCat
 from bench_inference import flops, matmul_peak_gflops, median_seconds, parse  # benchmarks/ is on sys.path
+from monai.networks.nets.basic_unet import UpCat
 
 from pipeline.export import ONNX_CONVERTER_KWARGS, OnnxRuntimeNetwork, traceable
 from pipeline.precision import AutocastInferer, cpu_supports_bf16
@@ -153,13 +153,18 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def timing(flop: float, seconds: float, peak_gflops: float) -> str:
+    return f"{seconds * 1e3:.0f} ms ({100 * flop / seconds / 1e9 / peak_gflops:.0f} % of peak)"
+
+
 def peaks_and_steps(repeats: int) -> tuple[str, dict]:
+    """Table 1 and the seconds of each case, ``{case: {"fp32": s, "bf16": s}}``."""
     with torch.autocast("cpu", enabled=False):
         peak = {"fp32": matmul_peak_gflops()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         peak["bf16"] = matmul_peak_gflops()
-    rows, seconds = [["2048² matmul", "", f"{peak['fp32']:.0f} GFLOP/s", f"{peak['bf16']:.0f} GFLOP/s", "", "",
-                      f"{peak['bf16'] / peak['fp32']:.2f}×"]], {}
+    matmul = ["2048² matmul", "", *(f"{peak[p]:.0f} GFLOP/s" for p in peak), "", ""]
+    rows, seconds = [[*matmul, f"{peak['bf16'] / peak['fp32']:.2f}×"]], {}
     cases = [
         ("training step, batch 8 of 128²", lambda dtype: Step(network(), dtype), STEP_BATCH),
         ("inference, batch 32 of 176×192", lambda dtype: inference(network(), dtype), INFERENCE_BATCH),
@@ -167,24 +172,34 @@ def peaks_and_steps(repeats: int) -> tuple[str, dict]:
     ]
     for name, make, images in cases:
         work = flops(make(None))
-        times = interleaved({"fp32": make(None), "bf16": make(torch.bfloat16)}, repeats)
-        seconds[name] = times
-        cells = [f"{times[p] * 1e3:.0f} ms ({100 * work / times[p] / 1e9 / peak[p]:.0f} % of peak)" for p in times]
-        rows.append([name, f"{work / 1e9:.1f}", *cells, f"{images / times['fp32']:.0f}",
-                     f"{images / times['bf16']:.0f}", f"{times['fp32'] / times['bf16']:.2f}×"])
+        times = seconds[name] = interleaved({"fp32": make(None), "bf16": make(torch.bfloat16)}, repeats)
+        rate = [f"{images / times[p]:.0f}" for p in times]
+        rows.append([name, f"{work / 1e9:.1f}", *(timing(work, times[p], peak[p]) for p in times), *rate])
+        rows[-1].append(f"{times['fp32'] / times['bf16']:.2f}×")
         if name.startswith("inference"):
             with tempfile.TemporaryDirectory() as scratch:
                 onnx = median_seconds(onnx_inference(network(), scratch), repeats)
-            rows.append([f"{name}, ONNX Runtime fp32", f"{work / 1e9:.1f}",
-                         f"{onnx * 1e3:.0f} ms ({100 * work / onnx / 1e9 / peak['fp32']:.0f} % of peak)", "",
-                         f"{images / onnx:.0f}", "", f"{times['fp32'] / onnx:.2f}× (vs eager fp32)"])
+            speed_up = f"{times['fp32'] / onnx:.2f}× (vs eager fp32)"
+            rows.append(
+                [
+                    f"{name}, ONNX Runtime fp32",
+                    f"{work / 1e9:.1f}",
+                    timing(work, onnx, peak["fp32"]),
+                    "",
+                    f"{images / onnx:.0f}",
+                    "",
+                    speed_up,
+                ]
+            )
     header = ["", "GFLOP", "fp32", "bf16 autocast", "images/s fp32", "images/s bf16", "speed-up"]
     return table(header, rows), seconds
 
 
 def variants(repeats: int, fp32_step_s: float, skip_compile: bool) -> str:
     rows = []
-    names = ["bundle default", "group norm", "channels-last", "fused Adam"] + ([] if skip_compile else ["torch.compile", "torch.compile, zero pads skipped"])
+    names = ["bundle default", "group norm", "channels-last", "fused Adam"] + (
+        [] if skip_compile else ["torch.compile", "torch.compile, zero pads skipped"]
+    )
     for variant in names:
         try:
             start = time.perf_counter()
@@ -224,8 +239,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, CPU bf16 units (AVX512-BF16/AMX): {cpu_supports_bf16()}, "
-          f"AMX tiles: {torch.cpu._is_amx_tile_supported()}\n")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, CPU bf16 units (AVX512-BF16/AMX): {cpu_supports_bf16()}, "
+        f"AMX tiles: {torch.cpu._is_amx_tile_supported()}\n"
+    )
     text, seconds = peaks_and_steps(args.repeats)
     print(text + "\n")
     print(variants(args.repeats, seconds["training step, batch 8 of 128²"]["fp32"], args.skip_compile) + "\n")

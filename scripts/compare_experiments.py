@@ -30,8 +30,12 @@ def markdown(comparison: pd.DataFrame, names: tuple[str, str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in comparison[comparison["metric"].isin(TABLE2_METRICS)].iterrows():
         digits = DECIMALS[row["metric"]] + 1
-        sides = [f"{row[f'{s}_mean']:.{digits}f} ± {row[f'{s}_seed_std']:.{digits}f}" for s in ("reference", "candidate")]
-        claim = f"{row['hybrid_better_seeds']}/{row['seeds']}, {row['p_value_max']:.1e}" if row["model"] == "hybrid" else ""
+        sides = [
+            f"{row[f'{s}_mean']:.{digits}f} ± {row[f'{s}_seed_std']:.{digits}f}" for s in ("reference", "candidate")
+        ]
+        claim = (
+            f"{row['hybrid_better_seeds']}/{row['seeds']}, {row['p_value_max']:.1e}" if row["model"] == "hybrid" else ""
+        )
         cells = [row["metric"], row["map"], row["model"], *sides, f"{row['difference']:+.{digits}f}",
                  "yes" if row["within_spread"] else "**no**", claim]  # fmt: skip
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
@@ -50,9 +54,11 @@ def main() -> None:
     comparison = comparison[comparison["metric"].isin(METRICS)]
     print(markdown(comparison, tuple(args.names)))
     hybrid = comparison[(comparison["model"] == "hybrid") & comparison["metric"].isin(TABLE2_METRICS)]
-    print(f"\n{int(comparison['within_spread'].sum())}/{len(comparison)} model x cell means within the seed spread; "
-          f"{args.names[1]}: hybrid better in every seed on {int((hybrid['hybrid_better_seeds'] == hybrid['seeds']).sum())}/"
-          f"{len(hybrid)} Table-2 cells, p < 0.05 in every seed on {int((hybrid['p_value_max'] < 0.05).sum())}.")
+    print(
+        f"\n{int(comparison['within_spread'].sum())}/{len(comparison)} model x cell means within the seed spread; "
+        f"{args.names[1]}: hybrid better in every seed on {int((hybrid['hybrid_better_seeds'] == hybrid['seeds']).sum())}/"
+        f"{len(hybrid)} Table-2 cells, p < 0.05 in every seed on {int((hybrid['p_value_max'] < 0.05).sum())}."
+    )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         comparison.to_csv(args.out / "comparison.csv", index=False)

@@ -155,6 +155,8 @@ def test_a_tiny_training_converges_in_fp32_and_bf16(dtype):
         decollate=False,
     )
     losses = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: losses.append(engine.state.output["loss"].item()))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: losses.append(engine.state.output["loss"].item())
+    )
     trainer.run()
     assert losses[-1] < losses[0] / 3, losses[::10]
