@@ -187,17 +187,30 @@ def labels_yardstick(out: pathlib.Path, section: str, data: dict, seeds: Sequenc
     return pd.concat([per_slice.assign(seed=seed) for seed in seeds], ignore_index=True)
 
 
-def record(out: pathlib.Path, name: str, args: argparse.Namespace, started: float, **extra) -> None:
-    """Write ``<name>.json``: the command, the commit, the wall time (and ``extra``'s entries)."""
+def git_state() -> tuple[str | None, bool]:
+    """(HEAD commit, whether tracked files have uncommitted changes) of the repository, or (None, False) outside git."""
     git = ["git", "-C", str(REPO)]
     commit = subprocess.run([*git, "rev-parse", "HEAD"], check=False, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(
         [*git, "status", "--porcelain", "--untracked-files=no"], check=False, capture_output=True, text=True
     )
+    return commit or None, bool(dirty.stdout.strip())
+
+
+GIT_AT_START = git_state()
+"""The repository's state when this driver started: a long run may see commits land before it ends."""
+
+
+def record(out: pathlib.Path, name: str, args: argparse.Namespace, started: float, **extra) -> None:
+    """Write ``<name>.json``: the command, the commit at the start and at the end, the wall time (and ``extra``'s
+    entries)."""
+    commit, dirty = git_state()
     info = {
         "command": " ".join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
-        "commit": commit or None,
-        "uncommitted_changes": bool(dirty.stdout.strip()),
+        "commit_at_start": GIT_AT_START[0],
+        "uncommitted_changes_at_start": GIT_AT_START[1],
+        "commit": commit,
+        "uncommitted_changes": dirty,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "cpu_count": os.cpu_count(),
         "arguments": {key: value for key, value in vars(args).items() if key != "func"},

@@ -145,6 +145,7 @@ def test_driver_runs_a_setting_on_a_tiny_study_and_reuses_its_runs(tiny_study, t
     assert (tmp_path / "figure.png").stat().st_size > 10_000
     record = json.loads((tmp_path / "experiment.json").read_text())
     assert record["command"].startswith("python scripts/run_paper_experiment.py run") and record["wall_seconds"] > 0
+    assert record["commit_at_start"] == record["commit"]  # nothing was committed while it ran
 
     oracle_log = (tmp_path / "runs" / "default" / "oracle_seed0" / "log.txt").read_text()
     assert "Epoch: 1/1, Iter: 2/2" in oracle_log
