@@ -1,8 +1,8 @@
 """Benchmark mixed precision on this machine's CPU: matmul peaks, the training step and inference in fp32 and bf16,
 what the bf16 step spends its time on, and what was tried to bring it nearer the bf16 peak.
 
-The network is the bundle's (``train.json``'s ``network_def``: ``BasicUNet``, its features, 9 input channels of the
-2.5D default) under :class:`pipeline.precision.AutocastInferer`, the wrapper every bundle path uses; the step is the
+The network is the bundle's (``train.json``'s ``network``: ``BasicUNet`` with its output layer in fp32, its features,
+9 input channels of the 2.5D default, the softplus) under :class:`pipeline.precision.AutocastInferer`, the wrapper every bundle path uses; the step is the
 issue's (batch 8 of 128×128, Adam, L1 on the fp32 output), median of ``--repeats`` after 2 warm-up steps.
 
     python benchmarks/bench_precision.py [--threads 2] [--repeats 6] [--skip-compile]
@@ -60,7 +60,7 @@ OPERATOR_GROUPS = {  # substring of a profiler operator name -> what it does (fi
 
 def network(features=None) -> torch.nn.Module:
     overrides = {} if features is None else {"features": features}
-    return copy.deepcopy(parse("train.json", **overrides).get_parsed_content("network_def"))
+    return copy.deepcopy(parse("train.json", **overrides).get_parsed_content("network"))
 
 
 def without_zero_pads(net: torch.nn.Module) -> torch.nn.Module:

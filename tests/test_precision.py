@@ -1,5 +1,6 @@
 """Mixed precision (pipeline.precision): the one ``amp`` switch, the network in bf16 and everything after it in fp32."""
 
+import copy
 import pathlib
 
 import pytest
@@ -160,3 +161,26 @@ def test_a_tiny_training_converges_in_fp32_and_bf16(dtype):
     )
     trainer.run()
     assert losses[-1] < losses[0] / 3, losses[::10]
+
+
+def test_the_output_layer_computes_in_fp32_so_bf16_maps_are_not_posterised():
+    """Under bf16 autocast the bundle network's last convolution runs in fp32: its output takes continuous values,
+    where a bf16 output layer gives a few hundred (8 mantissa bits per binade), and the state dict is a plain
+    ``Sequential(BasicUNet, Softplus)``'s (checkpoints of earlier bundles load)."""
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(BasicUNet(2, 9, 3, features=(16, 16, 32, 64, 128, 16)), torch.nn.Softplus()).eval()
+    full = torch.nn.Sequential(precision.with_full_precision_output(copy.deepcopy(plain[0])), torch.nn.Softplus())
+    full.load_state_dict(plain.state_dict(), strict=True)
+    seen = []
+    full[0].final_conv.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    x = torch.rand(1, 9, 64, 64)
+    with torch.no_grad():
+        posterised = AutocastInferer(torch.bfloat16)(x, plain)
+        continuous = AutocastInferer(torch.bfloat16)(x, full)
+        exact = AutocastInferer(None)(x, full)
+    assert seen == [torch.float32, torch.float32]
+    assert posterised[:, 0].unique().numel() < 600 < 3000 < continuous[:, 0].unique().numel()
+    assert (continuous - exact).abs().mean() < (posterised - exact).abs().mean()
+    torch.testing.assert_close(exact, plain(x))  # outside autocast it is the plain network
+    with pytest.raises(TypeError, match="Conv2d final_conv"):
+        precision.with_full_precision_output(torch.nn.Linear(2, 2))
