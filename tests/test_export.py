@@ -28,10 +28,11 @@ ATOL = 1e-4
 """Exported vs eager network outputs (T1 / 3000 ms, T2 / 3000 ms, M0 of order 0.1-1): float32 kernels that sum in
 another order differ by ~1e-6 (measured: <= 2e-6), far below this."""
 
-BF16_MAP_RTOL, BF16_MAP_MAX_RTOL = 0.01, 0.1
+BF16_MAP_RTOL, BF16_MAP_MAX_RTOL = 0.01, 0.2
 """bf16 (autocast) vs fp32 maps of the same weights, relative, the median over the brain and the largest: bf16 rounds
-every activation to 8 mantissa bits (0.4 % steps) and the errors add up over the random network's ~20 layers
-(measured on the tiny study: median 0.28 %, 99.9th percentile 1.9 %, largest 4.2 %)."""
+every activation to 8 mantissa bits (0.4 % steps) and the errors add up over the random network's ~20 layers; the
+output layer is fp32 (measured on the tiny study, T1 / T2: median 0.25 / 0.35 %, 99.9th percentile 1.8 / 2.4 %,
+largest 4.0 / 7.6 %)."""
 
 CONTEXT = 1
 """Neighbour slices on either side of the exported network (``train.json``'s default, 2.5D)."""
