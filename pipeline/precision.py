@@ -6,6 +6,9 @@ One switch, ``amp`` in the bundle configs (``--amp auto|true|false|bf16|fp16``),
 * a CUDA device: bf16 where it supports it (Ampere and newer), fp16 otherwise;
 * anything else (an older CPU, ``false``): fp32, no autocast.
 
+The bundle's defaults: inference ``auto``; training and adaptation ``false`` (fp32), because bf16 training cost the
+hybrid's T1 detail in every seed (``docs/results/precision/``).
+
 MONAI 1.6's engines hard-code ``torch.autocast("cuda")`` and a CUDA ``GradScaler`` behind their own ``amp`` option, so
 they cannot run the CPU's matrix units. :class:`AutocastInferer` puts ``torch.autocast`` around the *network's
 forward only*, inside whichever inferer the engine uses (training, validation, inference, adaptation), and hands the
