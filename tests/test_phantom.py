@@ -32,7 +32,7 @@ from pipeline.phantom.simulate import (
     simulate_subject,
 )
 from pipeline.phantom.study import study_grid
-from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
+from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T, scale_array, scales_as_dict, tissue_scales
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ("training", "validation", "testing")
@@ -552,8 +552,8 @@ def test_cli_records_protocol_overrides_and_the_record_regenerates_the_study(tmp
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--protocol", "tse.te"], "expected CONTRAST.FIELD=VALUE"),
-        (["--protocol", "te=120"], "expected CONTRAST.FIELD=VALUE"),
+        (["--protocol", "tse.te"], "expected NAME.FIELD=VALUE"),
+        (["--protocol", "te=120"], "expected NAME.FIELD=VALUE"),
         (["--protocol", "t2w.te=120"], "unknown contrast"),
         (["--protocol", "tse.tee=120"], "unknown tse field"),
         (["--protocol", "tse.te=500"], "te must be in"),
@@ -566,3 +566,90 @@ def test_cli_refuses_bad_protocol_overrides(tmp_path, capsys, arguments, message
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "study").exists()
+
+
+WHITE_MATTER_T2_LONGER = {"white_matter": {"t2_ms": 1.2}}
+"""A tissue change for the tissue-scale tests: white matter's T2 20 % longer."""
+
+
+def test_tissue_scales_are_normalised_and_refuse_what_is_not_a_tissue_factor():
+    scales = tissue_scales({"lesion": {"t1_ms": "1.5"}, "white_matter": {"pd": 1.0, "t2_ms": 1.2}})
+    assert scales == (("white_matter", (("t2_ms", 1.2),)), ("lesion", (("t1_ms", 1.5),)))
+    assert tissue_scales(scales) == scales and hash(scales)
+    assert scales_as_dict(scales) == {"white_matter": {"t2_ms": 1.2}, "lesion": {"t1_ms": 1.5}}
+    expected = np.ones((len(COMPARTMENTS), 3))
+    expected[COMPARTMENTS.index("white_matter"), 1] = 1.2
+    expected[COMPARTMENTS.index("lesion"), 0] = 1.5
+    np.testing.assert_array_equal(scale_array(scales), expected)
+    assert tissue_scales(None) == tissue_scales({"csf": {"t1_ms": 1}}) == ()
+    for bad, message in [
+        ({"wm": {"t2_ms": 1.2}}, "unknown compartment"),
+        ({"white_matter": {"t2": 1.2}}, "unknown white_matter parameter"),
+        ({"white_matter": {"t2_ms": 0}}, "finite number > 0"),
+        ({"white_matter": {"t2_ms": "long"}}, "finite number > 0"),
+        ({"white_matter": {"t2_ms": float("nan")}}, "finite number > 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            tissue_scales(bad)
+
+
+def test_a_scaled_tissue_is_the_same_subject_with_that_tissue_changed(anatomy, noiseless, default_protocols):
+    """White matter's T2 x 1.2: the same draws, fractions and other maps; the T2 map of pure white matter x 1.2
+    exactly; the images those of the scaled values through pipeline.physics (an independent synthesis)."""
+    parameters, volumes = noiseless
+    scaled_parameters = SubjectParameters.draw(7, 0, anatomy, scales=tissue_scales(WHITE_MATTER_T2_LONGER))
+    grid = study_grid(anatomy, sagittal_slices=12)
+    scaled = simulate_subject(anatomy, grid, scaled_parameters, snr=np.inf, receive_bias=False)
+    white = COMPARTMENTS.index("white_matter")
+    expected_values = parameters.tissue_values().copy()
+    expected_values[white, 1] *= 1.2
+    np.testing.assert_allclose(scaled_parameters.tissue_values(), expected_values, rtol=1e-12)
+    default = volumes["default"]
+    np.testing.assert_array_equal(scaled.mask, default.mask)
+    np.testing.assert_array_equal(scaled.fractions, default.fractions)
+    np.testing.assert_array_equal(scaled.t1_ms, default.t1_ms)
+    np.testing.assert_array_equal(scaled.m0, default.m0)
+    pure_white = default.fractions[white] > 0.999
+    assert pure_white.sum() > 1000
+    # rates mix with <= 0.1 % of other compartments in these voxels
+    np.testing.assert_allclose(scaled.t2_ms[pure_white], 1.2 * default.t2_ms[pure_white], rtol=1e-3)
+    tse_change = scaled.weighted["tse"][pure_white] / default.weighted["tse"][pure_white]
+    assert np.median(tse_change) == pytest.approx(np.exp(93.0 / 79.2 * (1 - 1 / 1.2)), rel=0.03)  # exp(-TE/T2)
+    _assert_images_match(scaled, _ideal_images(scaled_parameters, scaled, default_protocols, default_protocols))
+
+
+def test_cli_records_tissue_scales_and_the_record_regenerates_the_study(tmp_path):
+    arguments = ["--subjects", "1", "--sagittal-slices", "2"]
+    phantom_cli(["--out", str(tmp_path / "default"), *arguments])
+    scaled_dir = tmp_path / "scaled"
+    phantom_cli(["--out", str(scaled_dir), *arguments, "--tissue-scale", "white_matter.t2_ms=1.2"])
+    manifest = json.loads((scaled_dir / "dataset.json").read_text())
+    assert manifest["generator"]["tissue_scales"] == WHITE_MATTER_T2_LONGER
+    assert "tissue_scales" not in json.loads((tmp_path / "default" / "dataset.json").read_text())["generator"]
+    generator = dict(manifest["generator"])
+    generator.pop("module")
+    assert study_manifest(**generator) == manifest
+    tissues = {
+        name: json.loads((tmp_path / name / "sub-01" / "phantom.json").read_text())["tissues"]
+        for name in ("default", "scaled")
+    }
+    assert tissues["scaled"]["white_matter"]["t2_ms"] == pytest.approx(
+        1.2 * tissues["default"]["white_matter"]["t2_ms"]
+    )
+    assert tissues["scaled"]["cortical_grey_matter"] == tissues["default"]["cortical_grey_matter"]
+    files = {
+        name: {
+            stem: (tmp_path / name / "sub-01" / f"{stem}.nii.gz").read_bytes() for stem in ("t1_map", "t2_map", "mask")
+        }
+        for name in ("default", "scaled")
+    }
+    assert (
+        files["scaled"]["t1_map"] == files["default"]["t1_map"] and files["scaled"]["mask"] == files["default"]["mask"]
+    )
+    assert files["scaled"]["t2_map"] != files["default"]["t2_map"]
+    (scaled_dir / "sub-01" / "t2_map.nii.gz").unlink()
+    ensure_study(scaled_dir / "dataset.json")  # regenerates from the generator record
+    assert (scaled_dir / "sub-01" / "t2_map.nii.gz").read_bytes() == files["scaled"]["t2_map"]
+    with pytest.raises(SystemExit):
+        phantom_cli(["--out", str(tmp_path / "bad"), *arguments, "--tissue-scale", "wm.t2_ms=1.2"])
+    assert not (tmp_path / "bad").exists()

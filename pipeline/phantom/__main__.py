@@ -7,6 +7,9 @@ not apply).
 ``--protocol CONTRAST.FIELD=VALUE`` (repeatable) images the study with another site's protocol, e.g.
 ``--protocol tse.te=120 --protocol flair.ti=2000``.
 
+``--tissue-scale COMPARTMENT.PARAMETER=FACTOR`` (repeatable) re-simulates the same study with a tissue's nominal T1, T2
+or PD scaled, e.g. ``--tissue-scale white_matter.t2_ms=1.2`` (:func:`pipeline.phantom.tissues.tissue_scales`).
+
 Writes the study (``DIR/dataset.json`` and one folder per subject) and optionally a PNG of one sagittal
 slice set of its testing subject. The default arguments give the default study of data_manifest.json.
 """
@@ -16,11 +19,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.cli import overrides_of, protocol_argument
+from pipeline.cli import field_assignment, overrides_of
 from pipeline.phantom.acquisition import Acquisition, check_protocols
 from pipeline.phantom.contrasts import CONTRASTS, protocol_overrides
 from pipeline.phantom.figure import save_slice_figure
 from pipeline.phantom.study import DEFAULT_SNR, generate_study
+from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS, tissue_scales
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,10 +67,19 @@ def main(argv: list[str] | None = None) -> None:
         "--protocol",
         action="append",
         default=[],
-        type=protocol_argument,
+        type=field_assignment,
         metavar="CONTRAST.FIELD=VALUE",
         help=f"override a field of a contrast's protocol ({', '.join(CONTRASTS)}; fields of pipeline.physics' "
         "MPRAGEProtocol, TSEProtocol, FLAIRProtocol; ms, degrees), e.g. tse.te=120; repeatable",
+    )
+    parser.add_argument(
+        "--tissue-scale",
+        action="append",
+        default=[],
+        type=field_assignment,
+        metavar="COMPARTMENT.PARAMETER=FACTOR",
+        help=f"scale a compartment's nominal value ({', '.join(COMPARTMENTS)}; {', '.join(TISSUE_PARAMETERS)}) in "
+        "every subject, all else the same, e.g. white_matter.t2_ms=1.2; repeatable",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a different study in --out")
     parser.add_argument(
@@ -78,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         protocols = protocol_overrides(overrides_of(args.protocol))
         check_protocols(acquisition, protocols)
+        scales = tissue_scales(overrides_of(args.tissue_scale))
     except ValueError as error:
         parser.error(str(error))
 
@@ -107,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         lesions=not args.no_lesions,
         acquisition=acquisition,
         protocols=protocols,
+        tissue_scales=scales,
         overwrite=args.overwrite,
     )
     print(f"wrote {manifest} in {time.perf_counter() - start:.1f} s")

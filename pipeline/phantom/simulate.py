@@ -56,7 +56,7 @@ from pipeline.phantom.contrasts import (
 )
 from pipeline.phantom.fields import FIELD_DOMAIN_MM, SmoothRandomField
 from pipeline.phantom.grid import VoxelGrid
-from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
+from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS, TISSUES_3T, TissueScales, scale_array
 from pipeline.phantom.variety import DEFORMATION_FACTOR, VARIETY_STREAM, AnatomicalVariety
 
 DEFORMATION_STD_MM = 1.5
@@ -79,8 +79,6 @@ LESION_IRREGULARITY = 0.25
 """Relative standard deviation of a lesion's radius over its surface (smooth field, clipped at 2 sigma)."""
 LESION_SHAPE_SPACING_MM = 3.0
 """Knot spacing of the field that makes lesion outlines irregular."""
-PARAMETERS = ("t1_ms", "t2_ms", "pd")
-"""Tissue parameters, in the order of the parameter axis of per-compartment values ((K, 3) and (K, 3, N))."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +146,8 @@ class SubjectParameters:
         lesions: white-matter lesions (empty without lesions).
         variety: pose, scaling, atrophy, ... (:mod:`pipeline.phantom.variety`), or None.
         transmit: 1 field (relative B1+ deviation, unit variance), or None.
+        scales: the study's factors on the nominal tissue values (:func:`~pipeline.phantom.tissues.tissue_scales`);
+            they draw nothing, so a scaled subject is the same subject with other tissue values.
     """
 
     seed: int
@@ -160,6 +160,7 @@ class SubjectParameters:
     lesions: list[Lesion]
     variety: AnatomicalVariety | None = None
     transmit: SmoothRandomField | None = None
+    scales: TissueScales = ()
 
     @classmethod
     def draw(
@@ -170,16 +171,17 @@ class SubjectParameters:
         lesions: bool = True,
         acquisition: Acquisition = Acquisition(),
         held_out: bool = False,
+        scales: TissueScales = (),
     ) -> SubjectParameters:
         """Draw a subject from ``numpy.random.default_rng((seed, subject_index))``.
 
         The acquisition's anatomical variety and transmit field draw from streams of their own
         (``(seed, subject_index, stream)``), so the draws of the ideal acquisition do not change. ``held_out``:
-        a validation or test subject (variety images it from the mirrored template).
+        a validation or test subject (variety images it from the mirrored template). ``scales``: see the attribute.
         """
         rng = np.random.default_rng((seed, subject_index))
         subject_cv = np.array([[TISSUES_3T[name].subject_cv] for name in COMPARTMENTS])
-        tissue_factors = np.exp(subject_cv * rng.standard_normal((len(COMPARTMENTS), len(PARAMETERS))))
+        tissue_factors = np.exp(subject_cv * rng.standard_normal((len(COMPARTMENTS), len(TISSUE_PARAMETERS))))
         fields = {
             "deformation": SmoothRandomField.draw(rng, DEFORMATION_SPACING_MM, 3),
             "bias": SmoothRandomField.draw(rng, BIAS_SPACING_MM, 1),
@@ -198,13 +200,21 @@ class SubjectParameters:
             transmit_rng = np.random.default_rng((seed, subject_index, TRANSMIT_STREAM))
             transmit = SmoothRandomField.draw(transmit_rng, TRANSMIT_SPACING_MM, 1)
         return cls(
-            seed, subject_index, tissue_factors, **fields, lesions=drawn_lesions, variety=variety, transmit=transmit
+            seed,
+            subject_index,
+            tissue_factors,
+            **fields,
+            lesions=drawn_lesions,
+            variety=variety,
+            transmit=transmit,
+            scales=scales,
         )
 
     def tissue_values(self) -> np.ndarray:
-        """(K, 3) the subject's T1 (ms), T2 (ms), PD of each compartment before texture."""
-        nominal = np.array([[getattr(TISSUES_3T[name], p) for p in PARAMETERS] for name in COMPARTMENTS])
-        return nominal * self.tissue_factors
+        """(K, 3) the subject's T1 (ms), T2 (ms), PD of each compartment before texture: nominal x scales x the
+        subject's factors."""
+        nominal = np.array([[getattr(TISSUES_3T[name], p) for p in TISSUE_PARAMETERS] for name in COMPARTMENTS])
+        return nominal * scale_array(self.scales) * self.tissue_factors
 
 
 @dataclass(frozen=True)

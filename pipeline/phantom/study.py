@@ -41,8 +41,8 @@ from pipeline.phantom.contrasts import (
 )
 from pipeline.phantom.grid import VoxelGrid
 from pipeline.phantom.labels import SLICE_PROFILE_EDGE, acquire_low_resolution_maps, add_fit_errors, slab_affine
-from pipeline.phantom.simulate import PARAMETERS, SubjectParameters, SubjectVolumes, simulate_subject
-from pipeline.phantom.tissues import COMPARTMENTS
+from pipeline.phantom.simulate import SubjectParameters, SubjectVolumes, simulate_subject
+from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS, TissueScales, scales_as_dict, tissue_scales
 
 DEFAULT_SNR = 30.0
 """Default SNR: nominal pure-white-matter intensity over the noise standard deviation, in every contrast."""
@@ -111,8 +111,10 @@ def _generator_parameters(
     lesions: bool,
     acquisition: str | Acquisition | dict,
     protocols: Mapping[str, Mapping[str, float]] | ProtocolOverrides | None,
+    scales: Mapping[str, Mapping[str, float]] | TissueScales | None,
 ) -> dict:
-    """Validated, JSON-normalised keyword arguments of :func:`generate_study` (``protocols`` only if it overrides)."""
+    """Validated, JSON-normalised keyword arguments of :func:`generate_study` (``protocols`` and ``tissue_scales``
+    only if they change something)."""
     if int(n_subjects) < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
     if not float(snr) > 0:
@@ -137,6 +139,8 @@ def _generator_parameters(
     }
     if overrides:  # without overrides the record (and so the default study's manifest) is that of every earlier study
         parameters["protocols"] = overrides_as_dict(overrides)
+    if tissue_scales(scales):
+        parameters["tissue_scales"] = scales_as_dict(tissue_scales(scales))
     return parameters
 
 
@@ -160,13 +164,23 @@ def study_manifest(
     lesions: bool = True,
     acquisition: str | Acquisition | dict = "ideal",
     protocols: Mapping[str, Mapping[str, float]] | ProtocolOverrides | None = None,
+    tissue_scales: Mapping[str, Mapping[str, float]] | TissueScales | None = None,
 ) -> dict:
     """The manifest :func:`generate_study` writes for these parameters (no data are generated).
 
     Its ``generator`` record is ``{"module": "pipeline.phantom", **generate_study keyword arguments}``.
     """
     generator = _generator_parameters(
-        n_subjects, seed, snr, sagittal_slices, slab_thickness_mm, slab_axis, lesions, acquisition, protocols
+        n_subjects,
+        seed,
+        snr,
+        sagittal_slices,
+        slab_thickness_mm,
+        slab_axis,
+        lesions,
+        acquisition,
+        protocols,
+        tissue_scales,
     )
     manifest = {
         "name": "qmap-hybrid digital brain phantom",
@@ -249,7 +263,7 @@ def write_subject(
         "seed": parameters.seed,
         "subject_index": parameters.subject_index,
         "tissues": {
-            name: dict(zip(PARAMETERS, map(float, values))) for name, values in zip(COMPARTMENTS, tissue_values)
+            name: dict(zip(TISSUE_PARAMETERS, map(float, values))) for name, values in zip(COMPARTMENTS, tissue_values)
         },
         "lesions": [
             {"centre_mm": centre.round(2).tolist(), "volume_mm3": round(float(volume), 2)}
@@ -285,7 +299,13 @@ def simulate_study_subject(
     )
     held_out = split_of(index, generator["n_subjects"]) != "training"
     parameters = SubjectParameters.draw(
-        generator["seed"], index, anatomy, lesions=generator["lesions"], acquisition=acquisition, held_out=held_out
+        generator["seed"],
+        index,
+        anatomy,
+        lesions=generator["lesions"],
+        acquisition=acquisition,
+        held_out=held_out,
+        scales=tissue_scales(generator.get("tissue_scales")),
     )
     snr = generator["snr"] if snr is None else snr
     volumes = simulate_subject(
@@ -325,6 +345,7 @@ def generate_study(
     lesions: bool = True,
     acquisition: str | Acquisition | dict = "ideal",
     protocols: Mapping[str, Mapping[str, float]] | ProtocolOverrides | None = None,
+    tissue_scales: Mapping[str, Mapping[str, float]] | TissueScales | None = None,
     overwrite: bool = False,
 ) -> pathlib.Path:
     """Generate a phantom study (deterministic: same arguments → byte-identical files).
@@ -346,6 +367,10 @@ def generate_study(
             (ms, degrees), e.g. ``{"tse": {"te": 120.0}}``: both acquisitions image with them; intensities keep the
             default protocols' scale (a longer TE gives darker images). Recorded in the ``generator`` record (only
             when given) and in each ``phantom.json``. Invalid overrides raise ``ValueError`` before anything is written.
+        tissue_scales: factors on the nominal tissue values, ``{compartment: {parameter: factor}}``
+            (:func:`~pipeline.phantom.tissues.tissue_scales`), e.g. ``{"white_matter": {"t2_ms": 1.2}}``: every subject
+            is the subject of the unscaled study (anatomy, draws, noise, receive gain, protocols) with those tissues
+            changed. Recorded in the ``generator`` record (only when given); each ``phantom.json`` has the values.
         overwrite: replace a study generated with different parameters (another ``generator`` record);
             without it such a study in ``out_dir`` raises :class:`FileExistsError`, as does any other
             ``dataset.json`` there. A study with the same parameters is regenerated in place.
@@ -364,6 +389,7 @@ def generate_study(
         lesions=lesions,
         acquisition=acquisition,
         protocols=protocols,
+        tissue_scales=tissue_scales,
     )
     manifest_path = out_dir / MANIFEST_NAME
     if manifest_path.exists():

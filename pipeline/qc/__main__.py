@@ -15,7 +15,7 @@ import sys
 import numpy as np
 from monai.data import MetaTensor
 
-from pipeline.cli import overrides_of, protocol_argument
+from pipeline.cli import field_assignment, overrides_of
 from pipeline.data import build_volume_dataset, load_datalist
 from pipeline.engine import MAP_NAMES
 from pipeline.qc.calibration import DEFAULT_MARGIN
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             "--protocol",
             action="append",
             default=[],
-            type=protocol_argument,
+            type=field_assignment,
             metavar="CONTRAST.FIELD=VALUE",
             help="the protocol in force, where it differs from the defaults (e.g. tse_epg.te=120)",
         )
