@@ -31,7 +31,7 @@ from pipeline.phantom.simulate import (
     mix_signals,
     simulate_subject,
 )
-from pipeline.phantom.study import study_grid
+from pipeline.phantom.study import simulate_study_subject, simulate_tissue_changes, study_grid
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T, scale_array, scales_as_dict, tissue_scales
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -653,3 +653,16 @@ def test_cli_records_tissue_scales_and_the_record_regenerates_the_study(tmp_path
     with pytest.raises(SystemExit):
         phantom_cli(["--out", str(tmp_path / "bad"), *arguments, "--tissue-scale", "wm.t2_ms=1.2"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_tissue_changes_of_one_subject_equal_studies_simulated_with_those_scales():
+    generator = dict(study_manifest(2, seed=3, sagittal_slices=4)["generator"])
+    changes = list(simulate_tissue_changes(generator, 1, [None, WHITE_MATTER_T2_LONGER]))
+    for (volumes, parameters), scales in zip(changes, [None, WHITE_MATTER_T2_LONGER]):
+        expected, expected_parameters = simulate_study_subject({**generator, "tissue_scales": scales}, 1)
+        np.testing.assert_array_equal(parameters.tissue_values(), expected_parameters.tissue_values())
+        for name in ("t1_ms", "t2_ms", "m0", "mask"):
+            np.testing.assert_array_equal(getattr(volumes, name), getattr(expected, name))
+        for contrast, image in expected.weighted.items():
+            np.testing.assert_array_equal(volumes.weighted[contrast], image)
+    assert not np.array_equal(changes[0][0].t2_ms, changes[1][0].t2_ms)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -412,9 +413,24 @@ def upsample(volumes: np.ndarray) -> np.ndarray:
     return fine[0].numpy()
 
 
+class SubjectFractions(NamedTuple):
+    """A subject's anatomy (steps 1-2 of the module docstring): a function of its draws, not of its tissue values.
+
+    Attributes:
+        mask: bool brain mask on the simulated grid (the acquired grid, or its fine grid).
+        inside: (K, N) float32 compartment fractions at the N mask voxels.
+        lesion_centres_mm, lesion_volumes_mm3: lesion centroids and volumes (:func:`lesion_fraction`).
+    """
+
+    mask: np.ndarray
+    inside: np.ndarray
+    lesion_centres_mm: np.ndarray
+    lesion_volumes_mm3: np.ndarray
+
+
 def tissue_fractions(
     anatomy: TemplateAnatomy, grid: VoxelGrid, parameters: SubjectParameters, fine: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> SubjectFractions:
     """The subject's brain mask and compartment fractions (steps 1-2 of the module docstring).
 
     Args:
@@ -426,8 +442,7 @@ def tissue_fractions(
             sharpened (:func:`sharpen`) and the lesions drawn.
 
     Returns:
-        bool mask on ``grid`` or, with ``fine``, on its fine grid; (K, N) float32 fractions at the N mask voxels;
-        lesion centroids and volumes (:func:`lesion_fraction`).
+        the :class:`SubjectFractions`, on ``grid`` or, with ``fine``, on its fine grid.
     """
     displacement = displacement_mm(grid, parameters)
     variety = parameters.variety
@@ -457,7 +472,7 @@ def tissue_fractions(
     lesion_share = lesion[mask] * inside[white]
     inside[COMPARTMENTS.index("lesion")] = lesion_share
     inside[white] -= lesion_share
-    return mask, inside, lesion_centres, lesion_volumes
+    return SubjectFractions(mask, inside, lesion_centres, lesion_volumes)
 
 
 def transmit_field(parameters: SubjectParameters, grid: VoxelGrid) -> torch.Tensor | None:
@@ -510,6 +525,7 @@ def simulate_subject(
     receive_bias: bool = True,
     acquisition: Acquisition = Acquisition(),
     protocols: Mapping[str, Mapping[str, float]] | ProtocolOverrides | None = None,
+    fractions: SubjectFractions | None = None,
 ) -> SubjectVolumes:
     """Simulate one subject on ``grid``.
 
@@ -527,14 +543,17 @@ def simulate_subject(
         protocols: overrides of the default protocols, ``{contrast: {field: value}}`` (a new site's; validated by
             :func:`~pipeline.phantom.contrasts.protocol_overrides`); every contrast images with them, the intensity
             scale stays the default protocols' (nominal white matter = 1000 under them). None: the defaults.
+        fractions: the subject's anatomy if already simulated (:func:`tissue_fractions` of the same ``grid``,
+            ``parameters`` up to their tissue scales, and ``acquisition.fine_anatomy``): several tissue values of
+            one subject pay for it once.
 
     Returns:
         the subject's :class:`SubjectVolumes`.
     """
     overrides = protocol_overrides(protocols)
-    simulated_mask, simulated_inside, lesion_centres, lesion_volumes = tissue_fractions(
-        anatomy, grid, parameters, fine=acquisition.fine_anatomy
-    )
+    if fractions is None:
+        fractions = tissue_fractions(anatomy, grid, parameters, fine=acquisition.fine_anatomy)
+    simulated_mask, simulated_inside, lesion_centres, lesion_volumes = fractions
     if acquisition.images_need_kspace:  # (fine anatomy is one of the image effects)
         simulated_fractions = _fill(simulated_inside, simulated_mask)
     if acquisition.fine_anatomy:

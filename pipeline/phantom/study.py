@@ -20,11 +20,12 @@ without timestamp), the manifest last.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -41,7 +42,7 @@ from pipeline.phantom.contrasts import (
 )
 from pipeline.phantom.grid import VoxelGrid
 from pipeline.phantom.labels import SLICE_PROFILE_EDGE, acquire_low_resolution_maps, add_fit_errors, slab_affine
-from pipeline.phantom.simulate import SubjectParameters, SubjectVolumes, simulate_subject
+from pipeline.phantom.simulate import SubjectParameters, SubjectVolumes, simulate_subject, tissue_fractions
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS, TissueScales, scales_as_dict, tissue_scales
 
 DEFAULT_SNR = 30.0
@@ -291,6 +292,26 @@ def simulate_study_subject(
     Returns:
         the simulated volumes (the files :func:`generate_study` writes come from them) and the subject's parameters.
     """
+    return next(simulate_tissue_changes(generator, index, [generator.get("tissue_scales")], snr, receive_bias))
+
+
+def simulate_tissue_changes(
+    generator: dict,
+    index: int,
+    scales: Sequence[Mapping[str, Mapping[str, float]] | TissueScales | None],
+    snr: float | None = None,
+    receive_bias: bool = True,
+) -> Iterator[tuple[SubjectVolumes, SubjectParameters]]:
+    """Subject ``index`` of a study simulated once per tissue scales, its anatomy simulated once.
+
+    Args:
+        generator, index, snr, receive_bias: as :func:`simulate_study_subject`.
+        scales: tissue scales (:func:`~pipeline.phantom.tissues.tissue_scales`) that replace the generator's, one
+            simulation each: the same subject (anatomy, draws, noise, receive gain) with other tissue values.
+
+    Yields:
+        ``(volumes, parameters)`` per entry of ``scales``, in order.
+    """
     anatomy = load_template_anatomy()
     acquisition = as_acquisition(generator.get("acquisition", "ideal"))
     margin = VARIETY_GRID_MARGIN_MM if acquisition.anatomical_variety else GRID_MARGIN_MM
@@ -299,25 +320,22 @@ def simulate_study_subject(
     )
     held_out = split_of(index, generator["n_subjects"]) != "training"
     parameters = SubjectParameters.draw(
-        generator["seed"],
-        index,
-        anatomy,
-        lesions=generator["lesions"],
-        acquisition=acquisition,
-        held_out=held_out,
-        scales=tissue_scales(generator.get("tissue_scales")),
+        generator["seed"], index, anatomy, lesions=generator["lesions"], acquisition=acquisition, held_out=held_out
     )
-    snr = generator["snr"] if snr is None else snr
-    volumes = simulate_subject(
-        anatomy,
-        grid,
-        parameters,
-        snr,
-        receive_bias=receive_bias,
-        acquisition=acquisition,
-        protocols=generator.get("protocols"),
-    )
-    return volumes, parameters
+    fractions = tissue_fractions(anatomy, grid, parameters, fine=acquisition.fine_anatomy)
+    for case in scales:
+        scaled = dataclasses.replace(parameters, scales=tissue_scales(case))
+        volumes = simulate_subject(
+            anatomy,
+            grid,
+            scaled,
+            generator["snr"] if snr is None else snr,
+            receive_bias=receive_bias,
+            acquisition=acquisition,
+            protocols=generator.get("protocols"),
+            fractions=fractions,
+        )
+        yield volumes, scaled
 
 
 def _remove_study(out_dir: pathlib.Path, manifest: dict) -> None:
