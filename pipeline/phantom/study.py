@@ -199,13 +199,18 @@ def study_manifest(
     }
     for index, subject in enumerate(subject_names(generator["n_subjects"])):
         split = split_of(index, generator["n_subjects"])
-        entry = {"subject": subject}
-        entry.update({key: f"{subject}/{key}.nii.gz" for key in WEIGHTED_FILES})
-        entry.update({f"{stem}_map": f"{subject}/{stem}_map_lowres.nii.gz" for stem in MAP_STEMS})
-        entry["mask"] = f"{subject}/mask.nii.gz"
-        entry.update({f"{stem}_ref": f"{subject}/{stem}_map.nii.gz" for stem in MAP_STEMS})
-        manifest[split].append(entry)
+        manifest[split].append(subject_entry(subject))
     return manifest
+
+
+def subject_entry(subject: str) -> dict[str, str]:
+    """The manifest entry of a subject written by :func:`write_subject` into ``<dataset>/<subject>/``."""
+    entry = {"subject": subject}
+    entry.update({key: f"{subject}/{key}.nii.gz" for key in WEIGHTED_FILES})
+    entry.update({f"{stem}_map": f"{subject}/{stem}_map_lowres.nii.gz" for stem in MAP_STEMS})
+    entry["mask"] = f"{subject}/mask.nii.gz"
+    entry.update({f"{stem}_ref": f"{subject}/{stem}_map.nii.gz" for stem in MAP_STEMS})
+    return entry
 
 
 def write_nifti(path: pathlib.Path, data: np.ndarray, affine: np.ndarray) -> None:

@@ -1,0 +1,108 @@
+"""One subject of a study re-simulated with changed tissue values, written as a study of its own.
+
+Each case is the subject of :func:`~pipeline.phantom.study.simulate_tissue_changes` under its tissue scales: the same
+anatomy, draws, noise and receive gain, only the scaled tissues differ. Layout of ``out_dir``::
+
+    dataset.json          manifest: every case a subject of its ``testing`` section, the ``tissue_changes`` record
+    fractions.nii.gz      (X, Y, Z, K) float32 compartment fractions of the subject (the same in every case),
+                          compartments in the order of the record's ``compartments``
+    <case>/...            the files of :func:`~pipeline.phantom.study.write_subject` (images, labels, 1 mm truth)
+
+The cases are written once: a folder whose record equals the requested one is reused as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Mapping
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.files import write_atomically
+from pipeline.phantom.contrasts import protocol_overrides
+from pipeline.phantom.study import (
+    MANIFEST_NAME,
+    as_acquisition,
+    simulate_tissue_changes,
+    subject_entry,
+    subject_names,
+    write_nifti,
+    write_subject,
+)
+from pipeline.phantom.tissues import COMPARTMENTS, scales_as_dict, tissue_scales
+
+FRACTIONS_FILE = "fractions.nii.gz"
+
+
+def read_fractions(out_dir: str | os.PathLike) -> np.ndarray:
+    """(K, X, Y, Z) float32 compartment fractions of a tissue-change study (in :data:`COMPARTMENTS` order)."""
+    return np.moveaxis(np.asarray(nib.load(pathlib.Path(out_dir) / FRACTIONS_FILE).dataobj, np.float32), -1, 0)
+
+
+def write_tissue_changes(
+    generator: Mapping,
+    cases: Mapping[str, Mapping[str, Mapping[str, float]] | None],
+    out_dir: str | os.PathLike,
+    index: int | None = None,
+) -> pathlib.Path:
+    """Write one subject of a phantom study once per tissue change.
+
+    Args:
+        generator: the study's ``generator`` record (its manifest's; ``module`` may be there).
+        cases: case name (its subject folder) → tissue scales (:func:`~pipeline.phantom.tissues.tissue_scales`), on
+            top of the generator's own.
+        out_dir: the folder to write.
+        index: the subject (0-based); default the study's testing subject (the last).
+
+    Returns:
+        the path of ``out_dir/dataset.json``.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds a different study.
+    """
+    generator = {key: value for key, value in generator.items() if key != "module"}
+    index = generator["n_subjects"] - 1 if index is None else int(index)
+    scales = {name: scales_as_dict(tissue_scales(case)) for name, case in cases.items()}
+    record = {
+        "generator": generator,
+        "subject": subject_names(generator["n_subjects"])[index],
+        "subject_index": index,
+        "cases": scales,
+        "compartments": list(COMPARTMENTS),
+    }
+    out_dir = pathlib.Path(out_dir)
+    manifest_path = out_dir / MANIFEST_NAME
+    if manifest_path.exists():
+        existing = json.loads(manifest_path.read_text())
+        if existing.get("tissue_changes") == record:
+            return manifest_path
+        raise FileExistsError(f"{manifest_path} holds another study; choose another folder or delete it")
+    if generator.get("tissue_scales"):
+        raise ValueError("write the tissue changes of an unscaled study: its generator has tissue_scales")
+    simulations = simulate_tissue_changes(generator, index, list(scales.values()))
+    for (volumes, parameters), name in zip(simulations, scales):
+        write_subject(
+            out_dir / name,
+            volumes,
+            parameters,
+            {"subject": name, "split": "testing"},
+            slab_thickness_mm=generator["slab_thickness_mm"],
+            slab_axis=generator["slab_axis"],
+            acquisition=as_acquisition(generator["acquisition"]),
+            overrides=protocol_overrides(generator.get("protocols")),
+        )
+        if not (out_dir / FRACTIONS_FILE).exists():
+            write_nifti(out_dir / FRACTIONS_FILE, np.moveaxis(volumes.fractions, 0, -1), volumes.grid.affine)
+    manifest = {
+        "name": f"qmap-hybrid phantom: {record['subject']} with changed tissue values",
+        "map_units": {"t1_map": "ms", "t2_map": "ms", "m0_map": "a.u."},
+        "tissue_changes": record,
+        "training": [],
+        "validation": [],
+        "testing": [subject_entry(name) for name in scales],
+    }
+    write_atomically(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest_path

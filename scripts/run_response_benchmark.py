@@ -1,0 +1,221 @@
+#!/usr/bin/env python
+"""The response benchmark: the test subject re-simulated with one tissue's T1, T2 or PD scaled; do the maps follow?
+
+    python scripts/run_response_benchmark.py --experiment runs/experiment --out docs/results/response
+    python scripts/run_response_benchmark.py --model hybrid=runs/phantom_study/hybrid/models/model.pt \
+        --model supervised=runs/phantom_study/supervised/models/model.pt --out runs/response
+
+1. writes the study's testing subject once per case (:mod:`pipeline.phantom.changes`; ``--work``, reused when the
+   cases are the same): the unchanged reference, white matter, cortical grey, deep grey and all tissue but CSF with
+   T1, T2 or PD x 0.7, 0.85, 1.15, 1.3, and lesions outside the training range;
+2. infers every model on every case with the bundle's own inference command (``--amp`` its precision; QC and the
+   input validation off: the benchmark asks what the maps do, not whether the inputs look usual);
+3. measures each case (:mod:`pipeline.reports.response`) and writes ``response.csv`` (per model, seed, case, map),
+   ``slopes.csv`` (per model, seed, tissue, parameter), ``response.png``, ``response.json`` (command, commits, wall
+   time), and prints the slopes table (mean ± sd over seeds).
+
+Models: ``--experiment DIR`` takes every ``DIR/runs/<setting>/<model>_seed<k>/models/model.pt`` of
+:mod:`run_paper_experiment`; ``--model NAME=CHECKPOINT`` adds one (seed 0). ``--maps NAME=DIR`` adds maps already
+written for every case (e.g. a yardstick's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # run_paper_experiment's helpers
+
+from run_paper_experiment import REPO, record, run_bundle
+
+from pipeline.phantom.changes import read_fractions, write_tissue_changes
+from pipeline.phantom.tissues import TISSUE_PARAMETERS
+from pipeline.reports.evaluation import read_ras
+from pipeline.reports.response import (
+    MAP_OF_PARAMETER,
+    REFERENCE_CASE,
+    RESPONSE_FACTORS,
+    TISSUE_GROUPS,
+    case_response,
+    response_cases,
+    response_slopes,
+    tissue_voxels,
+)
+
+SEED_RUN = re.compile(r"(?P<model>.+)_seed(?P<seed>\d+)$")
+
+
+def experiment_models(experiment: pathlib.Path) -> list[tuple[str, int, pathlib.Path]]:
+    """``(model, seed, checkpoint)`` of every trained run of a :mod:`run_paper_experiment` output folder."""
+    models = []
+    for checkpoint in sorted(experiment.glob("runs/*/*_seed*/models/model.pt")):
+        match = SEED_RUN.match(checkpoint.parents[1].name)
+        setting = checkpoint.parents[2].name
+        name = match["model"] if setting == "default" else f"{match['model']}_{setting}"
+        models.append((name, int(match["seed"]), checkpoint))
+    return models
+
+
+def named_paths(pairs: list[str], flag: str) -> list[tuple[str, pathlib.Path]]:
+    """``NAME=PATH`` arguments as ``(name, path)``."""
+    parsed = [pair.partition("=") for pair in pairs]
+    if any(not (name and equals and path) for name, equals, path in parsed):
+        raise SystemExit(f"{flag} expects NAME=PATH, got {pairs}")
+    return [(name, pathlib.Path(path)) for name, _, path in parsed]
+
+
+def infer(checkpoint: pathlib.Path, cases_manifest: pathlib.Path, maps_dir: pathlib.Path, amp: str) -> None:
+    """The bundle's inference of every case (skipped when ``maps_dir/done`` exists)."""
+    if (maps_dir / "done").exists():
+        return
+    overrides = {
+        "datalist": cases_manifest,
+        "dataset_dir": cases_manifest.parent,
+        "checkpoint": checkpoint,
+        "output_dir": maps_dir,
+        "overwrite": True,
+        "qc": False,
+        "check_inputs": False,
+        "amp": amp,
+    }
+    run_bundle(
+        "inference",
+        ["inference.json"],
+        overrides,
+        maps_dir.parent / f"{maps_dir.name}.log",
+        threads=os.cpu_count() or 1,
+    )
+    (maps_dir / "done").touch()
+
+
+def read_maps(folder: pathlib.Path) -> dict[str, np.ndarray]:
+    """``{t1_map, t2_map, m0_map}`` of a case folder: a model's maps, or the 1 mm truth of a case's own folder."""
+    return {name: read_ras(folder / f"{name}.nii.gz") for name in MAP_OF_PARAMETER.values()}
+
+
+def measure(cases, cases_dir: pathlib.Path, maps: list[tuple[str, int, pathlib.Path]]) -> pd.DataFrame:
+    """Rows of :func:`case_response` for every model and case, with ``model, seed, case, group, parameter``."""
+    fractions = read_fractions(cases_dir)
+    truth = {case.name: read_maps(cases_dir / case.name) for case in cases}
+    voxels = {group: tissue_voxels(fractions, group) for group in {case.group for case in cases[1:]}}
+    tables = []
+    for model, seed, folder in maps:
+        predicted = {case.name: read_maps(folder / case.name) for case in cases}
+        for case in cases[1:]:
+            table = case_response(
+                case,
+                predicted[case.name],
+                predicted[REFERENCE_CASE],
+                truth[case.name],
+                truth[REFERENCE_CASE],
+                voxels[case.group],
+            )
+            parameter = "+".join(parameter for parameter, _ in case.factors)
+            factor = "+".join(f"{factor:g}" for _, factor in case.factors)
+            tables.append(
+                table.assign(
+                    model=model, seed=seed, case=case.name, group=case.group, parameter=parameter, factor=factor
+                )
+            )
+    columns = ["model", "seed", "case", "group", "parameter", "factor"]
+    responses = pd.concat(tables, ignore_index=True)
+    return responses[columns + [c for c in responses if c not in columns]]
+
+
+def slopes_table(slopes: pd.DataFrame) -> pd.DataFrame:
+    """Slopes as ``mean ± sd`` over seeds: one row per tissue and parameter, one column per model."""
+    stats = slopes.groupby(["group", "parameter", "model"])["slope"].agg(["mean", "std", "count"])
+    text = stats.apply(lambda row: f"{row['mean']:.2f}" + (f" ± {row['std']:.2f}" if row["count"] > 1 else ""), axis=1)
+    return text.unstack("model")
+
+
+def plot(responses: pd.DataFrame, path: pathlib.Path) -> None:
+    """Predicted against true relative change (changed maps), a panel per parameter (rows) and tissue (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [g for g in TISSUE_GROUPS if g in set(responses["group"])]
+    parameters = [p for p in TISSUE_PARAMETERS if p in set(responses["parameter"])]
+    figure, axes = plt.subplots(
+        len(parameters), len(groups), figsize=(3.2 * len(groups), 3.0 * len(parameters)), squeeze=False
+    )
+    changed = responses[responses["changed"]]
+    for row, parameter in enumerate(parameters):
+        for column, group in enumerate(groups):
+            axis = axes[row, column]
+            cases = changed[(changed["group"] == group) & (changed["parameter"] == parameter)]
+            limit = cases["true_change_pct"].abs().max() * 1.1
+            axis.plot([-limit, limit], [-limit, limit], "k--", lw=0.8, label="identity")
+            for model, by_model in cases.groupby("model"):
+                stats = by_model.groupby("true_change_pct")["predicted_change_pct"].agg(["mean", "std"]).fillna(0)
+                axis.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", ms=3, capsize=2, label=model)
+            axis.set_title(f"{group} {parameter}", fontsize=9)
+            axis.set_xlabel("true change (%)", fontsize=8)
+            axis.set_ylabel(f"predicted {MAP_OF_PARAMETER[parameter]} change (%)", fontsize=8)
+            axis.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", type=pathlib.Path, default=REPO / "data" / "phantom_realistic" / "dataset.json")
+    parser.add_argument("--experiment", type=pathlib.Path, action="append", default=[])
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
+    parser.add_argument("--maps", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument("--work", type=pathlib.Path, default=REPO / "data" / "response")
+    parser.add_argument("--out", type=pathlib.Path, required=True)
+    parser.add_argument("--groups", nargs="+", default=list(TISSUE_GROUPS), choices=list(TISSUE_GROUPS))
+    parser.add_argument("--parameters", nargs="+", default=list(TISSUE_PARAMETERS), choices=list(TISSUE_PARAMETERS))
+    parser.add_argument("--factors", nargs="+", type=float, default=list(RESPONSE_FACTORS))
+    parser.add_argument("--no-lesions", action="store_true", help="leave out the lesion cases")
+    parser.add_argument("--amp", default="auto", help="inference precision (the bundle's --amp)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    cases = response_cases(args.groups, args.parameters, args.factors, lesions=not args.no_lesions)
+    generator = json.loads(args.study.read_text())["generator"]
+    cases_manifest = write_tissue_changes(generator, {c.name: c.tissue_scales for c in cases}, args.work / "cases")
+    print(f"{len(cases)} cases in {cases_manifest.parent} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    models = [model for experiment in args.experiment for model in experiment_models(experiment)]
+    models += [(name, 0, checkpoint) for name, checkpoint in named_paths(args.model, "--model")]
+    maps = []
+    for name, seed, checkpoint in models:
+        maps_dir = args.work / "maps" / f"{name}_seed{seed}"
+        infer(checkpoint.resolve(), cases_manifest.resolve(), maps_dir.resolve(), args.amp)
+        maps.append((name, seed, maps_dir))
+        print(f"inferred {name} seed {seed} ({time.perf_counter() - started:.0f} s)", flush=True)
+    maps += [(name, 0, folder) for name, folder in named_paths(args.maps, "--maps")]
+    if not maps:
+        raise SystemExit("no model: give --experiment, --model or --maps")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    responses = measure(cases, cases_manifest.parent, maps)
+    slopes = response_slopes(responses)
+    responses.to_csv(args.out / "response.csv", index=False, float_format="%.4g")
+    slopes.to_csv(args.out / "slopes.csv", index=False, float_format="%.4g")
+    plot(responses[responses["group"] != "lesion"], args.out / "response.png")
+    table = slopes_table(slopes)
+    lesions = responses[responses["group"] == "lesion"].groupby(["case", "map", "model"])["MPE"].mean().unstack("model")
+    print("slope (predicted change / true change; mean ± sd over seeds):")
+    print(table.to_string())
+    if not lesions.empty:
+        print("\nlesions outside the training range, MPE (%) in the lesions (mean over seeds):")
+        print(lesions.round(1).to_string())
+    record(args.out, "response", args, started, cases=[c.name for c in cases], models=[m[:2] for m in maps])
+
+
+if __name__ == "__main__":
+    main()
