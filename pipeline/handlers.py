@@ -14,6 +14,8 @@
   ``Engine.terminate`` does (see the class).
 * :class:`SmartSliceCacheHandler` -- MONAI's ``SmartCacheHandler`` (start, swap volumes after each epoch, stop) for
   the slice dataset over a ``SmartCacheDataset`` of volumes, which must re-index its slices after each swap.
+* :class:`TissueValueHandler` -- tissue values on the fly (:mod:`pipeline.data.tissue_values`): before training and
+  every ``n`` iterations, the next cached training volume is re-synthesised with new tissue values.
 * :class:`ReleaseIterationData` -- drops the engine's last output before the next batch is read. Ignite (0.5) resets
   ``state.batch`` before reading but ``state.output`` only after, and a MONAI engine's output holds the iteration's
   image and prediction: while a whole-volume evaluator reads subject ``i + 1`` it still holds subject ``i``'s volumes
@@ -37,6 +39,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import SmartCacheHandler
 
 __all__ = [
+    "TissueValueHandler",
     "DivergenceStop",
     "LambdaWarmup",
     "NonFiniteLossStop",
@@ -199,6 +202,32 @@ class SmartSliceCacheHandler(SmartCacheHandler):
     def epoch_completed(self, engine: Engine) -> None:
         super().epoch_completed(engine)
         self.slices.refresh(seed=engine.state.epoch)
+
+
+class TissueValueHandler:
+    """Re-draws the tissue values of the cached training volumes: all of them when training starts, then the next one
+    (in turn) every ``every_n_iterations`` iterations, so the values seen change many times per epoch.
+
+    Args:
+        sampler: a :class:`pipeline.data.tissue_values.TissueValueSampler` over the training slice dataset's volumes.
+        every_n_iterations: iterations between two re-draws.
+    """
+
+    def __init__(self, sampler, every_n_iterations: int = 4) -> None:
+        if int(every_n_iterations) < 1:
+            raise ValueError(f"every_n_iterations must be >= 1, got {every_n_iterations}")
+        self.sampler, self.every_n_iterations = sampler, int(every_n_iterations)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.redraw_all)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every_n_iterations), self.redraw_next)
+
+    def redraw_all(self, engine: Engine) -> None:
+        for index in range(len(self.sampler.syntheses)):
+            self.sampler.redraw(index)
+
+    def redraw_next(self, engine: Engine) -> None:
+        self.sampler.redraw()
 
 
 class ReleaseIterationData:

@@ -175,6 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiment", type=pathlib.Path, action="append", default=[])
     parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
     parser.add_argument("--maps", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument(
+        "--section",
+        default="testing",
+        choices=("testing", "validation"),
+        help="the study's subject to re-simulate (validation: to choose between levers)",
+    )
     parser.add_argument("--work", type=pathlib.Path, default=REPO / "data" / "response")
     parser.add_argument("--out", type=pathlib.Path, required=True)
     parser.add_argument("--groups", nargs="+", default=list(TISSUE_GROUPS), choices=list(TISSUE_GROUPS))
@@ -186,7 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     cases = response_cases(args.groups, args.parameters, args.factors, lesions=not args.no_lesions)
     generator = json.loads(args.study.read_text())["generator"]
-    cases_manifest = write_tissue_changes(generator, {c.name: c.tissue_scales for c in cases}, args.work / "cases")
+    index = generator["n_subjects"] - (1 if args.section == "testing" else 2)  # pipeline.phantom.study.split_of
+    scales = {case.name: case.tissue_scales for case in cases}
+    cases_manifest = write_tissue_changes(generator, scales, args.work / "cases", index)
     print(f"{len(cases)} cases in {cases_manifest.parent} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     models = [model for experiment in args.experiment for model in experiment_models(experiment)]

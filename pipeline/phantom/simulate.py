@@ -269,9 +269,14 @@ def compartment_values(parameters: SubjectParameters, grid: VoxelGrid, mask: np.
     them together): ``value = subject value * exp(cv * field)`` with the compartment's
     :attr:`~pipeline.phantom.tissues.TissueProperties.texture_cv`.
     """
-    cv = np.array([TISSUES_3T[name].texture_cv for name in COMPARTMENTS], dtype=np.float32)
-    texture = np.exp(cv[:, None] * parameters.texture(grid)[:, mask])
+    texture = texture_factors(parameters, grid)[:, mask]
     return parameters.tissue_values().astype(np.float32)[:, :, None] * texture[:, None, :]
+
+
+def texture_factors(parameters: SubjectParameters, grid: VoxelGrid) -> np.ndarray:
+    """(K, X, Y, Z) float32 texture of each compartment: the factor ``exp(cv * field)`` on its T1, T2 and PD."""
+    cv = np.array([TISSUES_3T[name].texture_cv for name in COMPARTMENTS], dtype=np.float32)
+    return np.exp(cv[:, None, None, None] * parameters.texture(grid))
 
 
 def lesion_fraction(
@@ -475,6 +480,22 @@ def tissue_fractions(
     return SubjectFractions(mask, inside, lesion_centres, lesion_volumes)
 
 
+def acquired_fractions(
+    simulated_mask: np.ndarray, simulated_fractions: np.ndarray, fine: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The acquired (1 mm) grid's brain mask (X, Y, Z) and (K, N) compartment fractions at its N voxels (the truth's).
+
+    Args:
+        simulated_mask, simulated_fractions: the simulated grid's mask and (K, *shape) fractions (0 outside it).
+        fine: the simulated grid is the fine grid (:func:`fine_grid`): the 1 mm fractions are its block means.
+    """
+    if not fine:
+        return simulated_mask, simulated_fractions[:, simulated_mask]
+    coarse = block_mean(simulated_fractions)
+    mask = block_mean(simulated_mask.astype(np.float32)) >= 0.5
+    return mask, coarse[:, mask] / coarse[:, mask].sum(0)
+
+
 def transmit_field(parameters: SubjectParameters, grid: VoxelGrid) -> torch.Tensor | None:
     """(X, Y, Z) relative B1+ on ``grid``: ``1 + TRANSMIT_STD * field`` clipped to ``TRANSMIT_RANGE``; None if off."""
     if parameters.transmit is None:
@@ -554,14 +575,8 @@ def simulate_subject(
     if fractions is None:
         fractions = tissue_fractions(anatomy, grid, parameters, fine=acquisition.fine_anatomy)
     simulated_mask, simulated_inside, lesion_centres, lesion_volumes = fractions
-    if acquisition.images_need_kspace:  # (fine anatomy is one of the image effects)
-        simulated_fractions = _fill(simulated_inside, simulated_mask)
-    if acquisition.fine_anatomy:
-        coarse = block_mean(simulated_fractions)
-        mask = block_mean(simulated_mask.astype(np.float32)) >= 0.5
-        inside = coarse[:, mask] / coarse[:, mask].sum(0)
-    else:
-        mask, inside = simulated_mask, simulated_inside
+    simulated_fractions = _fill(simulated_inside, simulated_mask)
+    mask, inside = acquired_fractions(simulated_mask, simulated_fractions, acquisition.fine_anatomy)
 
     values = compartment_values(parameters, grid, mask)
     t1_ms, t2_ms, m0 = mix_relaxation_rates(inside, values)

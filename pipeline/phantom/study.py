@@ -300,6 +300,22 @@ def simulate_study_subject(
     return next(simulate_tissue_changes(generator, index, [generator.get("tissue_scales")], snr, receive_bias))
 
 
+def study_subject(generator: Mapping, index: int) -> tuple[TemplateAnatomy, VoxelGrid, SubjectParameters, Acquisition]:
+    """The template anatomy, the study grid, subject ``index``'s draws and the acquisition of a ``generator`` record
+    (the generator's tissue scales are not applied: see :func:`simulate_tissue_changes`)."""
+    anatomy = load_template_anatomy()
+    acquisition = as_acquisition(generator.get("acquisition", "ideal"))
+    margin = VARIETY_GRID_MARGIN_MM if acquisition.anatomical_variety else GRID_MARGIN_MM
+    grid = study_grid(
+        anatomy, generator["sagittal_slices"], generator["slab_thickness_mm"], generator["slab_axis"], margin
+    )
+    held_out = split_of(index, generator["n_subjects"]) != "training"
+    parameters = SubjectParameters.draw(
+        generator["seed"], index, anatomy, lesions=generator["lesions"], acquisition=acquisition, held_out=held_out
+    )
+    return anatomy, grid, parameters, acquisition
+
+
 def simulate_tissue_changes(
     generator: dict,
     index: int,
@@ -317,16 +333,7 @@ def simulate_tissue_changes(
     Yields:
         ``(volumes, parameters)`` per entry of ``scales``, in order.
     """
-    anatomy = load_template_anatomy()
-    acquisition = as_acquisition(generator.get("acquisition", "ideal"))
-    margin = VARIETY_GRID_MARGIN_MM if acquisition.anatomical_variety else GRID_MARGIN_MM
-    grid = study_grid(
-        anatomy, generator["sagittal_slices"], generator["slab_thickness_mm"], generator["slab_axis"], margin
-    )
-    held_out = split_of(index, generator["n_subjects"]) != "training"
-    parameters = SubjectParameters.draw(
-        generator["seed"], index, anatomy, lesions=generator["lesions"], acquisition=acquisition, held_out=held_out
-    )
+    anatomy, grid, parameters, acquisition = study_subject(generator, index)
     fractions = tissue_fractions(anatomy, grid, parameters, fine=acquisition.fine_anatomy)
     for case in scales:
         scaled = dataclasses.replace(parameters, scales=tissue_scales(case))

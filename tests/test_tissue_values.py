@@ -1,0 +1,143 @@
+"""Tissue values on the fly: the ratio re-synthesis against the phantom simulated again with the changed values."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.data import CacheDataset
+from scipy import ndimage
+
+from pipeline.data import build_volume_dataset
+from pipeline.data.errors import InvalidInputError
+from pipeline.data.slices import SliceDataset
+from pipeline.data.tissue_values import TissueValueSampler, TissueValueSynthesis, _crop_to, slab_average
+from pipeline.handlers import TissueValueHandler
+from pipeline.phantom.changes import subject_tissues, write_tissue_changes
+from pipeline.phantom.tissues import COMPARTMENTS
+
+WHITE, CSF = COMPARTMENTS.index("white_matter"), COMPARTMENTS.index("csf")
+CHANGES = {
+    "reference": None,
+    "wm_t2": {"white_matter": {"t2_ms": 1.3}},
+    "brain_t1_pd": {name: {"t1_ms": 0.8, "pd": 1.2} for name in COMPARTMENTS if name != "csf"},
+}
+
+
+def _factors(scales):
+    factors = np.ones((len(COMPARTMENTS), 3))
+    for name, by_parameter in (scales or {}).items():
+        for parameter, factor in by_parameter.items():
+            factors[COMPARTMENTS.index(name), ("t1_ms", "t2_ms", "pd").index(parameter)] = factor
+    return factors
+
+
+def test_slab_average_is_a_box_of_the_slab_thickness():
+    volume = torch.rand(6, 5, 9)
+    np.testing.assert_allclose(
+        slab_average(volume, 2, 3.0), ndimage.uniform_filter1d(volume.numpy(), 3, axis=2, mode="nearest"), rtol=1e-5
+    )
+    weights = np.array([0.25, 1, 1, 1, 0.25]) / 3.5
+    expected = ndimage.convolve1d(volume.numpy(), weights, axis=0, mode="nearest")
+    np.testing.assert_allclose(slab_average(volume, 0, 3.5), expected, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def changed_volumes(tiny_study, tmp_path_factory):
+    """The tiny study's training subject simulated again under :data:`CHANGES`, each case processed by the pipeline."""
+    generator = json.loads(tiny_study.read_text())["generator"]
+    manifest = write_tissue_changes(generator, CHANGES, tmp_path_factory.mktemp("changes"), index=0)
+    volumes = build_volume_dataset(manifest, section="testing", with_labels=True, cache_num=0)
+    return generator, {name: volumes[i] for i, name in enumerate(CHANGES)}
+
+
+def _pure(generator, volume, compartment):
+    tissues = subject_tissues(generator, 0)
+    fractions = _crop_to(tissues.fractions, tissues.affine, volume["image"])
+    return torch.as_tensor(fractions[compartment] > 0.99)
+
+
+@pytest.mark.parametrize("case", ["wm_t2", "brain_t1_pd"])
+def test_resynthesis_matches_the_phantom_simulated_with_the_new_values(changed_volumes, case):
+    """In pure tissue the ratio method gives the images and labels of the subject simulated again (ideal acquisition):
+    only texture (left out of the ratio) and the noise (scaled with the signal) differ."""
+    generator, volumes = changed_volumes
+    reference, expected = volumes["reference"], volumes[case]
+    synthesis = TissueValueSynthesis(subject_tissues(generator, 0), reference, slab_thickness_voxels=3.5)
+    unchanged = synthesis(np.ones((len(COMPARTMENTS), 3)))
+    torch.testing.assert_close(unchanged["image"], torch.as_tensor(reference["image"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        unchanged["label"], torch.as_tensor(reference["label"]), rtol=1e-5, atol=1e-6, equal_nan=True
+    )
+    result = synthesis(_factors(CHANGES[case]))
+    white = _pure(generator, reference, WHITE)[None] & (torch.as_tensor(reference["mask"]) > 0)
+    white_interior = torch.as_tensor(ndimage.binary_erosion(white[0].numpy(), iterations=3))[None]
+    assert white_interior.sum() > 200
+    image_error = (result["image"] / torch.as_tensor(expected["image"]) - 1).abs()
+    unchanged_error = (torch.as_tensor(reference["image"]) / torch.as_tensor(expected["image"]) - 1).abs()
+    for channel in range(3):
+        assert image_error[channel][white[0]].median() < 0.01, channel
+    assert max(unchanged_error[channel][white[0]].median() for channel in range(3)) > 0.05  # the case changed them
+    label_error = (result["label"] / torch.as_tensor(expected["label"]) - 1).abs()
+    for channel in range(3):
+        assert label_error[channel][white_interior[0]].median() < 0.01, channel
+
+
+def test_sampler_redraws_the_cached_volumes_the_slices_read_but_not_csf(tiny_study):
+    volumes = build_volume_dataset(tiny_study, section="training", with_labels=True, cache_num=-1)
+    assert isinstance(volumes, CacheDataset)
+    slices = SliceDataset(volumes, axis=1)
+    before = slices[len(slices) // 2]
+    original_label = volumes[0]["label"].clone()
+    sampler = TissueValueSampler(volumes, tiny_study, value_range=(0.7, 1.3), seed=1)
+    factors = sampler.redraw()
+    assert factors.shape == (len(COMPARTMENTS), 3) and (factors[CSF] == 1).all()
+    assert (
+        (factors[np.arange(len(COMPARTMENTS)) != CSF] >= 0.7) & (factors[np.arange(len(COMPARTMENTS)) != CSF] <= 1.3)
+    ).all()
+    after = slices[len(slices) // 2]
+    assert not torch.allclose(before["image"], after["image"])
+    generator = json.loads(tiny_study.read_text())["generator"]
+    tissues = subject_tissues(generator, 0)
+    white = (
+        slab_average(torch.as_tensor(_crop_to(tissues.fractions, tissues.affine, volumes[0]["image"])[WHITE]), 2, 3.5)
+        > 0.97
+    )
+    torch.testing.assert_close(  # white matter's T1 label follows its factor
+        (volumes[0]["label"][0][white] / original_label[0][white]).median(),
+        torch.tensor(factors[WHITE, 0], dtype=torch.float32),
+        rtol=0.01,
+        atol=0,
+    )
+    again = TissueValueSampler(volumes, tiny_study, value_range=(0.7, 1.3), seed=1)
+    np.testing.assert_array_equal(again.factors(), factors)
+
+
+def test_sampler_refuses_what_it_cannot_resynthesise(tiny_study, tmp_path):
+    volumes = build_volume_dataset(tiny_study, section="training", with_labels=True, cache_num=-1)
+    other = tmp_path / "dataset.json"
+    other.write_text(json.dumps({**json.loads(tiny_study.read_text()), "generator": None}))
+    with pytest.raises(InvalidInputError, match="pipeline.phantom study"):
+        TissueValueSampler(volumes, other)
+    with pytest.raises(ValueError, match="not compartments"):
+        TissueValueSampler(volumes, tiny_study, fixed=["water"])
+    with pytest.raises(ValueError, match="low <= high"):
+        TissueValueSampler(volumes, tiny_study, value_range=(1.3, 0.7))
+
+
+def test_handler_redraws_every_volume_at_start_then_one_every_n_iterations():
+    class Sampler:
+        syntheses = [None, None, None]
+        calls = []
+
+        def redraw(self, index=None):
+            self.calls.append(index)
+
+    sampler = Sampler()
+    engine = Engine(lambda engine, batch: None)
+    TissueValueHandler(sampler, every_n_iterations=4).attach(engine)
+    engine.run(range(10), max_epochs=1)
+    assert sampler.calls == [0, 1, 2, None, None]
+    with pytest.raises(ValueError):
+        TissueValueHandler(sampler, every_n_iterations=0)
