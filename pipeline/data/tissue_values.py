@@ -49,6 +49,9 @@ FIXED_TISSUES = ("csf",)
 """Compartments kept at their values by default: CSF is free water, whose values disease barely moves."""
 IMAGE_CONTRASTS = dict(zip(("t1w", "t2w", "flair"), CONTRASTS))
 """Channel of the processed ``image`` → the phantom contrast that imaged it."""
+SMALLEST_FRACTION = 1e-3
+"""Compartment fractions below this are left out of the mixtures (the fine anatomy's softmax leaves traces of every
+compartment everywhere; they change a mixed signal by less than 0.1 %)."""
 GAIN_SIGMA_VOXELS = 8.0
 """Gaussian sigma (voxels) of the gain estimate: receive bias varies over centimetres."""
 GAIN_SIGNAL_FRACTION = 0.25
@@ -95,7 +98,7 @@ class TissueValueSynthesis:
         texture = _crop_to(tissues.texture, tissues.affine, image, volume.get("subject"))
         self.shape = fractions.shape[1:]
         # each compartment where it is present: flat voxel indices, fractions and texture there
-        self.present = [np.flatnonzero(f > 0) for f in fractions]
+        self.present = [np.flatnonzero(f > SMALLEST_FRACTION) for f in fractions]
         self.fractions = [f.ravel()[i] for f, i in zip(fractions, self.present)]
         self.texture = [t.ravel()[i] for t, i in zip(texture, self.present)]
         self.image = convert_to_tensor(image, track_meta=False).clone()
