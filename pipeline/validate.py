@@ -1,7 +1,7 @@
 """``python -m pipeline.validate MANIFEST``: check every subject of a study and print every problem at once.
 
-Prints the table of :func:`pipeline.data.validation.validate_study` (subject, file, problem) and exits with 1 when
-there is a problem, 0 when there is none, 2 on a usage error.
+Prints the table of :func:`pipeline.data.validation.validate_study` (subject, file, problem, severity) and exits with 1
+when there is an error, 0 when there is none (warnings only: unusual but valid images), 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -34,9 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_contrasts=not args.no_contrast_check,
     )
     print(problems_table(problems))
+    errors = [problem for problem in problems if problem.severity == "error"]
     if problems:
-        print(f"\n{len(problems)} problem(s) in {len({p.subject for p in problems})} subject(s).", file=sys.stderr)
-    return 1 if problems else 0
+        print(
+            f"\n{len(errors)} error(s) and {len(problems) - len(errors)} warning(s) in "
+            f"{len({p.subject for p in problems})} subject(s).",
+            file=sys.stderr,
+        )
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -167,6 +167,18 @@ def test_clean_and_uncalibrated_reports(pages):
     assert "Label resolution" not in uncalibrated and "Metrics against" not in uncalibrated
 
 
+def test_input_warnings_show_apart_from_the_flags(tmp_path):
+    qc = {**_qc("sub-04", flagged=False), "input_warnings": ["flair white matter 1.8e+03 is brighter than grey matter"]}
+    page = _text(write_subject_report(tmp_path / "report.html", qc, _volumes()))
+    assert '<section class="banner warning" role="status">' in page and "flair white matter 1.8e+03" in page
+    assert '<section class="banner ok"><h2>No QC flags</h2></section>' in page
+    assert "banner warning" not in _text(pages_free_report(tmp_path))
+
+
+def pages_free_report(tmp_path):
+    return write_subject_report(tmp_path / "plain" / "report.html", _qc("sub-04", flagged=False), _volumes())
+
+
 def test_html_in_names_is_escaped(tmp_path):
     qc = _qc("<script>alert('sub')</script>&x", flagged=True)
     qc["model"] = '"><b>model'

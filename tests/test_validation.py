@@ -12,9 +12,15 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline import physics
-from pipeline.data import InvalidInputError, load_datalist, validate_study, validation
 from pipeline.cache import CACHE_ENV
-from pipeline.data.validation import EXPECTED_CONTRAST_ORDER, contrast_problems, require_valid_study
+from pipeline.data import InvalidInputError, load_datalist, validate_study, validation
+from pipeline.data.validation import (
+    EXPECTED_CONTRAST_ORDER,
+    contrast_problems,
+    input_warnings,
+    require_valid_study,
+    unusual_contrasts,
+)
 from pipeline.phantom.contrasts import protocols as phantom_protocols
 from pipeline.validate import main as validate_main
 
@@ -47,7 +53,61 @@ def test_contrast_problems_name_both_files_of_any_swap(swapped):
     assert contrast_problems(medians) == {}
     a, b = swapped
     problems = contrast_problems({**medians, a: medians[b], b: medians[a]})
-    assert set(problems) == {a, b} and all("swapped" in problem for problem in problems.values())
+    assert set(problems) == {a, b} and all(f"{min(a, b)} and {max(a, b)} swapped" in p for p in problems.values())
+
+
+def _tissue_medians(physics_reference, scale=None) -> dict:
+    """Medians of pure tissue in each weighted image from the signal models (phantom protocols), with ``scale``:
+    ``{(tissue, "T1" | "T2"): factor}`` on the reference 3 T values."""
+    tissues = physics_reference["tissues_3T"]
+    medians = {}
+    for key, contrast in CONTRAST_OF_KEY.items():
+        medians[key] = {}
+        for name, t in tissues.items():
+            t1, t2 = ((scale or {}).get((name, p), 1.0) * t[p] for p in ("T1", "T2"))
+            signal = physics.synthesize(contrast, t1, t2, t["PD"], phantom_protocols()[contrast])
+            medians[key][TISSUE_NAMES[name]] = abs(float(signal))
+    return medians
+
+
+@pytest.mark.parametrize(
+    "scale, flair_bright",
+    [({("white_matter", "T2"): 1.3}, True), ({("white_matter", "T1"): 1.2, ("white_matter", "T2"): 1.3}, False)],
+)
+def test_white_matter_disease_is_at_most_a_warning_and_swaps_are_still_caught(physics_reference, scale, flair_bright):
+    """White matter with a 30 % longer T2 (FLAIR-bright, as disease is on every scanner: the old rule refused it), or
+    with a 20 % longer T1 too: never a refusal, a warning when FLAIR-bright; swaps still named."""
+    medians = _tissue_medians(physics_reference, scale)
+    assert (medians["flair"]["white_matter"] > medians["flair"]["grey_matter"]) == flair_bright
+    assert contrast_problems(medians) == {}
+    warnings = unusual_contrasts(medians)
+    assert set(warnings) == ({"flair"} if flair_bright else set())
+    assert all("white-matter disease" in warning for warning in warnings.values())
+    for a, b in [("t1w", "t2w"), ("t1w", "flair"), ("t2w", "flair")]:
+        problems = contrast_problems({**medians, a: medians[b], b: medians[a]})
+        assert set(problems) == {a, b} and all(f"{min(a, b)} and {max(a, b)} swapped" in p for p in problems.values())
+
+
+def test_a_flair_with_little_grey_white_contrast_passes(physics_reference):
+    medians = _tissue_medians(physics_reference)
+    for contrast in (0.98, 1.02):  # white matter 2 % darker or brighter than grey matter
+        flat = {**medians, "flair": {**medians["flair"], "white_matter": contrast * medians["flair"]["grey_matter"]}}
+        assert contrast_problems(flat) == {}
+        assert set(unusual_contrasts(flat)) == (set() if contrast < 1 else {"flair"})
+
+
+def test_warnings_do_not_stop_a_run_and_reach_the_qc(tiny_study, monkeypatch, capsys):
+    entry = load_datalist(tiny_study, "testing")[0]
+    warning = validation.Problem(entry["subject"], entry["flair"], "flair white matter is brighter", "warning")
+    monkeypatch.setattr(validation, "validate_entry", lambda entry, **options: [warning])
+    assert require_valid_study(tiny_study, sections=["testing"]) == [warning]
+    assert input_warnings(entry) == ["flair white matter is brighter"]
+    assert validate_main([str(tiny_study), "--sections", "testing"]) == 0
+    assert "warning" in capsys.readouterr().out
+    error = warning._replace(severity="error")
+    monkeypatch.setattr(validation, "validate_entry", lambda entry, **options: [warning, error])
+    with pytest.raises(InvalidInputError, match="1 problem"):
+        require_valid_study(tiny_study, sections=["testing"], cache=False)
 
 
 def rotated(path: str, degrees: float, shift_mm=(0.0, 0.0, 0.0)) -> None:
@@ -88,8 +148,8 @@ def damaged_study(full_study, tmp_path):
         (first["subject"], first["t1_map"]): "looks like seconds",
         (second["subject"], second["flair"]): "is constant",
         (second["subject"], second["mask"]): "does not exist",
-        (second["subject"], second["t1w"]): "it looks T2-weighted",
-        (second["subject"], second["t2w"]): "it looks T1-weighted",
+        (second["subject"], second["t1w"]): "are the t1w and t2w swapped?",
+        (second["subject"], second["t2w"]): "are the t1w and t2w swapped?",
     }
     return root / "dataset.json", {(s, str(root / f)): phrase for (s, f), phrase in expected.items()}
 
@@ -97,7 +157,7 @@ def damaged_study(full_study, tmp_path):
 def test_every_problem_of_a_study_at_once(damaged_study, capsys, monkeypatch):
     manifest, expected = damaged_study
     problems = validate_study(manifest, sections=["training", "testing"])
-    found = {(p.subject, p.file): p.problem for p in problems}
+    found = {(p.subject, p.file): p.problem for p in problems if p.severity == "error"}
     for (subject, file), phrase in expected.items():
         assert phrase in found.get((subject, file), ""), (subject, file, found)
     assert set(found) == set(expected)  # nothing else: the untouched files pass

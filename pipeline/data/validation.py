@@ -12,10 +12,13 @@ instead of stopping at the first one, so a study with ten problems is fixed in o
   above ``max_rotation_deg`` or a displacement above ``max_shift_mm`` anywhere in the brain's box is misregistration
   (rotations and translations alike, which the translation-only check of the data pipeline cannot see);
 * T1 and T2 maps are in ms (the median of their positive voxels, the ranges of :mod:`pipeline.data.transforms`);
-* the tissue contrast of each weighted image is the one its key says: the medians of the T1w, T2w and FLAIR over white
-  matter, grey matter and CSF, the regions given by nilearn's MNI152 tissue templates warped onto the T1w
-  (:class:`pipeline.data.brain_mask.TemplateFit`, independent of the images' intensities), must compare as
-  :data:`EXPECTED_CONTRAST_ORDER` says (:func:`contrast_problems`), so a swapped manifest is caught.
+* no two weighted images are swapped: the medians of the T1w, T2w and FLAIR over white matter, grey matter and CSF, the
+  regions given by nilearn's MNI152 tissue templates warped onto the T1w (:class:`pipeline.data.brain_mask.TemplateFit`,
+  independent of the images' intensities), compared between pairs of images as :data:`SWAP_EVIDENCE` says
+  (:func:`contrast_problems`: what disease does not invert). An image whose white/grey order is not a healthy brain's
+  (:data:`EXPECTED_CONTRAST_ORDER`; FLAIR-bright white matter, a FLAIR with little grey/white contrast) is a
+  **warning** (:func:`unusual_contrasts`), not a refusal: a :class:`Problem` of severity ``warning``, logged and shown
+  in the QC report (MRIQC's rule: flag what is unusual but valid, refuse only what is wrong).
 
 ``python -m pipeline.validate MANIFEST`` prints the table and exits 1 when there is a problem; the bundle configs call
 :func:`require_valid_study` before training and inference.
@@ -30,7 +33,9 @@ replaced or touched file is validated again. The folder is ``$QMAP_HYBRID_CACHE/
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -81,16 +86,20 @@ MAP_MEDIAN_RANGES_MS = {
     REFERENCE_KEYS[0]: T1_MEDIAN_RANGE_MS,
     REFERENCE_KEYS[1]: T2_MEDIAN_RANGE_MS,
 }
+VALIDATION_RULES = 2
+"""Version of the checks, part of the cache key: results cached under other rules are not reused (2: swaps from pairs
+of images, an unusual contrast order a warning)."""
 TISSUE_PROBABILITY = 0.7
 """A T1w voxel counts as a tissue's when its warped template probability is above this."""
 
 
 class Problem(NamedTuple):
-    """One row of the validation table."""
+    """One row of the validation table: an ``error`` refuses the study, a ``warning`` is reported (QC, logs)."""
 
     subject: str
     file: str
     problem: str
+    severity: str = "error"
 
 
 def _load(path: str) -> MetaTensor:
@@ -149,39 +158,96 @@ def _white_above_grey(order: Sequence[str]) -> bool:
     return order.index("white_matter") > order.index("grey_matter")
 
 
+def _ratio(medians: Mapping[str, Mapping[str, float]], key: str, tissue: str) -> float:
+    """A tissue's median over grey matter's in image ``key``: independent of the image's gain."""
+    return medians[key][tissue] / medians[key]["grey_matter"]
+
+
+SWAP_EVIDENCE = (
+    (("t1w", "t2w"), "csf", "CSF is dark in a T1w and bright in a T2w"),
+    (("flair", "t2w"), "csf", "CSF is nulled in a FLAIR and bright in a T2w"),
+    (
+        ("flair", "t1w"),
+        "white_matter",
+        "white matter is brighter than grey matter in a T1w, darker or alike in a FLAIR",
+    ),
+)
+"""Pairs of images ``(lower, higher)`` and the tissue whose median over grey matter's must be lower in the first: what
+white-matter disease does not invert (it moves white matter by tens of %, not CSF, and not a T1w's white matter
+below a FLAIR's), so a pair the other way round is a swap."""
+
+
+def _rules_kept(medians: Mapping[str, Mapping[str, float]], files: Mapping[str, str]) -> list[bool]:
+    """Whether each rule of :data:`SWAP_EVIDENCE` holds when image ``files[role]`` is taken as ``role`` (rules whose
+    images are not all present are left out)."""
+    return [
+        _ratio(medians, files[lower], tissue) < _ratio(medians, files[higher], tissue)
+        for (lower, higher), tissue, _ in SWAP_EVIDENCE
+        if {lower, higher} <= files.keys()
+    ]
+
+
 def contrast_problems(medians: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
-    """``{key: problem}`` for each weighted image whose tissue contrast is not its key's (:data:`EXPECTED_CONTRAST_ORDER`).
+    """``{key: problem}`` for the weighted images that look swapped, from :data:`SWAP_EVIDENCE` (pairs of images).
 
-    Two comparisons that hold in template regions of any quality (the priors' CSF region of a subject or a partial field
-    of view is often mostly grey matter, so a full ranking of CSF is not one of them):
-
-    * white matter against grey matter, in each image: brighter in a T1w, darker in a T2w or FLAIR (catches a T1w
-      swapped with either);
-    * CSF relative to grey matter, between the T2w and the FLAIR: higher in the T2w (bright CSF) than in the FLAIR
-      (nulled CSF), whatever grey matter the CSF region holds (catches a T2w swapped with the FLAIR).
+    Each rule compares two images over the same regions, so it holds in template regions of any quality (the priors'
+    CSF region of a subject or a partial field of view is often mostly grey matter) and in disease: white matter
+    whose T1 or T2 is 20-30 % longer changes its contrast to grey matter in each image (FLAIR-bright white matter is
+    what white-matter disease looks like), not the order of the pairs. Every assignment of the files to the contrasts
+    is scored by the rules it keeps; when another assignment keeps more than the manifest's, the files it moves are
+    named, with the contrast each looks like. When no assignment keeps every rule and the manifest's is among the
+    best, the images whose rules fail are named (unusual contrasts, not a swap one can name).
 
     Args:
         medians: ``{key: {"white_matter", "grey_matter", "csf": median}}`` of the weighted images present.
     """
-    problems = {}
+    keys = [key for key in EXPECTED_CONTRAST_ORDER if key in medians]
+    manifest = dict(zip(keys, keys))
+    kept = _rules_kept(medians, manifest)
+    if all(kept):
+        return {}
+    assignments = [dict(zip(keys, order)) for order in itertools.permutations(keys)]
+    best = max(assignments, key=lambda files: (sum(_rules_kept(medians, files)), files == manifest))
+    if best != manifest:
+        moved = [best[role] for role in keys if best[role] != role]
+        return {
+            best[role]: f"its tissue contrasts are those of a {role} ({_pair_ratios(medians)}): are the "
+            f"{' and '.join(sorted(moved))} swapped?"
+            for role in keys
+            if best[role] != role
+        }
+    failed = [rule for rule, holds in zip(SWAP_EVIDENCE, kept) if not holds]
+    return {
+        key: f"tissue contrasts that no order of the files explains ({_pair_ratios(medians)}; expected {reason})"
+        for (lower, higher), _, reason in failed
+        for key in (lower, higher)
+    }
+
+
+def _pair_ratios(medians: Mapping[str, Mapping[str, float]]) -> str:
+    """The medians over grey matter's that the rules compare, e.g. ``csf/GM t1w 0.96 t2w 1.06, ...``."""
+    return ", ".join(
+        f"{tissue}/GM {lower} {_ratio(medians, lower, tissue):.2f} {higher} {_ratio(medians, higher, tissue):.2f}"
+        for (lower, higher), tissue, _ in SWAP_EVIDENCE
+        if {lower, higher} <= medians.keys()
+    )
+
+
+def unusual_contrasts(medians: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
+    """``{key: warning}`` for each image whose white matter / grey matter order is not a healthy brain's at 3 T
+    (:data:`EXPECTED_CONTRAST_ORDER`): valid (white-matter disease, a FLAIR with little grey/white contrast), worth a
+    look, not a refusal; swaps are :func:`contrast_problems`'."""
+    warnings = {}
     for key, by_tissue in medians.items():
         expected = _white_above_grey(EXPECTED_CONTRAST_ORDER[key])
         if (by_tissue["white_matter"] > by_tissue["grey_matter"]) != expected:
-            looks = "T2-weighted (a t2w or a flair)" if expected else "T1-weighted (a t1w)"
-            problems[key] = (
+            warnings[key] = (
                 f"white matter {by_tissue['white_matter']:.3g} is {'darker' if expected else 'brighter'} than grey "
-                f"matter {by_tissue['grey_matter']:.3g}, expected {' < '.join(EXPECTED_CONTRAST_ORDER[key])} for a "
-                f"{key}; it looks {looks}: are the files swapped?"
+                f"matter {by_tissue['grey_matter']:.3g} (a healthy {key} at 3 T: "
+                f"{' < '.join(EXPECTED_CONTRAST_ORDER[key])}); no swap with the other images: as in white-matter "
+                "disease, or an image with little grey/white contrast"
             )
-    if {"t2w", "flair"} <= medians.keys() and not {"t2w", "flair"} & problems.keys():
-        csf = {key: medians[key]["csf"] / medians[key]["grey_matter"] for key in ("t2w", "flair")}
-        if csf["t2w"] <= csf["flair"]:
-            for key in ("t2w", "flair"):
-                problems[key] = (
-                    f"CSF / grey matter is {csf['t2w']:.2f} in the t2w and {csf['flair']:.2f} in the flair, expected "
-                    "higher in the t2w (bright CSF) than in the flair (nulled CSF): are the t2w and flair swapped?"
-                )
-    return problems
+    return warnings
 
 
 def _template_regions(t1w: sitk.Image) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -265,8 +331,11 @@ def validate_entry(
             problems.append(Problem(subject, str(entry[key]), f"{key} {problem}"))
     if regions is not None:
         images = {key: to_sitk(volumes[key]) for key in IMAGE_KEYS if key in volumes}
-        for key, problem in contrast_problems(tissue_medians(t1w, images, regions)).items():
+        medians = tissue_medians(t1w, images, regions)
+        for key, problem in contrast_problems(medians).items():
             problems.append(Problem(subject, str(entry[key]), f"{key} {problem}"))
+        for key, warning in unusual_contrasts(medians).items():
+            problems.append(Problem(subject, str(entry[key]), f"{key} {warning}", "warning"))
     return problems
 
 
@@ -290,6 +359,7 @@ def _cache_key(entry: Mapping, options: Mapping) -> str | None:
         "subject": str(entry.get("subject")),
         "options": options,
         "version": pipeline.__version__,
+        "rules": VALIDATION_RULES,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -353,7 +423,7 @@ def validate_study(
 
 
 def problems_table(problems: Sequence[Problem]) -> str:
-    """The problems as a plain-text table (subject, file, problem); ``"no problems"`` if there are none."""
+    """The problems as a plain-text table (subject, file, problem, severity); ``"no problems"`` if there are none."""
     if not problems:
         return "no problems"
     table = pd.DataFrame(problems, columns=Problem._fields)
@@ -367,12 +437,24 @@ def require_valid_study(
     dataset_dir: str | os.PathLike | None = None,
     sections: Sequence[str] = SECTIONS,
     **options,
-) -> None:
-    """Raise :class:`~pipeline.data.errors.InvalidInputError` with the whole table if :func:`validate_study` finds a
-    problem; what the bundle configs run before training and inference."""
+) -> list[Problem]:
+    """Raise :class:`~pipeline.data.errors.InvalidInputError` with the whole table if :func:`validate_study` finds an
+    error; what the bundle configs run before training and inference. Warnings are logged and returned (the QC report
+    shows them too: :func:`input_warnings`)."""
     problems = validate_study(manifest, dataset_dir, sections, **options)
-    if problems:
-        raise study_error(problems, manifest, sections)
+    errors = [problem for problem in problems if problem.severity == "error"]
+    if errors:
+        raise study_error(errors, manifest, sections)
+    warnings = [problem for problem in problems if problem.severity != "error"]
+    for warning in warnings:
+        logging.getLogger(__name__).warning(f"{warning.subject}: {warning.file}: {warning.problem}")
+    return warnings
+
+
+def input_warnings(entry: Mapping, **options) -> list[str]:
+    """The warnings of an entry's validation (:func:`cached_validate_entry` with ``options``: the run's own checks, so
+    the result is the cached one of the run's pre-run validation)."""
+    return [problem.problem for problem in cached_validate_entry(entry, **options) if problem.severity != "error"]
 
 
 def study_error(problems: Sequence[Problem], manifest: str | os.PathLike, sections: Sequence[str]) -> InvalidInputError:

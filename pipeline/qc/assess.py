@@ -53,6 +53,7 @@ def assess_subject(
     references_ms: np.ndarray | None = None,
     smoothing_sigma: float = 1.0,
     scale_window: int = 0,
+    input_warnings: Sequence[str] = (),
 ) -> tuple[dict, dict]:
     """Every QC check of one subject.
 
@@ -67,9 +68,12 @@ def assess_subject(
         ranges: plausible class medians (:data:`~pipeline.qc.plausibility.PUBLISHED_RANGES_3T`).
         labels: optional low-resolution ((2, *label_shape) T1, T2 in ms, 4 x 4 affine) for the label-resolution check.
         references_ms: optional (3, X, Y, Z) 1 mm reference maps (ms) on the images' grid.
+        input_warnings: what the pre-run validation found unusual but valid in the subject's images (recorded and
+            shown, not flags).
 
     Returns:
-        ``qc``: the ``qc.json`` record (keys ``subject``, ``flagged``, ``flags``, ``calibrated``, ``contrasts``,
+        ``qc``: the ``qc.json`` record (keys ``subject``, ``flagged``, ``flags``, ``input_warnings``, ``calibrated``,
+        ``contrasts``,
         ``protocols``, ``self_consistency``, ``thresholds``, ``plausibility``, ``ranges``, ``label_resolution``,
         ``metrics``); ``volumes``: float32 (X, Y, Z) arrays for the report (maps, mask, tissues, and the acquired,
         scaled synthetic and residual image of each contrast; ``t1_ref``, ``t2_ref`` with references).
@@ -89,6 +93,7 @@ def assess_subject(
         "subject": subject,
         "flagged": bool(flags),
         "flags": flags,
+        "input_warnings": list(input_warnings),
         "calibrated": calibration is not None,
         "contrasts": list(contrasts),
         "protocols": {contrast: protocol.to_dict() for contrast, protocol in protocols.items()},

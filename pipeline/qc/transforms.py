@@ -24,6 +24,7 @@ from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 from monai.utils import convert_to_numpy
 
 from pipeline.data.manifest import LABEL_KEYS, REFERENCE_KEYS, load_datalist
+from pipeline.data.validation import input_warnings
 from pipeline.files import write_atomically
 from pipeline.qc.assess import assess_subject
 from pipeline.qc.calibration import DEFAULT_MARGIN, DEFAULT_MIN_TOLERANCE, QCCalibration
@@ -58,6 +59,8 @@ class SubjectQCd(MapTransform):
             low-resolution labels (``t1_map``, ``t2_map``: the label-resolution check) and 1 mm references
             (``t1_ref`` ...: metrics) when it has them.
         ranges: plausible class medians (default: :data:`~pipeline.qc.plausibility.PUBLISHED_RANGES_3T`).
+        input_checks: the options of the run's pre-run validation (:func:`pipeline.data.validation.input_warnings`):
+            its warnings about a subject's images go into its record and report; None: none are looked up.
         report: also write the HTML report.
         overwrite: replace an existing ``qc.json`` / ``report.html`` (otherwise ``FileExistsError``).
     """
@@ -78,6 +81,7 @@ class SubjectQCd(MapTransform):
         ranges: Mapping | None = None,
         smoothing_sigma: float = 1.0,
         scale_window: int = 0,
+        input_checks: Mapping[str, Any] | None = None,
         report: bool = True,
         overwrite: bool = False,
     ) -> None:
@@ -103,6 +107,7 @@ class SubjectQCd(MapTransform):
         entries = load_datalist(datalist, section, dataset_dir) if datalist is not None else []
         self.entries = {entry["subject"]: entry for entry in entries}
         self.report, self.overwrite = report, overwrite
+        self.input_checks = None if input_checks is None else dict(input_checks)
 
     def _labels(self, entry: Mapping) -> tuple[np.ndarray, np.ndarray] | None:
         """(2, ...) T1 and T2 labels (ms) of an entry on their own grid, with its affine; None without labels."""
@@ -130,6 +135,7 @@ class SubjectQCd(MapTransform):
             calibration=self.calibration,
             labels=self._labels(entry),
             references_ms=references,
+            input_warnings=() if self.input_checks is None or not entry else input_warnings(entry, **self.input_checks),
             **self.options,
         )
 
