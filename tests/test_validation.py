@@ -56,6 +56,19 @@ def test_contrast_problems_name_both_files_of_any_swap(swapped):
     assert set(problems) == {a, b} and all(f"{min(a, b)} and {max(a, b)} swapped" in p for p in problems.values())
 
 
+def test_contrasts_near_one_are_no_evidence_of_a_swap():
+    """A partial field of view (template CSF region mostly grey matter) with an unregistered T2w: CSF over grey matter
+    1.03 in the T1w, 0.94 in the T2w (measured on the BIDS phantom of test_bids_dataset_end_to_end) is no swap."""
+    medians = {
+        "t1w": {"csf": 1.03, "grey_matter": 1.0, "white_matter": 1.13},
+        "t2w": {"csf": 0.94, "grey_matter": 1.0, "white_matter": 0.75},
+        "flair": {"csf": 0.66, "grey_matter": 1.0, "white_matter": 0.63},
+    }
+    assert contrast_problems(medians) == {}
+    swapped = contrast_problems({**medians, "t1w": medians["t2w"], "t2w": medians["t1w"]})
+    assert set(swapped) == {"t1w", "t2w"}  # the white matter tells what the CSF cannot
+
+
 def _tissue_medians(physics_reference, scale=None) -> dict:
     """Medians of pure tissue in each weighted image from the signal models (phantom protocols), with ``scale``:
     ``{(tissue, "T1" | "T2"): factor}`` on the reference 3 T values."""

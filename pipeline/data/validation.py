@@ -86,7 +86,7 @@ MAP_MEDIAN_RANGES_MS = {
     REFERENCE_KEYS[0]: T1_MEDIAN_RANGE_MS,
     REFERENCE_KEYS[1]: T2_MEDIAN_RANGE_MS,
 }
-VALIDATION_RULES = 2
+VALIDATION_RULES = 3
 """Version of the checks, part of the cache key: results cached under other rules are not reused (2: swaps from pairs
 of images, an unusual contrast order a warning)."""
 TISSUE_PROBABILITY = 0.7
@@ -166,6 +166,8 @@ def _ratio(medians: Mapping[str, Mapping[str, float]], key: str, tissue: str) ->
 SWAP_EVIDENCE = (
     (("t1w", "t2w"), "csf", "CSF is dark in a T1w and bright in a T2w"),
     (("flair", "t2w"), "csf", "CSF is nulled in a FLAIR and bright in a T2w"),
+    (("flair", "t1w"), "csf", "CSF is nulled in a FLAIR, grey in a T1w"),
+    (("t2w", "t1w"), "white_matter", "white matter is darker than grey matter in a T2w, brighter in a T1w"),
     (
         ("flair", "t1w"),
         "white_matter",
@@ -174,14 +176,20 @@ SWAP_EVIDENCE = (
 )
 """Pairs of images ``(lower, higher)`` and the tissue whose median over grey matter's must be lower in the first: what
 white-matter disease does not invert (it moves white matter by tens of %, not CSF, and not a T1w's white matter
-below a FLAIR's), so a pair the other way round is a swap."""
+below a FLAIR's), so a pair clearly the other way round (:data:`SWAP_MARGIN`) is a swap."""
+
+SWAP_MARGIN = 1.2
+"""How much higher than the second image's ratio the first's must be to break a rule of :data:`SWAP_EVIDENCE`. A swap
+inverts the ratios by a factor of 2 or more (CSF over grey matter: about 0.4 in a T1w, 2 in a T2w); a partial field
+of view whose template CSF region holds mostly grey matter brings both near 1, where noise or an unregistered image
+can order them either way, and so can white-matter disease for the FLAIR/T1w pair."""
 
 
 def _rules_kept(medians: Mapping[str, Mapping[str, float]], files: Mapping[str, str]) -> list[bool]:
-    """Whether each rule of :data:`SWAP_EVIDENCE` holds when image ``files[role]`` is taken as ``role`` (rules whose
-    images are not all present are left out)."""
+    """Whether each rule of :data:`SWAP_EVIDENCE` holds (is not clearly broken, :data:`SWAP_MARGIN`) when image
+    ``files[role]`` is taken as ``role`` (rules whose images are not all present are left out)."""
     return [
-        _ratio(medians, files[lower], tissue) < _ratio(medians, files[higher], tissue)
+        _ratio(medians, files[lower], tissue) < SWAP_MARGIN * _ratio(medians, files[higher], tissue)
         for (lower, higher), tissue, _ in SWAP_EVIDENCE
         if {lower, higher} <= files.keys()
     ]
@@ -324,13 +332,15 @@ def validate_entry(
         if brain_mask is None:
             brain_mask = sitk.GetImageFromArray(template_brain.astype(np.uint8).transpose(2, 1, 0))
             brain_mask.CopyInformation(t1w)
+    misregistered = set()
     for key in (k for k in REGISTERED_KEYS if k in volumes and check_registration):
         image = to_sitk(volumes[key])
         problem = _registration_problem(t1w, image, brain_mask, max_rotation_deg, max_shift_mm)
         if problem is not None:
             problems.append(Problem(subject, str(entry[key]), f"{key} {problem}"))
-    if regions is not None:
-        images = {key: to_sitk(volumes[key]) for key in IMAGE_KEYS if key in volumes}
+            misregistered.add(key)
+    if regions is not None:  # a misregistered image's tissue regions are not the T1w's: its contrasts tell nothing
+        images = {key: to_sitk(volumes[key]) for key in IMAGE_KEYS if key in volumes and key not in misregistered}
         medians = tissue_medians(t1w, images, regions)
         for key, problem in contrast_problems(medians).items():
             problems.append(Problem(subject, str(entry[key]), f"{key} {problem}"))
