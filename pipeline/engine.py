@@ -312,9 +312,9 @@ def check_new_run(ckpt_dir: str | os.PathLike, resume: bool | str = False, overw
 
 MODEL_CARD = "model.json"
 """What a model's ``ckpt_dir`` records beside its weights about how it was trained, the settings inference must
-repeat: ``{"slice_axis": 0|1|2, "context_slices": k}``."""
-CARD_DEFAULTS = {"context_slices": 0}
-"""The value of each setting a card lacks because it was written before the setting existed (bundle 0.8.0)."""
+repeat: ``{"slice_axis": 0|1|2, "context_slices": k, "intensity_reference": "brain"|"csf"}``."""
+CARD_DEFAULTS = {"context_slices": 0, "intensity_reference": "brain"}
+"""The value of each setting a card lacks because it was written before the setting existed (bundle 0.8.0, 0.11.0)."""
 SLICE_PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}
 """Slice orientation of each ``slice_axis`` (the RAS axis the slices are taken along)."""
 
@@ -324,7 +324,11 @@ def _read_card(card: pathlib.Path) -> dict:
 
 
 def write_model_card(
-    ckpt_dir: str | os.PathLike, slice_axis: int, resume: bool | str = False, context_slices: int = 0
+    ckpt_dir: str | os.PathLike,
+    slice_axis: int,
+    resume: bool | str = False,
+    context_slices: int = 0,
+    intensity_reference: str = "brain",
 ) -> pathlib.Path:
     """Write ``<ckpt_dir>/model.json`` (:data:`MODEL_CARD`) at the start of training; returns its path.
 
@@ -333,7 +337,11 @@ def write_model_card(
             slices), naming the card and the overrides that resume it.
     """
     card = pathlib.Path(ckpt_dir) / MODEL_CARD
-    settings = {"slice_axis": int(slice_axis), "context_slices": int(context_slices)}
+    settings = {
+        "slice_axis": int(slice_axis),
+        "context_slices": int(context_slices),
+        "intensity_reference": str(intensity_reference),
+    }
     if as_flag(resume) and card.is_file():
         recorded = _read_card(card)
         changed = {name: recorded[name] for name, value in settings.items() if recorded[name] != value}
@@ -347,10 +355,10 @@ def write_model_card(
     return write_atomically(card, json.dumps(settings, indent=2) + "\n")
 
 
-def trained_setting(checkpoint: str | os.PathLike, name: str) -> int:
-    """The setting ``name`` (``slice_axis``, ``context_slices``) the model in ``checkpoint`` (``model.pt``,
-    ``model.ts``, ``model.onnx``) was trained with, from the :data:`MODEL_CARD` in its folder: inference must cut the
-    same slices.
+def trained_setting(checkpoint: str | os.PathLike, name: str) -> int | str:
+    """The setting ``name`` (``slice_axis``, ``context_slices``, ``intensity_reference``) the model in ``checkpoint``
+    (``model.pt``, ``model.ts``, ``model.onnx``) was trained with, from the :data:`MODEL_CARD` in its folder:
+    inference must cut the same slices and normalise the images alike.
 
     Raises:
         FileNotFoundError: when the folder has no card (a model trained before bundle 0.8.0, or weights copied
@@ -361,9 +369,9 @@ def trained_setting(checkpoint: str | os.PathLike, name: str) -> int:
         raise FileNotFoundError(
             f"{card} is missing: it records the slices {checkpoint} was trained on. Copy it with the model, or pass "
             "--slice_axis 0, 1 or 2 (sagittal, coronal, axial) and --context_slices k (neighbours on either side, 0 "
-            "for 2D slices): the training's."
+            "for 2D slices) and --intensity_reference brain or csf: the training's."
         )
-    return int(_read_card(card)[name])
+    return _read_card(card)[name]
 
 
 class NeighbourSliceInferer(SliceInferer):

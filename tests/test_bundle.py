@@ -581,6 +581,34 @@ def test_the_content_registration_runs_once_per_pair(study, check_inputs, regist
         assert check.registration_keys == registered_in_pipeline
 
 
+def test_tissue_values_and_the_csf_reference_reach_training_the_card_and_inference(study, tmp_path):
+    """``--tissue_values true --intensity_reference csf``: the training volumes are divided by their CSF (T1w, T2w)
+    and re-drawn by a sampler that normalises alike; the model card records the reference and inference repeats it."""
+    from pipeline.data.normalization import ScaleByCsfd
+    from pipeline.engine import write_model_card
+    from pipeline.handlers import TissueValueHandler
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    overrides = {"tissue_values": "true", "intensity_reference": "csf", "tissue_value_every": 5}
+    parser.update({"bundle_root": str(BUNDLE), "ckpt_dir": str(tmp_path), **overrides, **study})
+    handler = next(h for h in parser.get_parsed_content("train#handlers") if isinstance(h, TissueValueHandler))
+    assert (
+        handler.every_n_iterations == 5
+        and handler.sampler.volumes is parser.get_parsed_content("train#dataset").volumes
+    )
+    assert all(isinstance(s.normalisation[0], ScaleByCsfd) for s in handler.sampler.syntheses)
+    for dataset in ("train#dataset", "validate#dataset"):
+        transforms = parser.get_parsed_content(dataset).volumes.transform.transforms
+        assert [t.keys for t in transforms if isinstance(t, ScaleByCsfd)] == [("t1w", "t2w")]
+    write_model_card(tmp_path, slice_axis=1, context_slices=1, intensity_reference="csf")
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "checkpoint": str(tmp_path / "model.pt"), **study})
+    assert parser.get_parsed_content("intensity_reference") == "csf"
+    assert any(isinstance(t, ScaleByCsfd) for t in parser.get_parsed_content("dataset").transform.transforms)
+
+
 @pytest.mark.parametrize("bias_correction", [False, True])
 def test_bias_correction_is_one_switch_of_training_and_inference(study, bias_correction):
     """``bias_correction`` reaches the training and validation datasets and the inference pipeline, which then

@@ -17,18 +17,20 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.data import DataLoader, SmartCacheDataset, list_data_collate, load_decathlon_datalist
-from monai.transforms import LoadImage, RandFlipd, ResizeWithPadOrCropd
+from monai.transforms import Compose, LoadImage, RandFlipd, ResizeWithPadOrCropd
 from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 from pipeline.data import (
     IMAGE_KEYS,
+    INTENSITY_REFERENCES,
     LABEL_KEYS,
     REFERENCE_KEYS,
     CoregistrationWarning,
     InvalidInputError,
     MisregistrationError,
     MissingFilesError,
+    ScaleByCsfd,
     build_slice_dataset,
     build_volume_dataset,
     build_volume_transforms,
@@ -38,6 +40,7 @@ from pipeline.data import (
     stack_neighbour_slices,
 )
 from pipeline.data.checks import constant_problem
+from pipeline.data.normalization import intensity_normalisation
 from pipeline.data.slices import SliceDataset
 from pipeline.data.transforms import CROP_MARGIN
 from pipeline.data.validity import MarkFitFailuresd
@@ -369,6 +372,48 @@ def test_labels_in_network_units_and_normalised_intensities(validation_subject):
     assert np.median(label[1][white_matter]) == pytest.approx(79.2 / MAP_UNIT_MS, rel=0.1)
     for channel in (*volume["image"].numpy(), label[2], reference[2]):
         assert np.percentile(channel[mask], 99) == pytest.approx(1.0, abs=1e-4)
+
+
+def _csf_head(white_t1w: float) -> dict:
+    """A (1, 20, 20, 20) brain: CSF (6 % of it: the T2w's brightest) and white matter of T1w value ``white_t1w``,
+    with gains 7 (T1w) and 3 (T2w)."""
+    mask = torch.zeros(1, 20, 20, 20)
+    mask[:, 2:18, 2:18, 2:18] = 1
+    csf = torch.zeros_like(mask, dtype=torch.bool)
+    csf[:, 8:12, 8:12, 2:18] = True
+    noise = torch.linspace(0.95, 1.05, mask.numel()).reshape(mask.shape)
+    t1w = 7 * torch.where(csf, 0.3, white_t1w) * noise * mask
+    t2w = 3 * torch.where(csf, 2.0, 0.6) * noise * mask
+    return {"t1w": t1w, "t2w": t2w, "flair": t2w * ~csf, "mask": mask}
+
+
+def test_the_csf_reference_keeps_a_tissue_change_the_brain_percentile_divides_away():
+    """The T1w and T2w over their median in the T2w's brightest voxels: CSF at 1; white matter 20 % brighter in the
+    T1w stays 20 % brighter, where the 99th percentile (white matter's own) leaves it almost unchanged."""
+    csf_scale, by_percentile = intensity_normalisation("csf")
+    assert isinstance(csf_scale, ScaleByCsfd) and list(by_percentile.keys) == ["flair"]
+    healthy, changed = _csf_head(1.0), _csf_head(1.2)
+    inside, csf = healthy["mask"][0] > 0, _csf_head(1.0)["t2w"][0] > 3
+    white = inside & ~csf
+    seen = {}
+    for reference in INTENSITY_REFERENCES:
+        normalised = [Compose(intensity_normalisation(reference))(head) for head in (healthy, changed)]
+        seen[reference] = float(normalised[1]["t1w"][0][white].median() / normalised[0]["t1w"][0][white].median())
+        if reference == "csf":
+            region = torch.as_tensor(csf_scale.csf(healthy))
+            assert 0.01 * inside.sum() < region.sum() and not (region & ~csf).any()  # CSF, 2 % of the brain
+            for key in ("t1w", "t2w"):
+                assert float(normalised[0][key][0][region].median()) == pytest.approx(1.0, rel=1e-5)
+    assert seen["csf"] == pytest.approx(1.2, rel=1e-4)
+    assert abs(seen["brain"] - 1) < 0.02
+
+
+def test_an_image_without_csf_signal_or_an_unknown_reference_is_a_clear_error():
+    head = _csf_head(1.0)
+    with pytest.raises(InvalidInputError, match=r"flair.*median in the CSF.*nulls CSF"):
+        ScaleByCsfd(["flair"])(head)
+    with pytest.raises(ValueError, match="intensity_reference must be one of"):
+        intensity_normalisation("ventricles")
 
 
 def test_a_missing_mask_is_extracted_from_the_t1w_or_a_clear_error(subject, full_study):

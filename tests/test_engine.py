@@ -84,10 +84,16 @@ def test_a_resumed_run_keeps_its_slices(tmp_path):
         write_model_card(tmp_path, slice_axis=1, resume="true")
     with pytest.raises(ValueError, match=r"--context_slices 0 "):
         write_model_card(tmp_path, slice_axis=2, resume="true", context_slices=1)
-    assert json.loads(card.read_text()) == {"slice_axis": 2, "context_slices": 0}  # untouched by the refused resumes
-    write_model_card(tmp_path, slice_axis=1, context_slices=1)  # a new run (--overwrite true) records its own
+    with pytest.raises(ValueError, match=r"--intensity_reference brain"):
+        write_model_card(tmp_path, slice_axis=2, resume="true", intensity_reference="csf")
+    recorded = {"slice_axis": 2, "context_slices": 0, "intensity_reference": "brain"}
+    assert json.loads(card.read_text()) == recorded  # untouched by the refused resumes
+    write_model_card(tmp_path, slice_axis=1, context_slices=1, intensity_reference="csf")  # a new run (--overwrite)
     assert trained_setting(tmp_path / "model.pt", "slice_axis") == 1
     assert trained_setting(tmp_path / "model.pt", "context_slices") == 1
+    assert trained_setting(tmp_path / "model.pt", "intensity_reference") == "csf"
+    card.write_text(json.dumps({"slice_axis": 1}))  # a card of bundle 0.7: the settings added since at their defaults
+    assert trained_setting(tmp_path / "model.pt", "intensity_reference") == "brain"
 
 
 @pytest.mark.parametrize("spatial_dim", [0, 1, 2])

@@ -106,7 +106,10 @@ def test_two_runs_compared_cell_by_cell_against_their_seed_spread():
     assert changed["spread"] == pytest.approx(max(expected["hybrid_seed_std"], changed["candidate_seed_std"]))
     assert not changed["within_spread"]
     claim = candidate.set_index(["metric", "map"]).loc[("MPE", "T1")]
-    assert changed["p_value_max"] == claim["p_value_max"] and changed["hybrid_better_seeds"] == claim["hybrid_better_seeds"]
+    assert (
+        changed["p_value_max"] == claim["p_value_max"]
+        and changed["hybrid_better_seeds"] == claim["hybrid_better_seeds"]
+    )
     unchanged = comparison.drop(index=("MPE", "T1", "hybrid"))
     assert (unchanged["difference"].abs() < 1e-12).all() and unchanged["within_spread"].all()
     with pytest.raises(ValueError, match="different metric x map cells"):

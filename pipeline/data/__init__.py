@@ -25,13 +25,14 @@ from pipeline.data.manifest import (
     load_datalist,
     read_manifest,
 )
-from pipeline.data.normalization import ScaleByMaskedPercentiled
+from pipeline.data.normalization import INTENSITY_REFERENCES, ScaleByCsfd, ScaleByMaskedPercentiled
 from pipeline.data.slices import SliceDataset, brain_slices, input_channels, stack_neighbour_slices
 from pipeline.data.transforms import build_volume_transforms
 from pipeline.data.validation import Problem, problems_table, require_valid_study, validate_study
 
 __all__ = [
     "IMAGE_KEYS",
+    "INTENSITY_REFERENCES",
     "LABEL_KEYS",
     "MASK_KEY",
     "REFERENCE_KEYS",
@@ -46,6 +47,7 @@ __all__ = [
     "MisregistrationError",
     "MissingFilesError",
     "Problem",
+    "ScaleByCsfd",
     "ScaleByMaskedPercentiled",
     "SliceDataset",
     "brain_slices",

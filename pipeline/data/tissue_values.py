@@ -38,7 +38,8 @@ from scipy import ndimage
 
 from pipeline.data.errors import InvalidInputError
 from pipeline.data.manifest import read_manifest
-from pipeline.data.normalization import ScaleByMaskedPercentiled
+from pipeline.data.manifest import IMAGE_KEYS
+from pipeline.data.normalization import intensity_normalisation
 from pipeline.phantom.changes import SubjectTissues, subject_tissues
 from pipeline.phantom.contrasts import CONTRASTS, protocol_overrides, signed_signal
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS
@@ -77,6 +78,8 @@ class TissueValueSynthesis:
             originals every draw starts from.
         overrides: the study's protocol overrides (:func:`~pipeline.phantom.contrasts.protocol_overrides`).
         slab_axis, slab_thickness_voxels: the label slabs of the study.
+        intensity_reference: the volume's normalisation (:func:`~pipeline.data.normalization.intensity_normalisation`),
+            repeated on each re-synthesis.
 
     Raises:
         InvalidInputError: the volume is not on the study grid.
@@ -89,8 +92,10 @@ class TissueValueSynthesis:
         overrides=(),
         slab_axis: int = 2,
         slab_thickness_voxels: float = 3.5,
+        intensity_reference: str = "brain",
     ) -> None:
         self.values = tissues.values.astype(np.float32)
+        self.normalisation = intensity_normalisation(intensity_reference, m0_keys=("m0",))
         self.overrides = overrides
         self.slab_axis, self.slab_thickness_voxels = slab_axis, slab_thickness_voxels
         image = volume["image"]
@@ -157,9 +162,11 @@ class TissueValueSynthesis:
         image = (self.image + self.gain * (self._mixed_signals(values) - self.signals)).clamp_min(0.0)
         maps = self._slab_maps(values)
         label_ratio = torch.where(self.maps > 0, maps / self.maps.clamp_min(1e-12), 1.0)
-        renormalise = ScaleByMaskedPercentiled(["image", "m0"], mask_key="mask")
-        scaled = renormalise({"image": image, "m0": self.label[2:] * label_ratio[2:], "mask": self.mask})
-        return {"image": scaled["image"], "label": torch.cat([self.label[:2] * label_ratio[:2], scaled["m0"]])}
+        scaled = {**dict(zip(IMAGE_KEYS, image[:, None])), "m0": self.label[2:] * label_ratio[2:], "mask": self.mask}
+        for normalise in self.normalisation:
+            scaled = normalise(scaled)
+        image = torch.stack([scaled[key][0] for key in IMAGE_KEYS])
+        return {"image": image, "label": torch.cat([self.label[:2] * label_ratio[:2], scaled["m0"]])}
 
 
 def _crop_to(array: np.ndarray, affine: np.ndarray, image, subject=None) -> np.ndarray:
@@ -192,6 +199,7 @@ class TissueValueSampler:
         value_range: (low, high) of the uniform factor on each tissue's T1, T2 and PD.
         fixed: compartments kept at their values (:data:`FIXED_TISSUES`).
         seed: seed of the draws.
+        intensity_reference: the volumes' normalisation, as :func:`~pipeline.data.build_volume_dataset`'s.
 
     Raises:
         InvalidInputError: the study is not a phantom study, or a volume has no ``phantom.json`` beside its T1w.
@@ -204,6 +212,7 @@ class TissueValueSampler:
         value_range: Sequence[float] = TISSUE_VALUE_RANGE,
         fixed: Sequence[str] = FIXED_TISSUES,
         seed: int = 0,
+        intensity_reference: str = "brain",
     ) -> None:
         generator = read_manifest(datalist).get("generator")
         if not isinstance(generator, dict) or generator.get("module") != "pipeline.phantom":
@@ -223,7 +232,9 @@ class TissueValueSampler:
         for volume in (volumes[i] for i in range(len(volumes))):
             index = _subject_index(volume)
             tissues = subject_tissues(generator, index)
-            self.syntheses.append(TissueValueSynthesis(tissues, volume, overrides, generator["slab_axis"], thickness))
+            self.syntheses.append(
+                TissueValueSynthesis(tissues, volume, overrides, generator["slab_axis"], thickness, intensity_reference)
+            )
         self.next_volume = 0
 
     def factors(self) -> np.ndarray:

@@ -15,8 +15,8 @@ Steps (each a MONAI transform):
 4. crop every volume to the mask's bounding box grown by ``crop_margin`` voxels (zero-padded where the box leaves
    the image), so the network sees the same slices whatever the field of view; optionally (``bias_correction``)
    divide each weighted image by its N4 receive-bias field (:mod:`pipeline.data.bias_field`); divide each weighted
-   image and M0 map by its 99th percentile inside the mask
-   (:mod:`pipeline.data.normalization`); T1/T2 from ms to network units (÷ ``MAP_UNIT_MS``, i.e. units of 3 s);
+   image and M0 map by its 99th percentile inside the mask, or (``intensity_reference`` ``"csf"``) the T1w and T2w
+   by their median in the CSF (:mod:`pipeline.data.normalization`); T1/T2 from ms to network units (÷ ``MAP_UNIT_MS``, i.e. units of 3 s);
 5. concatenate: ``image`` (3, X, Y, Z) = (T1w, T2w, FLAIR); ``label`` (3, X, Y, Z) = (T1, T2, M0) low-resolution
    labels and ``label_failed`` (1, X, Y, Z); ``reference`` (3, X, Y, Z) = 1 mm (T1, T2, M0); ``mask`` (1, X, Y, Z)
    float32 {0, 1}; ``subject`` is kept. ``image`` carries the T1w's meta (affine of the cropped grid,
@@ -44,7 +44,7 @@ from pipeline.data.brain_mask import BrainMaskd
 from pipeline.data.checks import CheckMapUnitsd, CheckMaskd, CheckVolumed, LoadVolumesd
 from pipeline.data.coregistration import CheckCoregistrationd
 from pipeline.data.manifest import IMAGE_KEYS, LABEL_KEYS, MASK_KEY, REFERENCE_KEYS
-from pipeline.data.normalization import ScaleByMaskedPercentiled
+from pipeline.data.normalization import intensity_normalisation
 from pipeline.data.registration import RegisterToReferenced
 from pipeline.data.validity import FAILED_KEY, FitFailureMapd, MarkFitFailuresd
 from pipeline.physics import MAP_UNIT_MS
@@ -74,6 +74,7 @@ def build_volume_transforms(
     transform_dir: str | None = None,
     overwrite: bool = False,
     bias_correction: bool = False,
+    intensity_reference: str = "brain",
 ) -> Compose:
     """The composed volume pipeline (see the module docstring) for entries of :func:`~pipeline.data.load_datalist`.
 
@@ -105,6 +106,9 @@ def build_volume_transforms(
         overwrite: replace existing ``.tfm`` files (otherwise :class:`FileExistsError`).
         bias_correction: divide each weighted image by its N4 receive-bias field inside the mask
             (:class:`~pipeline.data.bias_field.CorrectBiasFieldd`), after the crop and before the normalisation.
+        intensity_reference: what the weighted images are divided by
+            (:data:`~pipeline.data.normalization.INTENSITY_REFERENCES`): ``"brain"`` the ``percentile`` in the mask,
+            ``"csf"`` the T1w and T2w their median in the CSF.
 
     Returns:
         a ``Compose`` mapping an entry dict (file paths, ``subject``) to a dict with ``image``, ``mask``,
@@ -171,7 +175,7 @@ def build_volume_transforms(
         *([FitFailureMapd(label_group, mask_key=MASK_KEY)] if with_labels else []),
         *crop,
         *([CorrectBiasFieldd(IMAGE_KEYS, mask_key=MASK_KEY)] if bias_correction else []),
-        ScaleByMaskedPercentiled(IMAGE_KEYS + tuple(m0_keys), mask_key=MASK_KEY, percentile=percentile),
+        *intensity_normalisation(intensity_reference, m0_keys, mask_key=MASK_KEY, percentile=percentile),
         ConcatItemsd(IMAGE_KEYS, "image"),
     ]
     if map_groups:
