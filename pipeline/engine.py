@@ -312,9 +312,14 @@ def check_new_run(ckpt_dir: str | os.PathLike, resume: bool | str = False, overw
 
 MODEL_CARD = "model.json"
 """What a model's ``ckpt_dir`` records beside its weights about how it was trained, the settings inference must
-repeat: ``{"slice_axis": 0|1|2, "context_slices": k, "intensity_reference": "brain"|"csf"}``."""
-CARD_DEFAULTS = {"context_slices": 0, "intensity_reference": "brain"}
+repeat: ``{"slice_axis": 0|1|2, "context_slices": k, "intensity_reference": "brain"|"csf", "network_norm": name}``."""
+CARD_DEFAULTS = {"context_slices": 0, "intensity_reference": "brain", "network_norm": "instance"}
 """The value of each setting a card lacks because it was written before the setting existed (bundle 0.8.0, 0.11.0)."""
+NETWORK_NORMS = {"instance": ("instance", {"affine": True}), "batch": ("batch", {}), "none": None}
+"""``BasicUNet``'s ``norm`` of each ``network_norm`` name. ``instance`` (MONAI's default) normalises every feature map
+of every slice by its own mean and spread, at inference too: a change of a whole tissue's intensity, which spans much
+of a slice, is largely divided away. ``batch`` normalises by the batch's statistics in training and by fixed running
+statistics at inference, ``none`` not at all: the network can read absolute intensity."""
 SLICE_PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}
 """Slice orientation of each ``slice_axis`` (the RAS axis the slices are taken along)."""
 
@@ -329,6 +334,7 @@ def write_model_card(
     resume: bool | str = False,
     context_slices: int = 0,
     intensity_reference: str = "brain",
+    network_norm: str = "instance",
 ) -> pathlib.Path:
     """Write ``<ckpt_dir>/model.json`` (:data:`MODEL_CARD`) at the start of training; returns its path.
 
@@ -341,6 +347,7 @@ def write_model_card(
         "slice_axis": int(slice_axis),
         "context_slices": int(context_slices),
         "intensity_reference": str(intensity_reference),
+        "network_norm": str(network_norm),
     }
     if as_flag(resume) and card.is_file():
         recorded = _read_card(card)
@@ -355,10 +362,21 @@ def write_model_card(
     return write_atomically(card, json.dumps(settings, indent=2) + "\n")
 
 
+def network_norm(name: str) -> tuple | None:
+    """``BasicUNet``'s ``norm`` argument for a :data:`NETWORK_NORMS` name.
+
+    Raises:
+        ValueError: an unknown name, listing the known ones.
+    """
+    if name not in NETWORK_NORMS:
+        raise ValueError(f"network_norm must be one of {list(NETWORK_NORMS)}, got {name!r}.")
+    return NETWORK_NORMS[name]
+
+
 def trained_setting(checkpoint: str | os.PathLike, name: str) -> int | str:
-    """The setting ``name`` (``slice_axis``, ``context_slices``, ``intensity_reference``) the model in ``checkpoint``
-    (``model.pt``, ``model.ts``, ``model.onnx``) was trained with, from the :data:`MODEL_CARD` in its folder:
-    inference must cut the same slices and normalise the images alike.
+    """The setting ``name`` (``slice_axis``, ``context_slices``, ``intensity_reference``, ``network_norm``) the model
+    in ``checkpoint`` (``model.pt``, ``model.ts``, ``model.onnx``) was trained with, from the :data:`MODEL_CARD` in its
+    folder: inference must cut the same slices, normalise the images alike and build the same network.
 
     Raises:
         FileNotFoundError: when the folder has no card (a model trained before bundle 0.8.0, or weights copied
@@ -369,7 +387,8 @@ def trained_setting(checkpoint: str | os.PathLike, name: str) -> int | str:
         raise FileNotFoundError(
             f"{card} is missing: it records the slices {checkpoint} was trained on. Copy it with the model, or pass "
             "--slice_axis 0, 1 or 2 (sagittal, coronal, axial) and --context_slices k (neighbours on either side, 0 "
-            "for 2D slices) and --intensity_reference brain or csf: the training's."
+            "for 2D slices), --intensity_reference brain or csf and --network_norm instance, batch or none: the "
+            "training's."
         )
     return _read_card(card)[name]
 

@@ -10,7 +10,9 @@
    T1, T2 or PD x 0.7, 0.85, 1.15, 1.3, and lesions outside the training range;
 2. infers every model on every case with the bundle's own inference command (``--amp`` its precision; QC and the
    input validation off: the benchmark asks what the maps do, not whether the inputs look usual);
-3. measures each case (:mod:`pipeline.reports.response`) and writes ``response.csv`` (per model, seed, case, map),
+3. measures what the network is shown (``inputs.csv``: each weighted image's change in the changed tissue, as
+   acquired and after each intensity reference of the pipeline) and each case's maps
+   (:mod:`pipeline.reports.response`), and writes ``response.csv`` (per model, seed, case, map),
    ``slopes.csv`` (per model, seed, tissue, parameter), ``response.png``, ``response.json`` (command, commits, wall
    time), and prints the slopes table (mean ± sd over seeds).
 
@@ -31,11 +33,14 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # run_paper_experiment's helpers
 
 from run_paper_experiment import REPO, record, run_bundle
 
+from pipeline.data import IMAGE_KEYS, INTENSITY_REFERENCES, MASK_KEY, load_datalist
+from pipeline.data.normalization import intensity_normalisation
 from pipeline.phantom.changes import read_fractions, write_tissue_changes
 from pipeline.phantom.tissues import TISSUE_PARAMETERS
 from pipeline.reports.evaluation import read_ras
@@ -45,6 +50,7 @@ from pipeline.reports.response import (
     RESPONSE_FACTORS,
     TISSUE_GROUPS,
     case_response,
+    mean_change_pct,
     response_cases,
     response_slopes,
     tissue_voxels,
@@ -130,6 +136,36 @@ def measure(cases, cases_dir: pathlib.Path, maps: list[tuple[str, int, pathlib.P
     return responses[columns + [c for c in responses if c not in columns]]
 
 
+def inputs_seen(cases, cases_manifest: pathlib.Path) -> pd.DataFrame:
+    """What the network is shown: each weighted image's mean relative change (%) in the changed tissue, as acquired
+    (``raw``) and after each intensity reference of the pipeline
+    (:data:`~pipeline.data.normalization.INTENSITY_REFERENCES`), one row per case and image."""
+    entries = {entry["subject"]: entry for entry in load_datalist(cases_manifest, "testing")}
+    fractions = read_fractions(cases_manifest.parent)
+    voxels = {group: tissue_voxels(fractions, group) for group in {case.group for case in cases[1:]}}
+
+    def images(name: str, reference: str | None) -> dict[str, np.ndarray]:
+        data = {key: torch.as_tensor(read_ras(entries[name][key]))[None] for key in (*IMAGE_KEYS, MASK_KEY)}
+        for normalise in intensity_normalisation(reference) if reference else ():
+            data = normalise(data)
+        return {key: data[key][0].numpy() for key in IMAGE_KEYS}
+
+    references = (None, *INTENSITY_REFERENCES)
+    before = {reference: images(REFERENCE_CASE, reference) for reference in references}
+    rows = []
+    for case in cases[1:]:
+        after = {reference: images(case.name, reference) for reference in references}
+        for key in IMAGE_KEYS:
+            changes = {
+                f"{reference or 'raw'}_change_pct": mean_change_pct(
+                    after[reference][key], before[reference][key], voxels[case.group]
+                )
+                for reference in references
+            }
+            rows.append({"case": case.name, "group": case.group, "image": key, **changes})
+    return pd.DataFrame(rows)
+
+
 def slopes_table(slopes: pd.DataFrame) -> pd.DataFrame:
     """Slopes as ``mean ± sd`` over seeds: one row per tissue and parameter, one column per model."""
     stats = slopes.groupby(["group", "parameter", "model"])["slope"].agg(["mean", "std", "count"])
@@ -210,6 +246,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("no model: give --experiment, --model or --maps")
 
     args.out.mkdir(parents=True, exist_ok=True)
+    inputs = inputs_seen(cases, cases_manifest)
+    inputs.to_csv(args.out / "inputs.csv", index=False, float_format="%.4g")
+    print("what the network is shown: mean change (%) of each image in the changed tissue, as acquired and after each")
+    print("intensity reference (brain: its 99th percentile; csf: T1w and T2w over their CSF median)")
+    print(inputs.set_index(["case", "image"]).drop(columns="group").round(1).unstack("image").to_string())
     responses = measure(cases, cases_manifest.parent, maps)
     slopes = response_slopes(responses)
     responses.to_csv(args.out / "response.csv", index=False, float_format="%.4g")

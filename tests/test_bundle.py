@@ -157,6 +157,8 @@ def test_training_writes_best_model_and_state(trained):
     assert json.loads((trained["ckpt_dir"] / "model.json").read_text()) == {
         "slice_axis": 1,
         "context_slices": 1,
+        "intensity_reference": "brain",
+        "network_norm": "instance",
     }  # train.json's coronal 2.5D
     state = torch.load(trained["ckpt_dir"] / "checkpoint_epoch=1.pt", weights_only=False)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
@@ -583,7 +585,8 @@ def test_the_content_registration_runs_once_per_pair(study, check_inputs, regist
 
 def test_tissue_values_and_the_csf_reference_reach_training_the_card_and_inference(study, tmp_path):
     """``--tissue_values true --intensity_reference csf``: the training volumes are divided by their CSF (T1w, T2w)
-    and re-drawn by a sampler that normalises alike; the model card records the reference and inference repeats it."""
+    and re-drawn by a sampler that normalises alike; the model card records the reference and the network's norm, and
+    inference repeats both."""
     from pipeline.data.normalization import ScaleByCsfd
     from pipeline.engine import write_model_card
     from pipeline.handlers import TissueValueHandler
@@ -601,12 +604,14 @@ def test_tissue_values_and_the_csf_reference_reach_training_the_card_and_inferen
     for dataset in ("train#dataset", "validate#dataset"):
         transforms = parser.get_parsed_content(dataset).volumes.transform.transforms
         assert [t.keys for t in transforms if isinstance(t, ScaleByCsfd)] == [("t1w", "t2w")]
-    write_model_card(tmp_path, slice_axis=1, context_slices=1, intensity_reference="csf")
+    write_model_card(tmp_path, slice_axis=1, context_slices=1, intensity_reference="csf", network_norm="batch")
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "checkpoint": str(tmp_path / "model.pt"), **study})
     assert parser.get_parsed_content("intensity_reference") == "csf"
     assert any(isinstance(t, ScaleByCsfd) for t in parser.get_parsed_content("dataset").transform.transforms)
+    norms = {type(m).__name__ for m in parser.get_parsed_content("network_def").modules() if "Norm" in type(m).__name__}
+    assert norms == {"BatchNorm2d"}  # the card's network_norm: the trained weights' layers
 
 
 @pytest.mark.parametrize("bias_correction", [False, True])

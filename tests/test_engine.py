@@ -10,7 +10,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import ResampleToMatch
 
-from pipeline.engine import NeighbourSliceInferer, paste_on_grid, trained_setting, write_model_card
+from pipeline.engine import NeighbourSliceInferer, network_norm, paste_on_grid, trained_setting, write_model_card
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "bundles" / "qmap_hybrid" / "configs"
 
@@ -86,7 +86,7 @@ def test_a_resumed_run_keeps_its_slices(tmp_path):
         write_model_card(tmp_path, slice_axis=2, resume="true", context_slices=1)
     with pytest.raises(ValueError, match=r"--intensity_reference brain"):
         write_model_card(tmp_path, slice_axis=2, resume="true", intensity_reference="csf")
-    recorded = {"slice_axis": 2, "context_slices": 0, "intensity_reference": "brain"}
+    recorded = {"slice_axis": 2, "context_slices": 0, "intensity_reference": "brain", "network_norm": "instance"}
     assert json.loads(card.read_text()) == recorded  # untouched by the refused resumes
     write_model_card(tmp_path, slice_axis=1, context_slices=1, intensity_reference="csf")  # a new run (--overwrite)
     assert trained_setting(tmp_path / "model.pt", "slice_axis") == 1
@@ -94,6 +94,14 @@ def test_a_resumed_run_keeps_its_slices(tmp_path):
     assert trained_setting(tmp_path / "model.pt", "intensity_reference") == "csf"
     card.write_text(json.dumps({"slice_axis": 1}))  # a card of bundle 0.7: the settings added since at their defaults
     assert trained_setting(tmp_path / "model.pt", "intensity_reference") == "brain"
+    assert trained_setting(tmp_path / "model.pt", "network_norm") == "instance"
+
+
+def test_network_norm_names_are_basic_unet_norms():
+    assert network_norm("instance") == ("instance", {"affine": True})  # MONAI's default: the models before 0.11
+    assert network_norm("batch") == ("batch", {}) and network_norm("none") is None
+    with pytest.raises(ValueError, match=r"network_norm must be one of \['instance', 'batch', 'none'\]"):
+        network_norm("group")
 
 
 @pytest.mark.parametrize("spatial_dim", [0, 1, 2])

@@ -109,6 +109,11 @@ def tissue_voxels(fractions: np.ndarray, group: str) -> np.ndarray:
     return fractions[[COMPARTMENTS.index(t) for t in tissues]].sum(0) >= purity
 
 
+def mean_change_pct(after: np.ndarray, before: np.ndarray, voxels: np.ndarray) -> float:
+    """Relative change (%) of the mean of (X, Y, Z) ``after`` over ``before`` in bool ``voxels``."""
+    return float(100 * (after[voxels].mean() / before[voxels].mean() - 1))
+
+
 def case_response(
     case: ResponseCase,
     predicted: Mapping[str, np.ndarray],
@@ -135,14 +140,12 @@ def case_response(
     changed = {MAP_OF_PARAMETER[parameter] for parameter, _ in case.factors}
     rows = []
     for name in MAP_OF_PARAMETER.values():
-        true_before, true_after = truth_reference[name][voxels].mean(), truth[name][voxels].mean()
-        before, after = predicted_reference[name][voxels].mean(), predicted[name][voxels].mean()
         rows.append(
             {
                 "map": name,
                 "voxels": int(voxels.sum()),
-                "true_change_pct": 100 * (true_after / true_before - 1),
-                "predicted_change_pct": 100 * (after / before - 1),
+                "true_change_pct": mean_change_pct(truth[name], truth_reference[name], voxels),
+                "predicted_change_pct": mean_change_pct(predicted[name], predicted_reference[name], voxels),
                 "MPE": 100
                 * float(np.mean(np.abs(predicted[name][voxels] - truth[name][voxels]) / truth[name][voxels])),
                 "changed": name in changed,
