@@ -18,7 +18,9 @@
 
 Models: ``--experiment DIR`` takes every ``DIR/runs/<setting>/<model>_seed<k>/models/model.pt`` of
 :mod:`run_paper_experiment`; ``--model NAME=CHECKPOINT`` adds one (seed 0). ``--maps NAME=DIR`` adds maps already
-written for every case (e.g. a yardstick's).
+written for every case; ``--dictionary labels images`` the ideal observer's rows (:mod:`pipeline.dictionary`: a
+per-voxel fit of the three images with the study's signal models, each image's gain from the subject's labels or from
+the images alone).
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ from run_paper_experiment import REPO, record, run_bundle
 from pipeline.data import IMAGE_KEYS, INTENSITY_REFERENCES, MASK_KEY, load_datalist
 from pipeline.data.normalization import intensity_normalisation
 from pipeline.phantom.changes import read_fractions, write_tissue_changes
+from pipeline.phantom.contrasts import protocol_overrides, protocols
 from pipeline.phantom.tissues import TISSUE_PARAMETERS
 from pipeline.reports.evaluation import read_ras
+from pipeline.reports.yardsticks import GAIN_SOURCES, write_dictionary_fit
 from pipeline.reports.response import (
     MAP_OF_PARAMETER,
     REFERENCE_CASE,
@@ -212,6 +216,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
     parser.add_argument("--maps", action="append", default=[], metavar="NAME=DIR")
     parser.add_argument(
+        "--dictionary",
+        nargs="*",
+        default=[],
+        choices=GAIN_SOURCES,
+        help="rows of the per-voxel dictionary fit (the ideal observer) with each image's gain from the labels or "
+        "from the images alone",
+    )
+    parser.add_argument(
         "--section",
         default="testing",
         choices=("testing", "validation"),
@@ -241,6 +253,14 @@ def main(argv: list[str] | None = None) -> None:
         infer(checkpoint.resolve(), cases_manifest.resolve(), maps_dir.resolve(), args.amp)
         maps.append((name, seed, maps_dir))
         print(f"inferred {name} seed {seed} ({time.perf_counter() - started:.0f} s)", flush=True)
+    for gains in args.dictionary:  # the ideal observer's maps (pipeline.dictionary) with the study's protocols
+        maps_dir = args.work / "maps" / f"dictionary_{gains}"
+        if not (maps_dir / "done").exists():
+            study_protocols = protocols(protocol_overrides(generator.get("protocols")))
+            write_dictionary_fit(cases_manifest, maps_dir, study_protocols, gains=gains, overwrite=True)
+            (maps_dir / "done").touch()
+        maps.append((f"dictionary_{gains}", 0, maps_dir))
+        print(f"dictionary fit, gains from the {gains} ({time.perf_counter() - started:.0f} s)", flush=True)
     maps += [(name, 0, folder) for name, folder in named_paths(args.maps, "--maps")]
     if not maps:
         raise SystemExit("no model: give --experiment, --model or --maps")

@@ -168,8 +168,11 @@ def test_benchmark_finds_slope_one_for_the_truth(tissue_changes, tmp_path):
             f"truth={manifest_path.parent}",
         ]
     )
-    slopes = pd.read_csv(out / "slopes.csv")
-    assert slopes["slope"].tolist() == pytest.approx([1.0]) and slopes["max_crosstalk"].tolist() == [0.0]
+    slopes = pd.read_csv(out / "slopes.csv").set_index("model")
+    assert slopes.loc["truth", "slope"] == pytest.approx(1.0) and slopes.loc["truth", "max_crosstalk"] == 0.0
+    inputs = pd.read_csv(out / "inputs.csv").set_index("image")  # white matter's T2 x 1.2: the T2w, not the T1w
+    assert inputs.loc["t2w", "raw_change_pct"] > 10 and abs(inputs.loc["t1w", "raw_change_pct"]) < 0.5
+
     assert (out / "response.png").stat().st_size > 10_000
     assert json.loads((out / "response.json").read_text())["cases"] == [REFERENCE_CASE, T2_LONGER.name]
     assert set(pd.read_csv(out / "response.csv")["map"]) == set(MAP_OF_PARAMETER.values())
