@@ -64,12 +64,16 @@ SEED_RUN = re.compile(r"(?P<model>.+)_seed(?P<seed>\d+)$")
 
 
 def experiment_models(experiment: pathlib.Path) -> list[tuple[str, int, pathlib.Path]]:
-    """``(model, seed, checkpoint)`` of every trained run of a :mod:`run_paper_experiment` output folder."""
+    """``(model, seed, checkpoint)`` of every trained run of a :mod:`run_paper_experiment` output folder: ``run``'s
+    ``runs/<setting>/<model>_seed<k>`` (named ``<model>``, ``<model>_<setting>`` outside the default setting) and
+    ``ablate``'s ``runs/<variant>_<model>_seed<k>`` (named ``<variant>_<model>``)."""
     models = []
-    for checkpoint in sorted(experiment.glob("runs/*/*_seed*/models/model.pt")):
+    runs = experiment.glob("runs/*/*_seed*/models/model.pt")
+    ablations = experiment.glob("runs/*_seed*/models/model.pt")
+    for checkpoint in sorted([*runs, *ablations]):
         match = SEED_RUN.match(checkpoint.parents[1].name)
         setting = checkpoint.parents[2].name
-        name = match["model"] if setting == "default" else f"{match['model']}_{setting}"
+        name = match["model"] if setting in ("default", "runs") else f"{match['model']}_{setting}"
         models.append((name, int(match["seed"]), checkpoint))
     return models
 

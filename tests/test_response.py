@@ -22,6 +22,7 @@ from pipeline.reports.response import (
 )
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+from run_response_benchmark import experiment_models  # noqa: E402
 from run_response_benchmark import main as response_benchmark  # noqa: E402
 
 T2_LONGER = ResponseCase("white_matter-t2_ms-x1.2", "white_matter", (("t2_ms", 1.2),))
@@ -176,3 +177,12 @@ def test_benchmark_finds_slope_one_for_the_truth(tissue_changes, tmp_path):
     assert (out / "response.png").stat().st_size > 10_000
     assert json.loads((out / "response.json").read_text())["cases"] == [REFERENCE_CASE, T2_LONGER.name]
     assert set(pd.read_csv(out / "response.csv")["map"]) == set(MAP_OF_PARAMETER.values())
+
+
+def test_models_of_an_experiment_and_of_an_ablation_are_named_by_their_runs(tmp_path):
+    for run in ("runs/default/hybrid_seed1", "runs/robust/supervised_seed0", "runs/tv_csf_hybrid_seed2"):
+        (tmp_path / run / "models").mkdir(parents=True)
+        (tmp_path / run / "models" / "model.pt").touch()
+    (tmp_path / "runs" / "unfinished_hybrid_seed0" / "models").mkdir(parents=True)  # no model.pt: not listed
+    found = {(name, seed) for name, seed, _ in experiment_models(tmp_path)}
+    assert found == {("hybrid", 1), ("supervised_robust", 0), ("tv_csf_hybrid", 2)}
