@@ -66,11 +66,13 @@ SEED_RUN = re.compile(r"(?P<model>.+)_seed(?P<seed>\d+)$")
 def experiment_models(experiment: pathlib.Path) -> list[tuple[str, int, pathlib.Path]]:
     """``(model, seed, checkpoint)`` of every trained run of a :mod:`run_paper_experiment` output folder: ``run``'s
     ``runs/<setting>/<model>_seed<k>`` (named ``<model>``, ``<model>_<setting>`` outside the default setting) and
-    ``ablate``'s ``runs/<variant>_<model>_seed<k>`` (named ``<variant>_<model>``)."""
+    ``ablate``'s ``runs/<variant>_<model>_seed<k>`` (named ``<variant>_<model>``). A run is finished when its maps
+    are (``maps_<section>/done``): ``model.pt`` is written by every validation that improves, during training too."""
     models = []
     runs = experiment.glob("runs/*/*_seed*/models/model.pt")
     ablations = experiment.glob("runs/*_seed*/models/model.pt")
-    for checkpoint in sorted([*runs, *ablations]):
+    finished = [checkpoint for checkpoint in [*runs, *ablations] if any(checkpoint.parents[1].glob("maps_*/done"))]
+    for checkpoint in sorted(finished):
         match = SEED_RUN.match(checkpoint.parents[1].name)
         setting = checkpoint.parents[2].name
         name = match["model"] if setting in ("default", "runs") else f"{match['model']}_{setting}"

@@ -181,8 +181,11 @@ def test_benchmark_finds_slope_one_for_the_truth(tissue_changes, tmp_path):
 
 def test_models_of_an_experiment_and_of_an_ablation_are_named_by_their_runs(tmp_path):
     for run in ("runs/default/hybrid_seed1", "runs/robust/supervised_seed0", "runs/tv_csf_hybrid_seed2"):
-        (tmp_path / run / "models").mkdir(parents=True)
+        for folder in ("models", "maps_validation"):
+            (tmp_path / run / folder).mkdir(parents=True)
         (tmp_path / run / "models" / "model.pt").touch()
-    (tmp_path / "runs" / "unfinished_hybrid_seed0" / "models").mkdir(parents=True)  # no model.pt: not listed
+        (tmp_path / run / "maps_validation" / "done").touch()
+    (tmp_path / "runs" / "training_hybrid_seed0" / "models").mkdir(parents=True)  # a best model, no maps yet
+    (tmp_path / "runs" / "training_hybrid_seed0" / "models" / "model.pt").touch()
     found = {(name, seed) for name, seed, _ in experiment_models(tmp_path)}
     assert found == {("hybrid", 1), ("supervised_robust", 0), ("tv_csf_hybrid", 2)}
