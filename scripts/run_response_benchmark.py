@@ -12,7 +12,8 @@
    input validation off: the benchmark asks what the maps do, not whether the inputs look usual);
 3. measures what the network is shown (``inputs.csv``: each weighted image's change in the changed tissue, as
    acquired and after each intensity reference of the pipeline) and each case's maps
-   (:mod:`pipeline.reports.response`), and writes ``response.csv`` (per model, seed, case, map),
+   (:mod:`pipeline.reports.response`), and writes ``response.csv`` (per model, seed, case, map), ``table2.csv``
+   (Table 2's metrics on the unchanged subject: the accuracy the response costs or gains),
    ``slopes.csv`` (per model, seed, tissue, parameter), ``response.png``, ``response.json`` (command, commits, wall
    time), and prints the slopes table (mean ± sd over seeds).
 
@@ -46,7 +47,7 @@ from pipeline.data.normalization import intensity_normalisation
 from pipeline.phantom.changes import read_fractions, write_tissue_changes
 from pipeline.phantom.contrasts import protocol_overrides, protocols
 from pipeline.phantom.tissues import TISSUE_PARAMETERS
-from pipeline.reports.evaluation import read_ras
+from pipeline.reports.evaluation import load_test_subjects, per_slice_metrics, read_ras
 from pipeline.reports.yardsticks import GAIN_SOURCES, write_dictionary_fit
 from pipeline.reports.response import (
     MAP_OF_PARAMETER,
@@ -176,6 +177,20 @@ def inputs_seen(cases, cases_manifest: pathlib.Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reference_metrics(cases_manifest: pathlib.Path, maps: list[tuple[str, int, pathlib.Path]]) -> pd.DataFrame:
+    """Table 2's metrics (MPE, HFEN, PSNR, SSIM of T1 and T2, slice means) of each model on the unchanged subject:
+    the accuracy that the response is bought with, one row per model and seed."""
+    subjects = [s for s in load_test_subjects(cases_manifest) if s["subject"] == REFERENCE_CASE]
+    tables = []
+    for model, seed, folder in maps:
+        per_slice = per_slice_metrics(subjects, {model: folder})
+        means = per_slice.groupby("map")[["MPE", "HFEN", "PSNR", "SSIM"]].mean().unstack()
+        tables.append(pd.DataFrame([means.values], columns=[f"{map}_{metric}" for metric, map in means.index]))
+        tables[-1].insert(0, "seed", seed)
+        tables[-1].insert(0, "model", model)
+    return pd.concat(tables, ignore_index=True)
+
+
 def slopes_table(slopes: pd.DataFrame) -> pd.DataFrame:
     """Slopes as ``mean ± sd`` over seeds: one row per tissue and parameter, one column per model."""
     stats = slopes.groupby(["group", "parameter", "model"])["slope"].agg(["mean", "std", "count"])
@@ -277,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     print("what the network is shown: mean change (%) of each image in the changed tissue, as acquired and after each")
     print("intensity reference (brain: its 99th percentile; csf: T1w and T2w over their CSF median)")
     print(inputs.set_index(["case", "image"]).drop(columns="group").round(1).unstack("image").to_string())
+    accuracy = reference_metrics(cases_manifest, maps)
+    accuracy.to_csv(args.out / "table2.csv", index=False, float_format="%.4g")
     responses = measure(cases, cases_manifest.parent, maps)
     slopes = response_slopes(responses)
     responses.to_csv(args.out / "response.csv", index=False, float_format="%.4g")
@@ -286,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     lesions = responses[responses["group"] == "lesion"].groupby(["case", "map", "model"])["MPE"].mean().unstack("model")
     print("slope (predicted change / true change; mean ± sd over seeds):")
     print(table.to_string())
+    print("\nTable 2's metrics on the unchanged subject (mean over seeds):")
+    print(accuracy.drop(columns="seed").groupby("model").mean().round(3).to_string())
     if not lesions.empty:
         print("\nlesions outside the training range, MPE (%) in the lesions (mean over seeds):")
         print(lesions.round(1).to_string())

@@ -175,6 +175,8 @@ def test_benchmark_finds_slope_one_for_the_truth(tissue_changes, tmp_path):
     assert inputs.loc["t2w", "raw_change_pct"] > 10 and abs(inputs.loc["t1w", "raw_change_pct"]) < 0.5
 
     assert (out / "response.png").stat().st_size > 10_000
+    accuracy = pd.read_csv(out / "table2.csv").iloc[0]  # the truth against itself
+    assert accuracy["T1_MPE"] == 0 and accuracy["T2_HFEN"] == 0 and accuracy["T1_SSIM"] == pytest.approx(1)
     assert json.loads((out / "response.json").read_text())["cases"] == [REFERENCE_CASE, T2_LONGER.name]
     assert set(pd.read_csv(out / "response.csv")["map"]) == set(MAP_OF_PARAMETER.values())
 
