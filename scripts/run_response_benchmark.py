@@ -268,6 +268,10 @@ def main(argv: list[str] | None = None) -> None:
 
     models = [model for experiment in args.experiment for model in experiment_models(experiment)]
     models += [(name, 0, checkpoint) for name, checkpoint in named_paths(args.model, "--model")]
+    first = {}  # one run per model and seed, the first given: a run linked into two experiments counts once
+    for name, seed, checkpoint in models:
+        first.setdefault((name, seed), checkpoint)
+    models = [(name, seed, checkpoint) for (name, seed), checkpoint in first.items()]
     maps = []
     for name, seed, checkpoint in models:
         maps_dir = args.work / "maps" / f"{name}_seed{seed}"
