@@ -574,7 +574,10 @@ def test_the_content_registration_runs_once_per_pair(study, check_inputs, regist
     for config in ("inference.json", "train.json"):
         parser = ConfigParser()
         parser.read_config(str(CONFIGS / config))
-        parser.update({"bundle_root": str(BUNDLE), "check_inputs": check_inputs, "register": register, **study})
+        untrained = {"intensity_reference": "brain"}  # no model.json to read it from
+        parser.update(
+            {"bundle_root": str(BUNDLE), "check_inputs": check_inputs, "register": register, **untrained, **study}
+        )
         if config == "train.json":
             assert parser.get_parsed_content("coregistration_keys") == ([] if registered_in_pipeline == () else None)
             continue
@@ -628,7 +631,8 @@ def test_bias_correction_is_one_switch_of_training_and_inference(study, bias_cor
         assert parser.get_parsed_content(f"{dataset}#bias_correction") is bias_correction
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "bias_correction": str(bias_correction).lower(), **study})
+    flag = str(bias_correction).lower()
+    parser.update({"bundle_root": str(BUNDLE), "bias_correction": flag, "intensity_reference": "brain", **study})
     transforms = parser.get_parsed_content("dataset").transform.transforms  # streamed: nothing is loaded
     corrections = [t for t in transforms if isinstance(t, CorrectBiasFieldd)]
     assert len(corrections) == int(bias_correction)
