@@ -21,14 +21,13 @@ the trained and the adapted maps, kept or not).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import math
 import os
 import pathlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -50,25 +49,6 @@ def load_weights(network: torch.nn.Module, checkpoint: str | os.PathLike, device
     """Load a bundle checkpoint (``model.pt``: the network's state dict, or a dict holding it under ``"model"``)."""
     state = torch.load(checkpoint, map_location=device, weights_only=True)
     network.load_state_dict(state.get("model", state) if isinstance(state, Mapping) else state)
-
-
-@contextlib.contextmanager
-def frozen_batch_norm(network: torch.nn.Module) -> Iterator[None]:
-    """Within the block, every batch-normalisation layer of ``network`` normalises by its running statistics and
-    leaves them unchanged, in training mode too (a forward pre-hook puts the layer in eval mode, after the trainer's
-    ``network.train()``). Fine-tuning on one subject must not make its own intensities the reference
-    (``network_norm batch``: the training's statistics are what lets the maps follow a changed tissue)."""
-
-    def to_eval(layer: torch.nn.Module, inputs) -> None:
-        layer.eval()  # returns nothing: a pre-hook's return value would replace the inputs
-
-    layers = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    hooks = [layer.register_forward_pre_hook(to_eval) for layer in layers]
-    try:
-        yield
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 class SubjectAdaptation:
@@ -170,8 +150,7 @@ class SubjectAdaptation:
             decollate=False,
         )
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=self.steps), lambda engine: engine.terminate())
-        with frozen_batch_norm(self.network):
-            trainer.run()
+        trainer.run()
 
     def adapt(self, volume: Mapping) -> dict:
         """Adapt to one subject, write its kept maps (postprocessing) and ``adaptation.json``; returns the record."""

@@ -157,9 +157,9 @@ def test_training_writes_best_model_and_state(trained):
     assert json.loads((trained["ckpt_dir"] / "model.json").read_text()) == {
         "slice_axis": 1,
         "context_slices": 1,
-        "intensity_reference": "brain",
-        "network_norm": "instance",
-    }  # train.json's coronal 2.5D
+        "intensity_reference": "csf",
+        "network_norm": "batch",
+    }  # train.json's coronal 2.5D, CSF reference, batch normalisation
     state = torch.load(trained["ckpt_dir"] / "checkpoint_epoch=1.pt", weights_only=False)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch

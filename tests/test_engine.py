@@ -120,31 +120,3 @@ def test_the_2_5d_inferer_hands_each_slice_its_neighbours(spatial_dim):
     expected = image.index_select(2 + spatial_dim, (torch.arange(n) - 1).clamp(min=0))
     torch.testing.assert_close(pred, expected)
 
-
-def test_adaptation_keeps_the_trained_batch_statistics():
-    """A training step inside ``frozen_batch_norm`` normalises by the running statistics and leaves them unchanged
-    (the subject's own intensities must not become the reference); outside it, batch normalisation trains as usual."""
-    from monai.networks.nets import BasicUNet
-
-    from pipeline.adaptation import frozen_batch_norm
-
-    torch.manual_seed(0)
-    net = BasicUNet(2, 3, 3, features=(4, 4, 8, 8, 16, 4), norm=network_norm("batch"))
-    bright = 5 + torch.rand(2, 3, 32, 32)
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
-    before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
-    net.train()
-    with frozen_batch_norm(net):
-        net(bright).mean().backward()
-        optimizer.step()
-        for key, value in net.state_dict().items():
-            if "running" in key:
-                torch.testing.assert_close(value, before[key])
-        net.eval()
-        frozen = net(bright)
-    net.train()
-    net(bright)  # the hooks are gone: the running statistics move towards the bright batch
-    assert not torch.allclose(
-        net.state_dict()["conv_0.conv_0.adn.N.running_mean"], before["conv_0.conv_0.adn.N.running_mean"]
-    )
-    assert torch.isfinite(frozen).all()
