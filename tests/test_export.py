@@ -39,17 +39,20 @@ CONTEXT = 1
 CHANNELS = input_channels(CONTEXT)
 """Its input channels."""
 
+NORM = "batch"
+"""The network's normalisation (train.json's ``network_norm``), as the fixture's ``model.json`` says."""
 EXPORTED = {"torchscript": ("inference_torchscript.json", "model.ts"), "onnx": ("inference_onnx.json", "model.onnx")}
 """Export kind: (its inference config, merged after inference.json; the exported file in ``ckpt_dir``)."""
 
 
 def parse_network(*config_files, **overrides):
-    """The ``network`` of inference.json merged with ``config_files``, for ``CONTEXT`` neighbour slices (as the
-    fixture's ``model.json`` says; ``test_engine`` reads the card itself)."""
+    """The ``network`` of inference.json merged with ``config_files``, for ``CONTEXT`` neighbour slices and ``NORM``
+    (as the fixture's ``model.json`` says; ``test_engine`` reads the card itself)."""
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / name) for name in ("inference.json", *config_files)])
     parser["device"] = "$torch.device('cpu')"
     parser["context_slices"] = CONTEXT
+    parser["network_norm"] = NORM
     for key, value in overrides.items():
         parser[key] = value
     return parser, parser.get_parsed_content("network")
@@ -73,7 +76,7 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     _, network = parse_network()
     torch.save(network.state_dict(), ckpt_dir / "model.pt")
-    write_model_card(ckpt_dir, slice_axis=1, context_slices=CONTEXT)
+    write_model_card(ckpt_dir, slice_axis=1, context_slices=CONTEXT, network_norm=NORM)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     runs = [
         subprocess.Popen(
@@ -104,7 +107,7 @@ def test_export_commands_are_monai_bundle_commands(tmp_path):
     torchscript = export_command("torchscript", BUNDLE)
     assert torchscript[1:5] == ["-m", "monai.bundle", "ckpt_export", "network"]
     assert torchscript[torchscript.index("--filepath") + 1] == str(BUNDLE / "models" / "model.ts")
-    write_model_card(tmp_path, slice_axis=1, context_slices=2)
+    write_model_card(tmp_path, slice_axis=1, context_slices=2, network_norm=NORM)
     onnx = export_command("onnx", BUNDLE, tmp_path / "model.pt")
     assert onnx[3:5] == ["onnx_export", "export_network"]
     assert onnx[onnx.index("--filepath") + 1] == str(tmp_path / "model.onnx")
