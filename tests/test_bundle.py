@@ -5,7 +5,6 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -18,6 +17,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from pipeline.engine import latest_checkpoint
+from tests import warm_python
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "qmap_hybrid"
@@ -43,7 +43,7 @@ def bundle_run(run_id, config_files, timeout=RUN_TIMEOUT_S, launcher=(sys.execut
     for key, value in overrides.items():
         command += [f"--{key}", str(value)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, env=env)
+    return warm_python.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def check(result):

@@ -4,7 +4,6 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
 import sys
 from unittest import mock
 
@@ -16,6 +15,7 @@ import torch
 from scipy.stats import ttest_rel
 
 from pipeline.reports.experiment import compare_experiments, experiment_table
+from tests import warm_python
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "run_paper_experiment.py"
 MODEL_OFFSETS = {"supervised": 0.0, "hybrid": 0.6, "oracle": 1.0}
@@ -134,7 +134,7 @@ def test_driver_runs_a_setting_on_a_tiny_study_and_reuses_its_runs(tiny_study, t
         "slice_axis=0",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    result = warm_python.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     table = pd.read_csv(tmp_path / "table2.csv")
@@ -155,7 +155,7 @@ def test_driver_runs_a_setting_on_a_tiny_study_and_reuses_its_runs(tiny_study, t
     trained = sorted(tmp_path.glob("runs/*/*/models/model.pt"))
     assert len(trained) == 3
     stamps = [path.stat().st_mtime_ns for path in trained]
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    rerun = warm_python.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert [path.stat().st_mtime_ns for path in trained] == stamps  # finished runs are reused, not retrained
 
@@ -177,7 +177,7 @@ def test_edge_loss_diagnosis_prefers_the_truth_and_shows_the_noise_floor(tiny_st
         "--out",
         str(out),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = warm_python.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(out).set_index(["edge_smoothing_sigma", "images", "maps"])["sum"]
     for sigma in (0.0, 1.0):
@@ -272,7 +272,7 @@ def test_ablation_trains_each_variant_on_the_validation_subject_with_its_overrid
         "--variant", "base+supervised", "--variant", "axial", "slice_axis=2", "slice_size=[16,208]", "context_slices=1",
         "--fuse", "both", "base", "axial", "--fuse", "one", "base:supervised", "base:supervised",
     ]  # fmt: skip
-    result = subprocess.run(
+    result = warm_python.run(
         command, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore")
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -313,7 +313,7 @@ def test_ablation_trains_each_variant_on_the_validation_subject_with_its_overrid
     # the report on the test subject reuses the trained models: inference only
     trained = (tmp_path / "runs" / "base_hybrid_seed0" / "train_seconds.txt").stat().st_mtime_ns
     testing = command[: command.index("--variant")] + ["--section", "testing", "--variant", "base+supervised"]
-    result = subprocess.run(
+    result = warm_python.run(
         testing, check=False, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore")
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -4,7 +4,6 @@ network's outputs, and ``inference_torchscript.json`` / ``inference_onnx.json`` 
 import os
 import pathlib
 import random
-import subprocess
 import sys
 
 import nibabel as nib
@@ -18,6 +17,7 @@ from pipeline.data import input_channels
 from pipeline.engine import write_model_card
 from pipeline.export import OnnxRuntimeNetwork, export_command, traceable
 from pipeline.physics import MAP_UNIT_MS
+from tests import warm_python
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "qmap_hybrid"
@@ -78,28 +78,19 @@ def exported(tmp_path_factory):
     torch.save(network.state_dict(), ckpt_dir / "model.pt")
     write_model_card(ckpt_dir, slice_axis=1, context_slices=CONTEXT, network_norm=NORM)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    runs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.export",
-                kind,
-                "--bundle_root",
-                BUNDLE,
-                "--ckpt_file",
-                ckpt_dir / "model.pt",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        for kind in EXPORTED
-    ]
-    for run in runs:
-        output, _ = run.communicate(timeout=EXPORT_TIMEOUT_S)
-        assert run.returncode == 0, output[-4000:]
+    for kind in EXPORTED:
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline.export",
+            kind,
+            "--bundle_root",
+            BUNDLE,
+            "--ckpt_file",
+            ckpt_dir / "model.pt",
+        ]
+        run = warm_python.run(command, capture_output=True, text=True, env=env, timeout=EXPORT_TIMEOUT_S)
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     return ckpt_dir, network.eval()
 
 

@@ -18,6 +18,7 @@ from pipeline import sharding
 from pipeline.data import InvalidInputError, load_datalist
 from pipeline.engine import write_model_card
 from pipeline.reports import evaluate_predictions
+from tests import warm_python
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "qmap_hybrid"
@@ -34,7 +35,7 @@ def bundle_run(run_id, config_files, launcher=(sys.executable, "-m"), **override
     for key, value in overrides.items():
         command += [f"--{key}", str(value)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240, env=env)
+    result = warm_python.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
 
