@@ -9,11 +9,26 @@ import pytest
 
 TESTS_DIR = pathlib.Path(__file__).parent
 
+MAX_WORKERS = 4
+"""Most pytest-xdist workers of ``-n auto`` (setup.cfg): each generates the session's phantom studies once, and most
+tests run subprocesses of one thread, so a worker per core pays on 2 cores and stops paying beyond a few."""
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core this process may use, at most ``MAX_WORKERS``."""
+    return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+
 
 def pytest_configure(config):
     """Cached validation results (pipeline.data.validation) in a folder of this session, inherited by the bundle runs:
-    no result of an earlier session or of the user's own runs is read."""
+    no result of an earlier session or of the user's own runs is read. Under xdist, each worker's share of the
+    cores."""
     os.environ["QMAP_HYBRID_CACHE"] = tempfile.mkdtemp(prefix="qmap-hybrid-cache-")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # xdist workers share the cores: torch's threads in one would wait on the other's
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 
 
 @pytest.fixture(scope="session")
