@@ -99,7 +99,8 @@ def export_command(
     configs = os.path.join(os.fspath(bundle_root), "configs")
     ckpt_file = os.fspath(ckpt_file or os.path.join(os.fspath(bundle_root), "models", "model.pt"))
     common = ["--ckpt_file", ckpt_file, "--meta_file", os.path.join(configs, "metadata.json")]
-    common += ["--ckpt_dir", os.path.dirname(ckpt_file)]  # the configs read the model's card (model.json) there
+    # the configs read the model's card (model.json) beside their `checkpoint`, which ckpt_export's --ckpt_file is not
+    common += ["--ckpt_dir", os.path.dirname(ckpt_file), "--checkpoint", ckpt_file]
     if kind == "torchscript":
         filepath = os.fspath(filepath or os.path.join(os.path.dirname(ckpt_file), "model.ts"))
         command = ["ckpt_export", "network", "--filepath", filepath, *common]

@@ -7,6 +7,7 @@ Bad-input tests use a small hand-built head (ellipsoids of WM / GM / CSF, low-re
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -37,6 +38,7 @@ from pipeline.data import (
     ensure_study,
     input_channels,
     load_datalist,
+    manifest_base_dir,
     stack_neighbour_slices,
 )
 from pipeline.data.checks import constant_problem
@@ -47,6 +49,8 @@ from pipeline.data.validity import MarkFitFailuresd
 from pipeline.handlers import SmartSliceCacheHandler
 from pipeline.losses import HybridLoss
 from pipeline.physics import MAP_UNIT_MS
+
+REPO = Path(__file__).resolve().parents[1]
 
 # hand-built head: tissue classes 0 background, 1 CSF, 2 GM, 3 WM; properties per class
 T1_MS = np.array([0.0, 4000.0, 1331.0, 832.0])
@@ -180,6 +184,20 @@ def test_load_datalist_resolves_against_dataset_dir_and_names_every_missing_file
     assert sorted(Path(path).name for path in error.value.missing) == ["t1_map_lowres.nii.gz", "t2w.nii.gz"]
     assert str(copy / "sub-01" / "t2w.nii.gz") in str(error.value)
     assert str(copy / "sub-01" / "t1_map_lowres.nii.gz") in str(error.value)
+
+
+def test_a_manifest_elsewhere_names_its_files_folder_and_the_bundle_defaults_to_it(hand_study, tmp_path):
+    """Without ``dataset_dir`` the paths resolve against the manifest's own ``dataset_dir`` entry (relative to the
+    manifest), else its folder; the bundle configs leave ``dataset_dir`` unset, so ``--datalist`` alone works."""
+    moved = dict(json.loads(hand_study.read_text()), dataset_dir=os.path.relpath(hand_study.parent, tmp_path / "m"))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(moved))
+    entries = load_datalist(tmp_path / "m" / "manifest.json", "training")
+    assert entries == load_datalist(hand_study, "training")
+    assert manifest_base_dir(hand_study) == hand_study.parent.resolve()
+    assert manifest_base_dir(REPO / "data_manifest.json") == REPO / "data" / "phantom"
+    for config in ("train.json", "inference.json", "evaluate.json"):
+        assert json.loads((REPO / "bundles" / "qmap_hybrid" / "configs" / config).read_text())["dataset_dir"] is None
 
 
 def test_load_datalist_rejects_incomplete_entries_and_names_subjects_by_t1w_stem(tmp_path):

@@ -102,7 +102,8 @@ def test_export_commands_are_monai_bundle_commands(tmp_path):
     onnx = export_command("onnx", BUNDLE, tmp_path / "model.pt")
     assert onnx[3:5] == ["onnx_export", "export_network"]
     assert onnx[onnx.index("--filepath") + 1] == str(tmp_path / "model.onnx")
-    assert onnx[onnx.index("--ckpt_dir") + 1] == str(tmp_path)  # where the configs read the card
+    assert onnx[onnx.index("--ckpt_dir") + 1] == str(tmp_path)
+    assert onnx[onnx.index("--checkpoint") + 1] == str(tmp_path / "model.pt")  # the configs read the card beside it
     assert eval(onnx[onnx.index("--input_shape") + 1])[1] == 15  # 3 images x (2 x 2 neighbours + the slice)
     with pytest.raises(ValueError, match="tensorrt"):
         export_command("tensorrt", BUNDLE)

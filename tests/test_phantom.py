@@ -329,6 +329,7 @@ def test_files_have_scanner_like_types_and_a_shared_grid(tiny_study):
 
 def test_top_level_manifest_is_the_default_study():
     committed = json.loads((REPO / "data_manifest.json").read_text())
+    assert committed.pop("dataset_dir") == "data/phantom"  # where its files are, for a run without --dataset_dir
     assert committed == study_manifest()
     assert [len(committed[section]) for section in SECTIONS] == [3, 1, 1]
     generator = dict(committed["generator"])

@@ -23,6 +23,7 @@ from pipeline.data.manifest import (
     check_datalist,
     ensure_study,
     load_datalist,
+    manifest_base_dir,
     read_manifest,
 )
 from pipeline.data.normalization import INTENSITY_REFERENCES, ScaleByCsfd, ScaleByMaskedPercentiled
@@ -61,6 +62,7 @@ __all__ = [
     "input_channels",
     "load_datalist",
     "problems_table",
+    "manifest_base_dir",
     "read_manifest",
     "require_valid_study",
     "stack_neighbour_slices",

@@ -42,6 +42,16 @@ def read_manifest(manifest: str | os.PathLike) -> dict:
         raise InvalidInputError(f"manifest '{manifest}' is not valid JSON: {error}") from error
 
 
+def manifest_base_dir(manifest: str | os.PathLike, dataset_dir: str | os.PathLike | None = None) -> Path:
+    """The folder a manifest's relative paths are resolved against (absolute): ``dataset_dir`` when given, else the
+    manifest's own ``"dataset_dir"`` entry (relative to the manifest's folder; the embedded ``data_manifest.json``
+    says ``data/phantom``), else the manifest's folder (what ``python -m pipeline.bids manifest`` writes)."""
+    if dataset_dir is None or str(dataset_dir) == "":
+        manifest = Path(manifest)
+        dataset_dir = manifest.parent / read_manifest(manifest).get("dataset_dir", ".")
+    return Path(dataset_dir).resolve()
+
+
 def subject_name(entry: dict) -> str:
     """The entry's ``subject``, else the T1w file name without its NIfTI extension(s)."""
     if entry.get(SUBJECT_KEY):
@@ -117,7 +127,7 @@ def load_datalist(
     Args:
         manifest: path of the decathlon-style JSON manifest.
         section: ``"training"``, ``"validation"``, ``"testing"`` (or any other list in the manifest).
-        dataset_dir: folder the relative paths are resolved against; default: the manifest's folder.
+        dataset_dir: folder the relative paths are resolved against; default: :func:`manifest_base_dir`.
 
     Returns:
         a list of entry dicts with absolute file paths and a ``subject`` name (see :func:`check_datalist`).
@@ -125,7 +135,7 @@ def load_datalist(
     raw_entries = read_manifest(manifest).get(section)
     if not isinstance(raw_entries, list):
         raise InvalidInputError(f"manifest '{manifest}' has no '{section}' list")
-    base_dir = Path(dataset_dir if dataset_dir is not None else Path(manifest).parent).resolve()
+    base_dir = manifest_base_dir(manifest, dataset_dir)
     entries = load_decathlon_datalist(manifest, is_segmentation=False, data_list_key=section, base_dir=base_dir)
     return check_datalist(_resolve_paths(entries, raw_entries, base_dir), f"manifest '{manifest}' [{section}]")
 
@@ -149,13 +159,13 @@ def ensure_study(manifest: str | os.PathLike, dataset_dir: str | os.PathLike | N
 
     Args:
         manifest: path of the manifest (e.g. the top-level ``data_manifest.json``).
-        dataset_dir: folder the manifest's relative paths point into; default: the manifest's folder.
+        dataset_dir: folder the manifest's relative paths point into; default: :func:`manifest_base_dir`.
 
     Returns:
         the dataset dir (absolute), ready for :func:`load_datalist`.
     """
     content = read_manifest(manifest)
-    base_dir = Path(dataset_dir if dataset_dir is not None else Path(manifest).parent).resolve()
+    base_dir = manifest_base_dir(manifest, dataset_dir)
     missing = _manifest_missing_files(content, base_dir)
     if not missing:
         return base_dir

@@ -60,6 +60,7 @@ from pipeline.data.manifest import (
     PATH_KEYS,
     REFERENCE_KEYS,
     SECTIONS,
+    manifest_base_dir,
     load_datalist,
     read_manifest,
     subject_name,
@@ -419,7 +420,7 @@ def validate_study(
         try:
             entries = load_datalist(manifest, section, dataset_dir)
         except MissingFilesError:  # every missing file becomes a row below
-            base = Path(dataset_dir if dataset_dir is not None else Path(manifest).parent).resolve()
+            base = manifest_base_dir(manifest, dataset_dir)
             entries = [
                 {key: str(base / value) if key in PATH_KEYS else value for key, value in entry.items()}
                 for entry in content[section]

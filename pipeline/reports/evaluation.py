@@ -88,7 +88,7 @@ def load_test_subjects(
 
     Args:
         datalist: decathlon-style manifest (JSON).
-        dataset_dir: folder the manifest's paths are relative to; default the manifest's folder.
+        dataset_dir: folder the manifest's paths are relative to; default :func:`pipeline.data.manifest_base_dir`.
         section: the manifest list to evaluate.
 
     Returns:

@@ -54,7 +54,7 @@ def evaluate_predictions(
         predictions: ``{model name: predictions dir}`` (one or two; two add paired t-tests), or a single
             predictions dir named after its folder. A dir holds ``<subject>/{t1,t2}_map.nii.gz`` in ms.
         output_dir: where the reports are written.
-        dataset_dir: folder the manifest's paths are relative to; default the manifest's folder.
+        dataset_dir: folder the manifest's paths are relative to; default :func:`pipeline.data.manifest_base_dir`.
         section: the manifest list to evaluate.
         min_brain_fraction: sagittal slices with a smaller fraction of brain-mask pixels are skipped.
         data_range: PSNR peak and SSIM dynamic range in units of 3 s; ``None``: per subject and map, the

@@ -41,7 +41,7 @@ def write_interpolated_labels(
     Args:
         datalist: manifest whose ``section`` entries have the label maps (``t1_map``, ``t2_map``, ``m0_map``).
         output_dir: the prediction-set folder to write.
-        dataset_dir: folder of the manifest's relative paths; default the manifest's folder.
+        dataset_dir: folder of the manifest's relative paths; default :func:`pipeline.data.manifest_base_dir`.
         section: manifest section.
         overwrite: replace existing maps (otherwise ``FileExistsError``, as for inference).
         volume_options: further keyword arguments of :func:`pipeline.data.build_volume_dataset` (e.g.
