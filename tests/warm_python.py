@@ -5,8 +5,8 @@ the suite runs ~60 of them (the experiment drivers' among them). :func:`run` is 
 line, but the process is forked from a server that imported those modules once (``multiprocessing``'s
 ``forkserver``, which forks before any thread or tensor exists). Each command still gets a process of its own, with
 its own environment, ``sys.argv``, exit status and output; inside it ``subprocess.run`` is :func:`run` too, so a
-driver's own bundle commands are forked warm as well. Any other command (``torchrun``, ``git``) goes to
-``subprocess.run`` unchanged. Linux only (the child reopens its caller's standard streams through ``/proc``).
+driver's own bundle commands are forked warm as well. Any other command (``git``; ``torchrun``,
+:data:`COLD_MODULES`) goes to ``subprocess.run`` unchanged. Linux only (the child reopens its caller's standard streams through ``/proc``).
 
 Written by hand: ``multiprocessing`` forks the process, but nothing runs a command line in it.
 """
@@ -24,6 +24,10 @@ import warnings
 PRELOAD = ["torch", "monai.bundle", "ignite.engine", "pipeline.engine", "pipeline.losses", "pipeline.data",
            "pipeline.handlers", "pipeline.qc", "pipeline.reports", "pandas", "matplotlib.pyplot"]  # fmt: skip
 """What the server imports once: what the tests' bundle commands and experiment drivers import."""
+
+COLD_MODULES = ("torch.distributed.run",)
+"""``python -m`` modules run as they are: ``torchrun`` forked from the server aborted once in 5 suites ("terminate
+called without an active exception" in a gloo worker), and its workers are fresh processes anyway."""
 
 _SUBPROCESS_RUN = subprocess.run
 _context = None
@@ -89,7 +93,11 @@ def run(command, *, capture_output=False, text=False, stdout=None, stderr=None, 
     """
     command = [str(part) for part in command] if isinstance(command, (list, tuple)) else command
     warm = isinstance(command, list) and len(command) > 1 and command[0] == sys.executable and not kwargs
-    if not warm or (command[1].startswith("-") and command[1] != "-m"):
+    if (
+        not warm
+        or (command[1].startswith("-") and command[1] != "-m")
+        or command[1:3] in (["-m", m] for m in COLD_MODULES)
+    ):
         return _SUBPROCESS_RUN(command, capture_output=capture_output, text=text, stdout=stdout, stderr=stderr,
                                env=env, timeout=timeout, check=check, **kwargs)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="warm-python-") as folder:
