@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline import physics
+from pipeline.physics import spin_echo
 from pipeline.physics import FLAIRProtocol, MPRAGEProtocol, TSEProtocol
 
 
@@ -347,19 +348,19 @@ def test_the_epg_table_is_filled_once_per_protocol_and_read_from_disk_after(tmp_
     """A new process reads the table from ``$QMAP_HYBRID_CACHE/epg_tables`` instead of filling it again (seconds);
     another protocol has a table (and a file) of its own."""
     monkeypatch.setenv("QMAP_HYBRID_CACHE", str(tmp_path))
-    physics._centre_echo_table.cache_clear()
-    filled = physics._centre_echo_table(TSEProtocol()).clone()
+    spin_echo._centre_echo_table.cache_clear()
+    filled = spin_echo._centre_echo_table(TSEProtocol()).clone()
     (stored,) = (tmp_path / "epg_tables").glob("*.npy")
     np.testing.assert_array_equal(np.load(stored), filled[0, 0].numpy())
-    physics._centre_echo_table.cache_clear()  # as in a new process
+    spin_echo._centre_echo_table.cache_clear()  # as in a new process
 
     def refill(protocol):
         raise AssertionError("the table was filled again instead of read from disk")
 
-    monkeypatch.setattr(physics, "_fill_centre_echo_table", refill)
-    assert torch.equal(physics._centre_echo_table(TSEProtocol()), filled)
+    monkeypatch.setattr(spin_echo, "_fill_centre_echo_table", refill)
+    assert torch.equal(spin_echo._centre_echo_table(TSEProtocol()), filled)
     monkeypatch.undo()
     monkeypatch.setenv("QMAP_HYBRID_CACHE", str(tmp_path))
-    other = physics._centre_echo_table(TSEProtocol(refocusing_angle=120.0))
+    other = spin_echo._centre_echo_table(TSEProtocol(refocusing_angle=120.0))
     assert len(list((tmp_path / "epg_tables").glob("*.npy"))) == 2 and not torch.equal(other, filled)
-    physics._centre_echo_table.cache_clear()  # no other test sees this folder's tables
+    spin_echo._centre_echo_table.cache_clear()  # no other test sees this folder's tables
