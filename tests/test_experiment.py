@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import ndimage
 from scipy.stats import ttest_rel
 
 from pipeline.reports.experiment import compare_experiments, experiment_table
@@ -395,3 +396,38 @@ def test_the_oracle_shared_across_label_studies_carries_its_card_and_keeps_what_
     (source / "models" / "model.pt").write_bytes(b"retrained")
     curve.share_model(source, target)
     assert (target / "models" / "model.pt").read_bytes() == b"weights"  # a file already there is never replaced
+
+
+def test_head_comparison_wraps_the_brain_in_a_head_and_measures_the_maps_inside_the_brain(full_subject, tmp_path):
+    """The head entries keep every brain voxel of the images; a map changed by 10 % in the brain's outer 2 mm and
+    cropped back from the head's padded grid shows as that change over the brain and none in its interior."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import run_head_comparison as head
+
+    manifests = head.write_cases(full_subject, tmp_path, seed=0)
+    masked, unmasked = (json.loads(manifests[name].read_text())["testing"] for name in ("masked", "unmasked"))
+    assert [case["subject"] for case in masked + unmasked] == list(head.ENTRIES) and "mask" not in unmasked[0]
+    padding = np.asarray(json.loads((tmp_path / "padding.json").read_text()))
+    crop = tuple(slice(before, -after if after else None) for before, after in padding)
+    brain = nib.load(full_subject["mask"]).get_fdata() > 0
+    for key in ("t1w", "flair"):
+        original = nib.load(full_subject[key]).get_fdata()
+        headed = nib.load(masked[1][key]).get_fdata()[crop]
+        np.testing.assert_allclose(headed[brain], original[brain], rtol=1e-6)
+        assert headed[~brain].mean() > 2 * original[~brain].mean()  # skull, scalp and neck outside the brain
+
+    edge = brain & ~(ndimage.distance_transform_edt(brain) > 2)
+    maps = tmp_path / "maps"
+    for entry in head.ENTRIES:
+        folder = maps / ("unmasked" if entry == "head_no_mask" else "masked") / entry
+        folder.mkdir(parents=True)
+        for name in head.MAPS:
+            values = np.full(brain.shape, 100.0, dtype=np.float32) * (1 + 0.1 * (edge & (entry != "stripped")))
+            if entry != "stripped":
+                values = np.pad(values, padding, constant_values=7.0)
+            nib.save(nib.Nifti1Image(values, np.eye(4)), folder / f"{name}.nii.gz")
+    rows = pd.DataFrame(head.compare(maps, brain, padding, edge_mm=4.0)).set_index(["entry", "map", "region"])
+    assert 0.05 < edge.sum() / brain.sum() < 0.5  # the edge: more than 5 % of the brain, less than half
+    assert (rows["median_percent"] == 0).all()
+    np.testing.assert_allclose(rows.xs("brain", level="region")["p95_percent"], 10.0, rtol=1e-5)
+    assert (rows.xs("interior", level="region")["p95_percent"] == 0).all()
