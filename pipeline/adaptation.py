@@ -182,7 +182,7 @@ class SubjectAdaptation:
             "steps": self.steps,
             "learning_rate": self.learning_rate,
             "batch_size": self.batch_size,
-            "protocols": {contrast: protocol.to_dict() for contrast, protocol in self.loss.protocols.items()},
+            "protocols": {contrast: protocol.to_dict() for contrast, protocol in self.loss.edges.protocols.items()},
         }
         write_atomically(record_path, json.dumps(record, indent=2) + "\n")
         self.logger.info(

@@ -23,7 +23,15 @@ from torch.nn.modules.loss import _Loss
 
 from pipeline.physics import MAP_UNIT_MS, resolve_protocol, synthesize
 
-__all__ = ["HybridLoss", "ScaleInvariantL1Loss", "SelfSupervisedLoss", "label_spread_weights", "sobel_edges"]
+__all__ = [
+    "EdgeConsistencyLoss",
+    "HybridLoss",
+    "MapL1Loss",
+    "ScaleInvariantL1Loss",
+    "SelfSupervisedLoss",
+    "label_spread_weights",
+    "sobel_edges",
+]
 
 LABEL_SPREAD = "label_spread"
 """``HybridLoss(map_weights=LABEL_SPREAD)``: weigh each map by :func:`label_spread_weights`."""
@@ -183,102 +191,178 @@ class ScaleInvariantL1Loss(_Loss):
         return _masked_mean((scale * input - target).abs(), mask)
 
 
-class HybridLoss(_Loss):
-    """``L1_w(pred, label) + lambda_self * sum_c w_c SI-L1(S(synth_c), S(acquired_c) / mean S(acquired_c))``.
-
-    The self-supervised term synthesises each contrast in ``contrasts`` from the predicted maps with
-    :func:`pipeline.physics.synthesize` (T1/T2 converted to ms by ``map_unit_ms``), takes Sobel edge
-    magnitudes of the synthetic and the acquired image (channel ``input_channels[c]`` of
-    ``target["image"]``) and compares them with :class:`ScaleInvariantL1Loss`. The acquired edge map
-    is divided by its mean (per image and contrast, over the mask if given) so the term is
-    dimensionless: it is unchanged when an acquired image is scaled by any positive factor (as it is
-    when the synthetic image is scaled), and ``lambda_self`` does not depend on the intensity
-    normalisation of the inputs. The paper uses MPRAGE and TSE only (FLAIR is hard to model).
-
-    MONAI's ``SupervisedTrainer`` calls ``loss_function(pred, targets)``; the acquired images are the
-    network input, so ``pipeline.engine.PrepareMapBatch`` hands over ``targets`` as a dict
-    ``{"label", "image", "mask"}``.
+class MapL1Loss(_Loss):
+    """The supervised term: ``mean w_m |pred - label|`` over the maps (T1, T2, M0), inside an optional mask, leaving
+    out failed label fits.
 
     Args:
-        lambda_self: weight of the self-supervised term; 0 gives exactly ``torch.nn.L1Loss()``. The
-            paper does not report its value; the default 0.1 is a starting point for the bundle config.
-        contrasts: contrasts of the self-supervised term, keys of ``pipeline.physics.SIGNAL_MODELS``.
-        protocols: optional ``{contrast: protocol dataclass or dict of its fields}``; missing
-            contrasts use the paper's protocols.
-        input_channels: ``{contrast: channel of target["image"]}``.
+        map_weights: weights of the (T1, T2, M0) channels. The default (1, 1, 1) is the paper's plain L1 with T1 and T2
+            in units of 3 s, where white-matter T2 (~0.026) weighs ~40x less than T1; e.g. (1, 10, 1) supervises T2 as
+            if in units of 300 ms. ``"label_spread"``: the weights of :func:`label_spread_weights`, per batch, over
+            the mask.
+        mask_supervised: if True the term is averaged inside ``mask`` only.
+    """
+
+    def __init__(self, map_weights: Sequence[float] | str = (1.0, 1.0, 1.0), mask_supervised: bool = False) -> None:
+        super().__init__()
+        by_rule = isinstance(map_weights, str)
+        self.map_weights = map_weights if by_rule else tuple(float(w) for w in map_weights)
+        if (map_weights != LABEL_SPREAD) if by_rule else (len(self.map_weights) != 3 or min(self.map_weights) < 0):
+            raise ValueError(f"map_weights must be 3 weights >= 0 (T1, T2, M0) or {LABEL_SPREAD!r}, got {map_weights}.")
+        self.mask_supervised = mask_supervised
+
+    def forward(
+        self,
+        pred: torch.Tensor,
+        label: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scalar term of (B, 3, H, W) ``pred`` and ``label``; ``mask`` and ``valid`` (B, 1, H, W) 0/1 (``valid``: 0
+        where the label is a failed fit)."""
+        supervised_mask, spread_mask = (mask if self.mask_supervised else None), mask
+        if valid is not None:  # failed label fits are left out
+            supervised_mask, spread_mask = (valid if m is None else valid * m for m in (supervised_mask, mask))
+        if self.map_weights == LABEL_SPREAD:
+            weights = label_spread_weights(label, spread_mask).to(pred)
+        else:
+            weights = pred.new_tensor(self.map_weights)
+        return _masked_mean((pred - label).abs() * weights.view(1, 3, 1, 1), supervised_mask)
+
+
+class EdgeConsistencyLoss(_Loss):
+    """The physics-informed term: ``sum_c w_c SI-L1(S(synth_c), S(acquired_c) / mean S(acquired_c))``.
+
+    Each contrast in ``contrasts`` is synthesised from the predicted maps with :func:`pipeline.physics.synthesize`
+    (T1/T2 converted to ms by ``map_unit_ms``); the Sobel edge magnitudes of the synthetic and the acquired image
+    (channel ``input_channels[c]`` of ``image``) are compared with :class:`ScaleInvariantL1Loss`. The acquired edge
+    map is divided by its mean (per image and contrast, over the mask if given) so the term is dimensionless: it is
+    unchanged when an acquired image is scaled by any positive factor (as it is when the synthetic image is scaled).
+
+    Args:
+        contrasts: keys of ``pipeline.physics.SIGNAL_MODELS``.
+        protocols: optional ``{contrast: protocol dataclass or dict of its fields}``; missing contrasts use the
+            paper's protocols.
+        input_channels: ``{contrast: channel of image}``.
         map_unit_ms: ms per network map unit for T1 and T2.
         detach_scale: passed to :class:`ScaleInvariantL1Loss`.
-        mask_supervised: if True the L1 term is averaged inside ``target["mask"]`` only; the
-            self-supervised term always uses the mask when one is given. The L1 term always leaves out the pixels
-            where ``target["label_failed"]`` (B, 1, H, W), when given, is 1: failed fits of the labels
-            (:mod:`pipeline.data.validity`).
         edge_eps: ``eps`` of :func:`sobel_edges`.
-        map_weights: weights of the (T1, T2, M0) channels in the supervised L1 (mean of ``w_m |pred - label|``).
-            The default (1, 1, 1) is the paper's plain L1 with T1 and T2 in units of 3 s, where white-matter
-            T2 (~0.026) weighs ~40x less than T1; e.g. (1, 10, 1) supervises T2 as if in units of 300 ms.
-            ``"label_spread"``: the weights of :func:`label_spread_weights`, per batch, over the mask.
-        contrast_weights: ``{contrast: w_c}`` of the self-supervised edge terms; missing contrasts weigh 1.
-        edge_smoothing_sigma: Gaussian smoothing (pixels) of the synthetic and the acquired images before the
-            Sobel operator (:func:`sobel_edges`); 0 (the paper) compares raw edges, whose noise the network can
-            only lower the term for by copying the inputs' noise into the maps.
-        scale_window: ``window`` of :class:`ScaleInvariantL1Loss`: 0 (the paper) fits one factor ``a`` per image
-            and contrast; an odd number of pixels fits a local ``a`` over that neighbourhood.
-
-    After each call, ``last_components`` holds the detached ``total``, ``supervised``,
-    ``self_supervised`` (sum over contrasts, weighted by ``contrast_weights``) and ``self_<contrast>`` terms for logging.
+        contrast_weights: ``{contrast: w_c}``; missing contrasts weigh 1.
+        edge_smoothing_sigma: Gaussian smoothing (pixels) of both images before the Sobel operator; 0 (the paper)
+            compares raw edges, whose noise the network can only lower the term for by copying the inputs' noise into
+            the maps.
+        scale_window: ``window`` of :class:`ScaleInvariantL1Loss`: 0 (the paper) fits one factor per image and
+            contrast; an odd number of pixels fits a local factor over that neighbourhood.
     """
 
     def __init__(
         self,
-        lambda_self: float = 0.1,
         contrasts: Sequence[str] = ("mprage", "tse"),
         protocols: Mapping[str, Any] | None = None,
         input_channels: Mapping[str, int] | None = None,
         map_unit_ms: float = MAP_UNIT_MS,
         detach_scale: bool = False,
-        mask_supervised: bool = False,
         edge_eps: float = 1e-12,
-        map_weights: Sequence[float] | str = (1.0, 1.0, 1.0),
         contrast_weights: Mapping[str, float] | None = None,
         edge_smoothing_sigma: float = 0.0,
         scale_window: int = 0,
     ) -> None:
         super().__init__()
-        if lambda_self < 0:
-            raise ValueError(f"lambda_self must be >= 0, got {lambda_self}.")
-        protocols = dict(protocols or {})
-        input_channels = dict(input_channels or {"mprage": 0, "tse": 1, "tse_epg": 1, "flair": 2})
         self.contrasts = tuple(contrasts)
-        unused = sorted(set(protocols) - set(self.contrasts))
-        if unused:
-            raise ValueError(f"protocols given for {unused}, which are not in contrasts {list(self.contrasts)}.")
+        protocols, contrast_weights = dict(protocols or {}), dict(contrast_weights or {})
+        input_channels = dict(input_channels or {"mprage": 0, "tse": 1, "tse_epg": 1, "flair": 2})
+        for name, given in (("protocols", protocols), ("contrast_weights", contrast_weights)):
+            unused = sorted(set(given) - set(self.contrasts))
+            if unused:
+                raise ValueError(f"{name} given for {unused}, which are not in contrasts {list(self.contrasts)}.")
         missing = [c for c in self.contrasts if c not in input_channels]
         if missing:
             raise ValueError(f"input_channels {input_channels} has no channel for contrast(s) {missing}.")
+        if min(contrast_weights.values(), default=0) < 0:
+            raise ValueError(f"contrast_weights must be >= 0, got {contrast_weights}.")
         self.protocols = {c: resolve_protocol(c, protocols.get(c)) for c in self.contrasts}
         self.input_channels = {c: int(input_channels[c]) for c in self.contrasts}
-        contrast_weights = dict(contrast_weights or {})
-        unknown = sorted(set(contrast_weights) - set(self.contrasts))
-        if unknown:
-            raise ValueError(
-                f"contrast_weights given for {unknown}, which are not in contrasts {list(self.contrasts)}."
-            )
         self.contrast_weights = {c: float(contrast_weights.get(c, 1.0)) for c in self.contrasts}
-        by_rule = isinstance(map_weights, str)
-        fixed = () if by_rule else tuple(float(w) for w in map_weights)
-        self.map_weights = map_weights if by_rule else fixed
-        weights = fixed + tuple(self.contrast_weights.values())
-        if (map_weights != LABEL_SPREAD if by_rule else len(fixed) != 3) or min(weights, default=0) < 0:
-            raise ValueError(
-                f"map_weights must be 3 weights >= 0 (T1, T2, M0) or {LABEL_SPREAD!r}, and contrast_weights >= 0; got "
-                f"{map_weights} and {contrast_weights}."
-            )
-        self.lambda_self = float(lambda_self)
         self.map_unit_ms = float(map_unit_ms)
-        self.mask_supervised = mask_supervised
         self.edge_eps = edge_eps
         self.edge_smoothing_sigma = float(edge_smoothing_sigma)
         self.scale_invariant_l1 = ScaleInvariantL1Loss(detach_scale=detach_scale, window=scale_window)
+
+    def check_image(self, pred: torch.Tensor, image: torch.Tensor) -> None:
+        """``ValueError`` unless ``image`` is (B, C, H, W) with the channels of ``input_channels`` and ``pred``'s B,
+        H, W."""
+        n_channels = max(self.input_channels.values()) + 1
+        matches_pred = image.ndim == 4 and image.shape[0] == pred.shape[0] and image.shape[2:] == pred.shape[2:]
+        if not matches_pred or image.shape[1] < n_channels:
+            raise ValueError(
+                f"image must be (B, C >= {n_channels}, H, W) matching pred {tuple(pred.shape)} in B, H, W "
+                f"(channels {self.input_channels}); got {tuple(image.shape)}."
+            )
+
+    def per_contrast(
+        self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Unweighted ``SI-L1`` edge term of each contrast, ``{contrast: scalar}``.
+
+        Args:
+            pred: (B, 3, H, W) positive maps in network units.
+            image: (B, C, H, W) acquired weighted images.
+            mask: optional (B, 1, H, W).
+        """
+        mask = _binary_mask(mask, pred)
+        t1_ms, t2_ms, m0 = pred[:, 0:1] * self.map_unit_ms, pred[:, 1:2] * self.map_unit_ms, pred[:, 2:3]
+        synthetic = torch.cat([synthesize(c, t1_ms, t2_ms, m0, self.protocols[c]) for c in self.contrasts], dim=1)
+        acquired = image[:, [self.input_channels[c] for c in self.contrasts]]
+        synthetic_edges = sobel_edges(synthetic, self.edge_eps, self.edge_smoothing_sigma)
+        acquired_edges = sobel_edges(acquired, self.edge_eps, self.edge_smoothing_sigma)
+        # edges are >= sqrt(eps) everywhere, so the clamp only acts on an empty mask
+        acquired_edges = acquired_edges / _per_image_mean(acquired_edges, mask).clamp_min(self.edge_eps**0.5)
+        return {
+            c: self.scale_invariant_l1(synthetic_edges[:, i : i + 1], acquired_edges[:, i : i + 1], mask)
+            for i, c in enumerate(self.contrasts)
+        }
+
+    def forward(self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        """``{"self_<contrast>": term, "self_supervised": their contrast_weights-weighted sum}``."""
+        terms = self.per_contrast(pred, image, mask)
+        weighted = torch.stack([self.contrast_weights[c] * value for c, value in terms.items()]).sum()
+        return {**{f"self_{c}": value for c, value in terms.items()}, "self_supervised": weighted}
+
+
+class HybridLoss(_Loss):
+    """``MapL1(pred, label) + lambda_self * EdgeConsistency(pred, image)``: the paper's loss.
+
+    MONAI's ``SupervisedTrainer`` calls ``loss_function(pred, targets)``; the acquired images are the network input,
+    so ``pipeline.engine.PrepareMapBatch`` hands over ``targets`` as a dict ``{"label", "image", "mask"[,
+    "label_failed"]}``. The paper uses MPRAGE and TSE only (FLAIR is hard to model).
+
+    Args:
+        lambda_self: weight of the self-supervised term; 0 gives exactly ``torch.nn.L1Loss()``. The paper does not
+            report its value; the default 0.1 is a starting point for the bundle config.
+        map_weights, mask_supervised: of the supervised term, :class:`MapL1Loss`. The self-supervised term always
+            uses the mask when one is given; the supervised term always leaves out the pixels where
+            ``target["label_failed"]`` (B, 1, H, W) is 1: failed fits of the labels (:mod:`pipeline.data.validity`).
+        edge_options: of the self-supervised term, :class:`EdgeConsistencyLoss` (``contrasts``, ``protocols``,
+            ``input_channels``, ``map_unit_ms``, ``detach_scale``, ``edge_eps``, ``contrast_weights``,
+            ``edge_smoothing_sigma``, ``scale_window``).
+
+    ``supervised`` and ``edges`` are the two terms. After each call, ``last_components`` holds the detached
+    ``total``, ``supervised``, ``self_supervised`` and ``self_<contrast>`` terms for logging.
+    """
+
+    def __init__(
+        self,
+        lambda_self: float = 0.1,
+        map_weights: Sequence[float] | str = (1.0, 1.0, 1.0),
+        mask_supervised: bool = False,
+        **edge_options,
+    ) -> None:
+        super().__init__()
+        if lambda_self < 0:
+            raise ValueError(f"lambda_self must be >= 0, got {lambda_self}.")
+        self.lambda_self = float(lambda_self)
+        self.supervised = MapL1Loss(map_weights, mask_supervised)
+        self.edges = EdgeConsistencyLoss(**edge_options)
         self.last_components: dict[str, torch.Tensor] = {}
 
     def _unpack(self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]):
@@ -296,45 +380,13 @@ class HybridLoss(_Loss):
         missing = [key for key in required if key not in target]
         if missing:
             raise ValueError(f"target dict lacks key(s) {missing}; got keys {sorted(target)}.")
-        label, image, mask = target["label"], target.get("image"), target.get("mask")
-        failed = _binary_mask(target.get("label_failed"), pred)
-        valid = None if failed is None else 1.0 - failed
+        label, image = target["label"], target.get("image")
         if label.shape != pred.shape:
             raise ValueError(f"label shape {tuple(label.shape)} differs from pred shape {tuple(pred.shape)}.")
         if self.lambda_self != 0:
-            n_channels = max(self.input_channels.values()) + 1
-            matches_pred = image.ndim == 4 and image.shape[0] == pred.shape[0] and image.shape[2:] == pred.shape[2:]
-            if not matches_pred or image.shape[1] < n_channels:
-                raise ValueError(
-                    f"image must be (B, C >= {n_channels}, H, W) matching pred {tuple(pred.shape)} in B, H, W "
-                    f"(channels {self.input_channels}); got {tuple(image.shape)}."
-                )
-        return label, image, _binary_mask(mask, pred), valid
-
-    def self_supervised_terms(
-        self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Unweighted ``SI-L1`` edge term of each contrast, ``{contrast: scalar}``.
-
-        Args:
-            pred: (B, 3, H, W) positive maps in network units.
-            image: (B, C, H, W) acquired weighted images.
-            mask: optional (B, 1, H, W).
-        """
-        mask = _binary_mask(mask, pred)
-        t1_ms = pred[:, 0:1] * self.map_unit_ms
-        t2_ms = pred[:, 1:2] * self.map_unit_ms
-        m0 = pred[:, 2:3]
-        synthetic = torch.cat([synthesize(c, t1_ms, t2_ms, m0, self.protocols[c]) for c in self.contrasts], dim=1)
-        acquired = image[:, [self.input_channels[c] for c in self.contrasts]]
-        synthetic_edges = sobel_edges(synthetic, self.edge_eps, self.edge_smoothing_sigma)
-        acquired_edges = sobel_edges(acquired, self.edge_eps, self.edge_smoothing_sigma)
-        # edges are >= sqrt(eps) everywhere, so the clamp only acts on an empty mask
-        acquired_edges = acquired_edges / _per_image_mean(acquired_edges, mask).clamp_min(self.edge_eps**0.5)
-        return {
-            c: self.scale_invariant_l1(synthetic_edges[:, i : i + 1], acquired_edges[:, i : i + 1], mask)
-            for i, c in enumerate(self.contrasts)
-        }
+            self.edges.check_image(pred, image)
+        failed = _binary_mask(target.get("label_failed"), pred)
+        return label, image, _binary_mask(target.get("mask"), pred), None if failed is None else 1.0 - failed
 
     def components(
         self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]
@@ -347,27 +399,13 @@ class HybridLoss(_Loss):
                 ``{"label": (B, 3, H, W), "image": (B, C, H, W)[, "mask": (B, 1, H, W)]}``.
         """
         label, image, mask, valid = self._unpack(pred, target)
-        supervised_mask, spread_mask = (mask if self.mask_supervised else None), mask
-        if valid is not None:  # failed label fits are left out
-            supervised_mask, spread_mask = (valid if m is None else valid * m for m in (supervised_mask, mask))
-        if self.map_weights == LABEL_SPREAD:
-            weights = label_spread_weights(label, spread_mask).to(pred)
-        else:
-            weights = pred.new_tensor(self.map_weights)
-        errors = (pred - label).abs() * weights.view(1, 3, 1, 1)
-        supervised = _masked_mean(errors, supervised_mask)
+        supervised = self.supervised(pred, label, mask, valid)
         terms = {"total": supervised, "supervised": supervised}
         if self.lambda_self == 0:
             return terms
-        terms.update(self._weighted_self_terms(pred, image, mask))
+        terms.update(self.edges(pred, image, mask))
         terms["total"] = supervised + self.lambda_self * terms["self_supervised"]
         return terms
-
-    def _weighted_self_terms(self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None) -> dict:
-        """``self_<contrast>`` terms and their ``contrast_weights``-weighted sum ``self_supervised``."""
-        per_contrast = self.self_supervised_terms(pred, image, mask)
-        self_supervised = torch.stack([self.contrast_weights[c] * value for c, value in per_contrast.items()]).sum()
-        return {**{f"self_{c}": value for c, value in per_contrast.items()}, "self_supervised": self_supervised}
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Total loss (scalar); see :meth:`components` for the arguments. Computed in fp32, also inside an autocast
@@ -380,7 +418,7 @@ class HybridLoss(_Loss):
 
 
 class SelfSupervisedLoss(HybridLoss):
-    """The self-supervised edge term of :class:`HybridLoss` alone: ``sum_c w_c SI-L1(S(synth_c), S(acquired_c))``.
+    """The self-supervised edge term of :class:`HybridLoss` alone: ``lambda_self * EdgeConsistency(pred, image)``.
 
     No labels: what adapts a trained model to a new subject's own images (:mod:`pipeline.adaptation`), with the
     protocol of that subject's scanner in ``protocols``. Arguments as :class:`HybridLoss` (``lambda_self`` only
@@ -403,6 +441,6 @@ class SelfSupervisedLoss(HybridLoss):
                 f"pred must be (B, 3, H, W) maps and image (B, C, H, W) of the same H, W; got {tuple(pred.shape)} and "
                 f"{tuple(target['image'].shape)}."
             )
-        terms = self._weighted_self_terms(pred, target["image"], target.get("mask"))
+        terms = self.edges(pred, target["image"], target.get("mask"))
         terms["total"] = self.lambda_self * terms["self_supervised"]
         return terms

@@ -59,7 +59,7 @@ def edge_terms(maps: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, sli
     """Mean over ``slices`` (sagittal, X) of each contrast's edge term for (3, X, Y, Z) maps and images."""
     loss = HybridLoss(lambda_self=1.0, edge_smoothing_sigma=sigma)
     with torch.no_grad():
-        terms = loss.self_supervised_terms(
+        terms = loss.edges.per_contrast(
             maps[:, slices].movedim(1, 0), images[:, slices].movedim(1, 0), mask[:, slices].movedim(1, 0)
         )
     return {contrast: float(value) for contrast, value in terms.items()}

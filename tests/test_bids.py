@@ -243,7 +243,7 @@ def test_config_protocols_merge_and_contradictions(manifest, bids_root):
     from pipeline.losses import HybridLoss
 
     loss = HybridLoss(contrasts=["mprage", "tse_epg"], protocols=merged)
-    assert loss.protocols["tse_epg"].refocusing_angle == 120.0 and loss.protocols["mprage"].ti == pytest.approx(950.0)
+    assert loss.edges.protocols["tse_epg"].refocusing_angle == 120.0 and loss.edges.protocols["mprage"].ti == pytest.approx(950.0)
     with pytest.raises(InvalidInputError) as error:
         resolve_protocols(manifest, {"mprage": {"ti": 1100.0}}, ["mprage", "tse"])
     assert "mprage.ti" in str(error.value) and "950.0" in str(error.value) and "1100.0" in str(error.value)

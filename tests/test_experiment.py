@@ -210,10 +210,10 @@ def test_every_profile_setting_and_model_config_parses_to_the_intended_loss_and_
             loss = parser.get_parsed_content("loss")
             assert (loss.lambda_self > 0) == (model == "hybrid"), (profile, setting, model)
             published = setting == "paper"
-            assert loss.map_weights == ((1.0, 1.0, 1.0) if published else (1.0, 10.0, 1.0))
-            assert loss.edge_smoothing_sigma == (0.0 if published else 1.0)
-            assert loss.contrasts == (("mprage", "tse_epg") if setting == "default" else ("mprage", "tse"))
-            assert loss.scale_invariant_l1.window == 0
+            assert loss.supervised.map_weights == ((1.0, 1.0, 1.0) if published else (1.0, 10.0, 1.0))
+            assert loss.edges.edge_smoothing_sigma == (0.0 if published else 1.0)
+            assert loss.edges.contrasts == (("mprage", "tse_epg") if setting == "default" else ("mprage", "tse"))
+            assert loss.edges.scale_invariant_l1.window == 0
             assert parser.get_parsed_content("slice_axis") == (1 if setting == "default" else 0)
             label_keys = parser.get_parsed_content("train#dataset#label_keys", default=LABEL_KEYS)
             assert tuple(label_keys) == (REFERENCE_KEYS if model == "oracle" else LABEL_KEYS)
@@ -240,10 +240,10 @@ def test_loss_overrides_of_the_experiment_scripts_parse_to_the_intended_loss(ove
         parser[key] = value
     parser["device"] = "$torch.device('cpu')"
     loss = parser.get_parsed_content("loss")
-    assert loss.contrasts == ("mprage", "tse_epg") and loss.input_channels["tse_epg"] == 1
-    assert isinstance(loss.protocols["tse_epg"], TSEProtocol)
-    assert loss.scale_invariant_l1.window == override.get("scale_window", 0)
-    assert loss.map_weights == override.get("map_weights", (1.0, 10.0, 1.0))
+    assert loss.edges.contrasts == ("mprage", "tse_epg") and loss.edges.input_channels["tse_epg"] == 1
+    assert isinstance(loss.edges.protocols["tse_epg"], TSEProtocol)
+    assert loss.edges.scale_invariant_l1.window == override.get("scale_window", 0)
+    assert loss.supervised.map_weights == override.get("map_weights", (1.0, 10.0, 1.0))
 
 
 def test_acquisition_effect_summary_matches_a_direct_computation():

@@ -8,6 +8,8 @@ from scipy import ndimage, optimize
 from pipeline import physics
 from pipeline.engine import PrepareMapBatch
 from pipeline.losses import (
+    EdgeConsistencyLoss,
+    MapL1Loss,
     HybridLoss,
     ScaleInvariantL1Loss,
     SelfSupervisedLoss,
@@ -115,6 +117,26 @@ def test_hybrid_loss_components_and_total():
     )
     assert float(total) == pytest.approx(float(parts["supervised"] + 0.3 * parts["self_supervised"]), rel=1e-12)
     assert all(not value.requires_grad for value in parts.values())
+
+
+def test_the_hybrid_loss_is_its_two_terms_each_a_loss_of_its_own():
+    """``HybridLoss`` = ``MapL1Loss`` + lambda ``EdgeConsistencyLoss``, each usable alone with the same options, and
+    each refuses its own wrong options."""
+    pred, label = random_maps(seed=4), random_maps(seed=5)
+    image, mask = synthesize_all(random_maps(seed=6)), (torch.rand(2, 1, 12, 10, dtype=torch.float64) > 0.3).double()
+    hybrid = HybridLoss(lambda_self=0.3, map_weights=(1.0, 10.0, 1.0), contrasts=("mprage", "tse_epg"))
+    parts = hybrid.components(pred, {"label": label, "image": image, "mask": mask})
+    supervised = MapL1Loss(map_weights=(1.0, 10.0, 1.0))(pred, label, mask)
+    edges = EdgeConsistencyLoss(contrasts=("mprage", "tse_epg"))(pred, image, mask)
+    assert float(parts["supervised"]) == pytest.approx(float(supervised), rel=1e-12)
+    assert float(parts["self_tse_epg"]) == pytest.approx(float(edges["self_tse_epg"]), rel=1e-12)
+    assert float(parts["total"]) == pytest.approx(float(supervised + 0.3 * edges["self_supervised"]), rel=1e-12)
+    with pytest.raises(ValueError, match="map_weights"):
+        MapL1Loss(map_weights=(1.0, -1.0, 1.0))
+    with pytest.raises(ValueError, match=r"protocols given for \['flair'\]"):
+        EdgeConsistencyLoss(protocols={"flair": {}})
+    with pytest.raises(ValueError, match="contrast_weights must be >= 0"):
+        EdgeConsistencyLoss(contrast_weights={"tse": -1.0})
 
 
 def test_map_and_contrast_weights():
