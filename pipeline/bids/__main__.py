@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = commands[args.command]
     from pipeline.bids.derivatives import write_derivatives  # imported after parsing: --help stays fast
-    from pipeline.bids.layout import write_manifest
+    from pipeline.bids.manifest import write_manifest
 
     try:
         if args.command == "manifest":

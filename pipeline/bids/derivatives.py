@@ -38,7 +38,8 @@ import nibabel as nib
 import numpy as np
 
 from pipeline import __version__
-from pipeline.bids.layout import bids_root_of, check_outside_dataset
+from pipeline.bids.manifest import bids_root_of
+from pipeline.bids.map_units import check_outside_dataset
 from pipeline.data.errors import InvalidInputError, MissingFilesError
 from pipeline.data.manifest import SECTIONS, read_manifest
 from pipeline.files import write_atomically
