@@ -248,54 +248,89 @@ def write_bids_study(
     sidecars = protocol_sidecars(overrides)
     truth_sessions = []
     for index, (entry, (participant, session)) in enumerate(zip(entries, SESSIONS)):
-        subject_dir = root / STUDY_DIR / entry["subject"]
-        for stem, suffix in WEIGHTED_SUFFIXES.items():
-            target = root / _bids_name(participant, session, suffix, ".nii.gz")
-            source = subject_dir / f"{stem}.nii.gz"
-            if suffix == "T2w":
-                image = nib.load(source)
-                motion = _motion(seed, index, image.affine, image.shape)
-                moved = resample_rigidly(np.asanyarray(image.dataobj), image.affine, motion["transform"])
-                intensities = np.clip(np.rint(moved), 0, np.iinfo(np.int16).max).astype(np.int16)
-                write_nifti(target, intensities, image.affine)
-            else:
-                write_atomically(target, source.read_bytes())
-            _write_json(
-                target.with_name(target.name.replace(".nii.gz", ".json")),
-                {**sidecars[suffix], "MagneticFieldStrength": 3},
-            )
-        for stem, suffix in MAP_SUFFIXES.items():
-            target = root / _bids_name(participant, session, suffix, ".nii.gz")
-            label = nib.load(subject_dir / f"{stem}_map_lowres.nii.gz")
-            data = np.asarray(label.dataobj, dtype=np.float32)
-            if stem != "m0":
-                data = (data / np.float32(MS_PER_S)).astype(np.float32)
-            write_nifti(target, data, label.affine)
-            _write_json(
-                target.with_name(target.name.replace(".nii.gz", ".json")),
-                {
-                    "Units": "arbitrary" if stem == "m0" else "s",
-                    "Description": f"Simulated {suffix} in thick slabs (the phantom's low-resolution label, "
-                    "pipeline.phantom.labels)",
-                },
-            )
-        truth_sessions.append(
+        motion = _write_weighted_images(root, entry, participant, session, sidecars, seed, index)
+        _write_label_maps(root, entry, participant, session)
+        truth_sessions.append(_truth_session(entry, participant, session, motion))
+    _write_dataset_files(root, seed, sagittal_slices)
+    _write_json(
+        root / TRUTH_PATH,
+        {
+            "description": "Ground truth of the phantom BIDS dataset: per session, the phantom subject it was made "
+            "from, its brain mask and 1 mm reference maps (T1, T2 in ms, M0) and the rigid motion of its T2w "
+            "(pipeline.phantom.bids module docstring). Paths are relative to the BIDS root.",
+            "study_manifest": f"{STUDY_DIR}/dataset.json",
+            "reference_units": {"t1_ref": "ms", "t2_ref": "ms", "m0_ref": "a.u."},
+            "protocols": {
+                contrast: protocol.to_dict() for contrast, protocol in contrasts.protocols(overrides).items()
+            },
+            "sessions": truth_sessions,
+        },
+    )
+    return root
+
+
+def _write_weighted_images(
+    root: pathlib.Path, entry: dict, participant: str, session: str | None, sidecars: dict, seed: int, index: int
+) -> dict:
+    """The session's T1w, T2w (rigidly moved) and FLAIR with their sidecars; returns the T2w's motion."""
+    subject_dir = root / STUDY_DIR / entry["subject"]
+    for stem, suffix in WEIGHTED_SUFFIXES.items():
+        target = root / _bids_name(participant, session, suffix, ".nii.gz")
+        source = subject_dir / f"{stem}.nii.gz"
+        if suffix == "T2w":
+            image = nib.load(source)
+            motion = _motion(seed, index, image.affine, image.shape)
+            moved = resample_rigidly(np.asanyarray(image.dataobj), image.affine, motion["transform"])
+            intensities = np.clip(np.rint(moved), 0, np.iinfo(np.int16).max).astype(np.int16)
+            write_nifti(target, intensities, image.affine)
+        else:
+            write_atomically(target, source.read_bytes())
+        _write_json(
+            target.with_name(target.name.replace(".nii.gz", ".json")), {**sidecars[suffix], "MagneticFieldStrength": 3}
+        )
+    return motion
+
+
+def _write_label_maps(root: pathlib.Path, entry: dict, participant: str, session: str | None) -> None:
+    """The session's T1map and T2map (s) and M0map in thick slabs, with their sidecars."""
+    subject_dir = root / STUDY_DIR / entry["subject"]
+    for stem, suffix in MAP_SUFFIXES.items():
+        target = root / _bids_name(participant, session, suffix, ".nii.gz")
+        label = nib.load(subject_dir / f"{stem}_map_lowres.nii.gz")
+        data = np.asarray(label.dataobj, dtype=np.float32)
+        if stem != "m0":
+            data = (data / np.float32(MS_PER_S)).astype(np.float32)
+        write_nifti(target, data, label.affine)
+        _write_json(
+            target.with_name(target.name.replace(".nii.gz", ".json")),
             {
-                "participant": participant,
-                "session": session,
-                "entry": f"sub-{participant}" + (f"_ses-{session}" if session else ""),
-                "phantom_subject": entry["subject"],
-                "split": SPLITS[participant],
-                "mask": f"{STUDY_DIR}/{entry['mask']}",
-                **{key: f"{STUDY_DIR}/{entry[key]}" for key in ("t1_ref", "t2_ref", "m0_ref")},
-                **{
-                    f"phantom_{key}": f"{STUDY_DIR}/{entry[key]}"
-                    for key in ("t1w", "t2w", "flair", "t1_map", "t2_map", "m0_map")
-                },
-                "t2w_motion": motion["record"],
-            }
+                "Units": "arbitrary" if stem == "m0" else "s",
+                "Description": f"Simulated {suffix} in thick slabs (the phantom's low-resolution label, "
+                "pipeline.phantom.labels)",
+            },
         )
 
+
+def _truth_session(entry: dict, participant: str, session: str | None, motion: dict) -> dict:
+    """The truth record of one session: its phantom subject, mask, 1 mm references and the T2w's motion."""
+    return {
+        "participant": participant,
+        "session": session,
+        "entry": f"sub-{participant}" + (f"_ses-{session}" if session else ""),
+        "phantom_subject": entry["subject"],
+        "split": SPLITS[participant],
+        "mask": f"{STUDY_DIR}/{entry['mask']}",
+        **{key: f"{STUDY_DIR}/{entry[key]}" for key in ("t1_ref", "t2_ref", "m0_ref")},
+        **{
+            f"phantom_{key}": f"{STUDY_DIR}/{entry[key]}"
+            for key in ("t1w", "t2w", "flair", "t1_map", "t2_map", "m0_map")
+        },
+        "t2w_motion": motion["record"],
+    }
+
+
+def _write_dataset_files(root: pathlib.Path, seed: int, sagittal_slices: int | None) -> None:
+    """dataset_description.json, README, participants.tsv/.json and the sessions files."""
     _write_json(
         root / "dataset_description.json",
         {
@@ -343,18 +378,3 @@ def write_bids_study(
                 root / f"sub-{participant}" / f"sub-{participant}_sessions.tsv",
                 "session_id\n" + "".join(f"ses-{s}\n" for s in sessions),
             )
-    _write_json(
-        root / TRUTH_PATH,
-        {
-            "description": "Ground truth of the phantom BIDS dataset: per session, the phantom subject it was made "
-            "from, its brain mask and 1 mm reference maps (T1, T2 in ms, M0) and the rigid motion of its T2w "
-            "(pipeline.phantom.bids module docstring). Paths are relative to the BIDS root.",
-            "study_manifest": f"{STUDY_DIR}/dataset.json",
-            "reference_units": {"t1_ref": "ms", "t2_ref": "ms", "m0_ref": "a.u."},
-            "protocols": {
-                contrast: protocol.to_dict() for contrast, protocol in contrasts.protocols(overrides).items()
-            },
-            "sessions": truth_sessions,
-        },
-    )
-    return root
