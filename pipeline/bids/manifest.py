@@ -94,28 +94,6 @@ def write_manifest(
     def relative(path: pathlib.Path) -> str:
         return pathlib.Path(os.path.relpath(path, base)).as_posix()
 
-    def entry_of(session: BIDSSession) -> dict:
-        entry = {"subject": session.name}
-        entry.update({key: relative(session.files[key]) for key in WEIGHTED_SUFFIXES})
-        if session.has_maps:
-            for key in MAP_SUFFIXES:
-                where = f"{session.name}"
-                if key == "m0_map":
-                    entry[key] = relative(session.files[key])
-                    continue
-                units, factor = map_units_factor(session.metadata.get(key, {}), key, where, str(session.files[key]))
-                target = cache / session.name / f"{key}.nii.gz"
-                entry[key] = relative(
-                    convert_map_to_ms(session.files[key], target, factor, units, key, where, overwrite)
-                )
-        entry["bids"] = {
-            "subject": session.participant,
-            **({"session": session.session} if session.session else {}),
-            **session.relpaths,
-            **({"maps_dataset": session.maps_dataset} if session.maps_dataset else {}),
-        }
-        return entry
-
     manifest = {
         "name": f"BIDS dataset {root.name}",
         "description": (
@@ -125,28 +103,10 @@ def write_manifest(
         "map_units": {"t1_map": "ms", "t2_map": "ms", "m0_map": "a.u."},
         "bids_root": relative(root),
         **({"maps_dir": relative(maps_root)} if maps_root is not None else {}),
-        "selection": {
-            "runs": runs,
-            "filters": normalise_filters(filters),
-            **(
-                {"participant_label": sorted(_strip(p, "sub-") for p in participant_label)} if participant_label else {}
-            ),
-        },
-        "split": (
-            {"participants_column": split}
-            if split is not None
-            else {
-                "lists": {
-                    k: sorted(_strip(p, "sub-") for p in v)
-                    for k, v in {"training": training, "validation": validation, "testing": testing}.items()
-                    if v
-                }
-            }
-            if any(v is not None for v in (training, validation, testing))
-            else {"default": "testing"}
-        ),
+        "selection": _selection_record(runs, filters, participant_label),
+        "split": _split_record(split, training, validation, testing),
         "protocols": protocols,
-        **{section: [entry_of(s) for s in splits[section]] for section in SECTIONS},
+        **{section: [_manifest_entry(s, relative, cache, overwrite) for s in splits[section]] for section in SECTIONS},
     }
     problems = bids_protocols.protocol_problems(protocols)
     if problems:
@@ -159,6 +119,45 @@ def write_manifest(
         )
     write_atomically(out, json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def _manifest_entry(session: BIDSSession, relative, cache: pathlib.Path, overwrite: bool) -> dict:
+    """One session's manifest entry: its files (``relative`` paths; T1/T2 maps converted to ms into ``cache``) and
+    its ``bids`` record."""
+    entry = {"subject": session.name}
+    entry.update({key: relative(session.files[key]) for key in WEIGHTED_SUFFIXES})
+    if session.has_maps:
+        for key in MAP_SUFFIXES:
+            if key == "m0_map":
+                entry[key] = relative(session.files[key])
+                continue
+            source = session.files[key]
+            units, factor = map_units_factor(session.metadata.get(key, {}), key, session.name, str(source))
+            target = cache / session.name / f"{key}.nii.gz"
+            entry[key] = relative(convert_map_to_ms(source, target, factor, units, key, session.name, overwrite))
+    entry["bids"] = {
+        "subject": session.participant,
+        **({"session": session.session} if session.session else {}),
+        **session.relpaths,
+        **({"maps_dataset": session.maps_dataset} if session.maps_dataset else {}),
+    }
+    return entry
+
+
+def _selection_record(runs: str, filters, participant_label) -> dict:
+    """How the files were chosen: the run rule, the filters and the participants."""
+    labels = {"participant_label": sorted(_strip(p, "sub-") for p in participant_label)} if participant_label else {}
+    return {"runs": runs, "filters": normalise_filters(filters), **labels}
+
+
+def _split_record(split: str | None, training, validation, testing) -> dict:
+    """How the datalists were made: a participants.tsv column, explicit lists, or the default (all testing)."""
+    if split is not None:
+        return {"participants_column": split}
+    lists = {"training": training, "validation": validation, "testing": testing}
+    if all(v is None for v in lists.values()):
+        return {"default": "testing"}
+    return {"lists": {k: sorted(_strip(p, "sub-") for p in v) for k, v in lists.items() if v}}
 
 
 def bids_root_of(manifest: str | os.PathLike | Mapping, base_dir: str | os.PathLike | None = None) -> pathlib.Path:
