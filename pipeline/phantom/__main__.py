@@ -27,7 +27,8 @@ from pipeline.phantom.study import DEFAULT_SNR, generate_study
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS, tissue_scales
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m pipeline.phantom``."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.phantom", description="Generate the digital brain phantom study."
     )
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> None:
         "--bids", action="store_true", help="write the BIDS test dataset (pipeline.phantom.bids) into --out instead"
     )
     parser.add_argument("--figure", default=None, help="also write a PNG of one sagittal slice set here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     acquisition = Acquisition.preset(args.acquisition, args.without)
     try:
