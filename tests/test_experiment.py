@@ -15,6 +15,7 @@ import torch
 from scipy import ndimage
 from scipy.stats import ttest_rel
 
+from pipeline.data import load_datalist
 from pipeline.reports.experiment import compare_experiments, experiment_table
 from tests import warm_python
 
@@ -398,20 +399,21 @@ def test_the_oracle_shared_across_label_studies_carries_its_card_and_keeps_what_
     assert (target / "models" / "model.pt").read_bytes() == b"weights"  # a file already there is never replaced
 
 
-def test_head_comparison_wraps_the_brain_in_a_head_and_measures_the_maps_inside_the_brain(full_subject, tmp_path):
+def test_head_comparison_wraps_the_brain_in_a_head_and_measures_the_maps_inside_the_brain(tiny_study, tmp_path):
     """The head entries keep every brain voxel of the images; a map changed by 10 % in the brain's outer 2 mm and
     cropped back from the head's padded grid shows as that change over the brain and none in its interior."""
     sys.path.insert(0, str(SCRIPT.parent))
     import run_head_comparison as head
 
-    manifests = head.write_cases(full_subject, tmp_path, seed=0)
+    subject = load_datalist(tiny_study, "testing")[0]  # 16 sagittal planes of a phantom subject
+    manifests = head.write_cases(subject, tmp_path, seed=0)
     masked, unmasked = (json.loads(manifests[name].read_text())["testing"] for name in ("masked", "unmasked"))
     assert [case["subject"] for case in masked + unmasked] == list(head.ENTRIES) and "mask" not in unmasked[0]
     padding = np.asarray(json.loads((tmp_path / "padding.json").read_text()))
     crop = tuple(slice(before, -after if after else None) for before, after in padding)
-    brain = nib.load(full_subject["mask"]).get_fdata() > 0
+    brain = nib.load(subject["mask"]).get_fdata() > 0
     for key in ("t1w", "flair"):
-        original = nib.load(full_subject[key]).get_fdata()
+        original = nib.load(subject[key]).get_fdata()
         headed = nib.load(masked[1][key]).get_fdata()[crop]
         np.testing.assert_allclose(headed[brain], original[brain], rtol=1e-6)
         assert headed[~brain].mean() > 2 * original[~brain].mean()  # skull, scalp and neck outside the brain
