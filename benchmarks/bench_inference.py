@@ -48,6 +48,8 @@ from bundle_configs import BUNDLE, CONFIGS, REPO
 from monai.bundle import ConfigParser
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.engine import write_model_card
+
 DEFAULT_DATALIST = REPO / "data" / "phantom_realistic" / "dataset.json"
 
 STAGES = {  # volume transform class -> stage of the table
@@ -104,6 +106,7 @@ def runtimes(name: str, configs: list[str], scratch: str) -> dict:
     eager = parse(configs).get_parsed_content("network").eval()
     checkpoint = pathlib.Path(scratch, f"{name}_model.pt")  # and .ts, .onnx beside it
     torch.save(eager.state_dict(), checkpoint)
+    write_model_card(scratch, **bundle_configs.trained_settings())  # the card the exports and the runs read
     overrides = ["--features", repr(parse(configs)["features"])]  # the paper features, when paper.json is merged
     for kind, suffix in (("torchscript", ".ts"), ("onnx", ".onnx")):
         command = export_command(kind, BUNDLE, checkpoint, checkpoint.with_suffix(suffix)) + overrides
@@ -141,7 +144,10 @@ def network_row(name: str, configs: list[str], peak: float, batch: torch.Tensor,
 
 
 def network_rows(peak: float, batch_size: int, slice_size: tuple[int, int], scratch: str) -> list[tuple]:
-    batch = torch.rand(batch_size, 3, *slice_size)
+    from pipeline.data import input_channels
+
+    channels = input_channels(bundle_configs.trained_settings()["context_slices"])  # 2.5D: neighbours as channels
+    batch = torch.rand(batch_size, channels, *slice_size)
     rows = network_row("default", ["inference.json"], peak, batch, scratch)
     return rows + network_row("paper features", ["inference.json", "paper.json"], peak, batch, scratch)
 
@@ -273,6 +279,7 @@ def main() -> None:
         if options.only_runs:
             checkpoint = pathlib.Path(scratch, "default_model.pt")
             torch.save(parse("inference.json").get_parsed_content("network").state_dict(), checkpoint)
+            write_model_card(scratch, **bundle_configs.trained_settings())  # what the bundle's inference reads
         else:
             print_network_and_stage_tables(options, dataset_dir, scratch)  # also exports default_model.{ts,onnx}
         if not options.skip_runs:
