@@ -201,3 +201,24 @@ def test_the_output_layer_computes_in_fp32_so_bf16_maps_are_not_posterised():
     torch.testing.assert_close(exact, plain(x))  # outside autocast it is the plain network
     with pytest.raises(TypeError, match="Conv2d final_conv"):
         precision.with_full_precision_output(torch.nn.Linear(2, 2))
+
+
+def test_the_inference_network_is_channels_last_with_the_same_outputs_and_state_dict():
+    """inference.json's network keeps its weights in channels-last memory (faster oneDNN convolutions) and gives the
+    outputs of the same weights in the default layout; its state dict loads into and from a plain network."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update(
+        {"device": "$torch.device('cpu')", "slice_axis": 1, "context_slices": 1, "intensity_reference": "csf"}
+    )
+    parser["network_norm"] = "batch"
+    network = parser.get_parsed_content("network").eval()
+    conv = next(module for module in network.modules() if isinstance(module, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    plain = torch.nn.Sequential(
+        BasicUNet(2, 9, 3, features=(16, 16, 32, 64, 128, 16), norm="batch"), torch.nn.Softplus()
+    )
+    plain.load_state_dict(network.state_dict())
+    x = torch.rand(2, 9, 48, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(network(x), plain.eval()(x), rtol=1e-5, atol=1e-6)
