@@ -144,13 +144,13 @@ def with_full_precision_output(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
-def for_inference(network: torch.nn.Module) -> torch.nn.Module:
-    """``network`` with its weights in channels-last memory (NHWC), in place and returned: the same outputs (to fp32's
-    and bf16's rounding), faster convolutions for a batch-normalised ``BasicUNet`` on the CPU's oneDNN kernels (eager
-    inference 24.4 -> 12.5 ms per slice in fp32, 14.6 -> 9.4 in bf16, ``benchmarks/README.md``). Inference only: a
-    training run in channels-last (1.38x per fp32 step) follows another rounding trajectory, whose accuracy is not yet
-    checked."""
-    return network.to(memory_format=torch.channels_last)
+def channels_last(network: torch.nn.Module, enabled: bool | str = True) -> torch.nn.Module:
+    """``network`` with its weights in channels-last memory (NHWC) when ``enabled`` (a flag, also ``"false"`` from the
+    command line), in place and returned: the same outputs to fp32's and bf16's rounding, faster convolutions for a
+    batch-normalised ``BasicUNet`` on the CPU's oneDNN kernels (``benchmarks/README.md``: eager inference 24.4 -> 12.5 ms
+    per slice in fp32, 14.6 -> 9.4 in bf16; a fp32 training step 1.38x). ``inference.json`` enables it; ``train.json``
+    has it as ``channels_last`` (off: a training in channels-last follows another rounding trajectory)."""
+    return network.to(memory_format=torch.channels_last) if as_flag(enabled) else network
 
 
 class AutocastInferer(Inferer):

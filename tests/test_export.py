@@ -17,7 +17,7 @@ from pipeline.data import input_channels
 from pipeline.engine import write_model_card
 from pipeline.export import OnnxRuntimeNetwork, export_command, traceable
 from pipeline.physics import MAP_UNIT_MS
-from pipeline.precision import for_inference
+from pipeline.precision import channels_last
 from tests import warm_python
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -132,8 +132,8 @@ def test_traceable_changes_no_output_and_is_what_onnx_needs_for_odd_sizes(export
     state = torch.load(ckpt_dir / "model.pt", weights_only=True)
     _, patched = parse_network("inference_onnx.json", network="@export_network")
     patched.load_state_dict(state)
-    with torch.no_grad():  # in the eager network's memory layout (channels-last, for_inference): bit for bit
-        assert torch.equal(for_inference(patched.eval())(image), network(image))
+    with torch.no_grad():  # in the eager network's memory layout (channels-last, channels_last): bit for bit
+        assert torch.equal(channels_last(patched.eval())(image), network(image))
 
     def small_unet():
         return BasicUNet(spatial_dims=2, in_channels=CHANNELS, out_channels=3, features=(4, 4, 4, 4, 4, 4)).eval()

@@ -222,3 +222,16 @@ def test_the_inference_network_is_channels_last_with_the_same_outputs_and_state_
     x = torch.rand(2, 9, 48, 40)
     with torch.no_grad():
         torch.testing.assert_close(network(x), plain.eval()(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("switch, expected", [(None, False), ("true", True), ("false", False)])
+def test_training_in_channels_last_is_one_switch_off_by_default(switch, expected):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser["device"] = "$torch.device('cpu')"
+    if switch is not None:
+        parser["channels_last"] = switch  # as the command line gives it
+    conv = next(
+        module for module in parser.get_parsed_content("network").modules() if isinstance(module, torch.nn.Conv2d)
+    )
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is expected
