@@ -11,7 +11,8 @@ entries, and compares their maps inside the brain:
 
 Per model and entry (``head*`` against ``stripped``), over the brain mask and over its interior (voxels at least
 ``--edge-mm`` from its surface): the median and 95th percentile of ``|map_head - map_stripped| / map_stripped`` for
-T1, T2 and M0, written to ``head.csv`` (one coronal slice in ``head.png``); ``head.json`` records the command, commit and wall time.
+T1, T2 and M0, written to ``head.csv`` (one coronal slice in ``head.png``); ``head.json`` records the command,
+commit and wall time.
 
     python scripts/run_head_comparison.py --model default=runs/…/models/model.pt --out docs/results/head
 """

@@ -1,4 +1,4 @@
-"""``python -m module …`` and ``python script.py …`` for the tests, forked from a warm interpreter, not started afresh.
+"""``python -m module …`` and ``python script.py …`` for the tests, forked from a warm interpreter.
 
 A bundle command spends ~6 s importing torch, MONAI, Ignite and this package before a test's 3-step training, and
 the suite runs ~60 of them (the experiment drivers' among them). :func:`run` is ``subprocess.run`` for such a command
@@ -6,7 +6,8 @@ line, but the process is forked from a server that imported those modules once (
 ``forkserver``, which forks before any thread or tensor exists). Each command still gets a process of its own, with
 its own environment, ``sys.argv``, exit status and output; inside it ``subprocess.run`` is :func:`run` too, so a
 driver's own bundle commands are forked warm as well. Any other command (``git``; ``torchrun``,
-:data:`COLD_MODULES`) goes to ``subprocess.run`` unchanged. Linux only (the child reopens its caller's standard streams through ``/proc``).
+:data:`COLD_MODULES`) goes to ``subprocess.run`` unchanged. Linux only (the child reopens its caller's standard
+streams through ``/proc``).
 
 Written by hand: ``multiprocessing`` forks the process, but nothing runs a command line in it.
 """
@@ -84,8 +85,8 @@ def _main(command: list[str], env: dict, streams: list[tuple[str, bool]]) -> Non
 def run(command, *, capture_output=False, text=False, stdout=None, stderr=None, env=None, timeout=None, check=False,
         **kwargs) -> subprocess.CompletedProcess:  # fmt: skip
     """``subprocess.run``, forked from the warm server when ``command`` is ``[sys.executable, "-m", module, …]`` or
-    ``[sys.executable, script.py, …]`` (no other keyword than these). Returns the ``CompletedProcess`` (``returncode``:
-    the exit status, negative for a signal).
+    ``[sys.executable, script.py, …]`` (no other keyword than these). Returns the ``CompletedProcess``
+    (``returncode``: the exit status, negative for a signal).
 
     Raises:
         subprocess.TimeoutExpired: the command ran past ``timeout`` seconds (it is killed).
