@@ -64,6 +64,12 @@ SETTINGS = {"paper": ["paper_loss.json"], "robust": ["robust.json"], "default": 
 """Config files merged after the profile for each loss setting (``default``: ``train.json``'s own)."""
 MODELS = {"supervised": ["train_supervised.json"], "hybrid": [], "oracle": ["train_oracle.json"]}
 """Config files merged last for each model."""
+MODEL_KEYS = {
+    model: {key for name in files for key in json.loads((CONFIGS / name).read_text())}
+    for model, files in MODELS.items()
+}
+"""The settings each model's config files fix: a variant's override of them (e.g. ``lambda_intensity``) is the hybrid
+model's only, never its supervised twin's or the oracle's."""
 INFERENCE_KEYS = frozenset(json.loads((CONFIGS / "inference.json").read_text()))
 """Training overrides that inference takes too (``slice_axis``, ``features``, ...)."""
 
@@ -128,7 +134,7 @@ class Run:
             resume = models_dir.is_dir() and any(models_dir.glob("checkpoint*.pt"))
             overrides = {
                 **data,
-                **dict(self.overrides),
+                **{key: value for key, value in self.overrides if key not in MODEL_KEYS[self.model]},
                 "seed": self.seed,
                 "ckpt_dir": models_dir,
                 "log_dir": self.run_dir / "logs",

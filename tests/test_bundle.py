@@ -142,11 +142,12 @@ def test_metadata_eval_metrics_are_the_default_settings_test_results():
     }
 
 
-def test_supervised_override_only_sets_lambda_zero():
+def test_supervised_override_only_turns_the_physics_terms_off():
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "train_supervised.json")])
-    assert parser.get_parsed_content("loss").lambda_self == 0.0
-    assert json.loads((CONFIGS / "train_supervised.json").read_text()) == {"lambda_self": 0.0}
+    loss = parser.get_parsed_content("loss")
+    assert loss.lambda_self == 0.0 and loss.lambda_intensity == 0.0 and not loss.needs_images
+    assert json.loads((CONFIGS / "train_supervised.json").read_text()) == {"lambda_self": 0.0, "lambda_intensity": 0.0}
 
 
 def test_training_writes_best_model_and_state(trained):

@@ -35,11 +35,12 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from pipeline.losses import ScaleInvariantL1Loss
+from pipeline.losses.consistency import DEFAULT_INPUT_CHANNELS
 from pipeline.physics import resolve_protocol, synthesize
 from pipeline.qc.tissues import TISSUE_CLASSES
 
-INPUT_CHANNELS = {"mprage": 0, "tse": 1, "tse_epg": 1, "flair": 2}
-"""Contrast → channel of the acquired images (T1w, T2w, FLAIR) it re-synthesises (as the loss's default)."""
+INPUT_CHANNELS = DEFAULT_INPUT_CHANNELS
+"""Contrast → channel of the acquired images (T1w, T2w, FLAIR) it re-synthesises (the loss's default)."""
 
 
 def synthesize_volume(contrast: str, maps_ms: np.ndarray, protocol: Any = None) -> np.ndarray:
