@@ -18,7 +18,8 @@
    time), and prints the slopes table (mean ± sd over seeds).
 
 Models: ``--experiment DIR`` takes every ``DIR/runs/<setting>/<model>_seed<k>/models/model.pt`` of
-:mod:`run_paper_experiment`; ``--model NAME=CHECKPOINT`` adds one (seed 0). ``--maps NAME=DIR`` adds maps already
+:mod:`run_paper_experiment`; ``--model NAME=CHECKPOINT`` adds one (seed 0); ``--adapt NAME=CHECKPOINT [KEY=VALUE ...]``
+one adapted to each case's own images by the bundle's ``adapting`` command with these overrides of ``adapt.json``. ``--maps NAME=DIR`` adds maps already
 written for every case; ``--dictionary labels images`` the ideal observer's rows (:mod:`pipeline.dictionary`: a
 per-voxel fit of the three images with the study's signal models, each image's gain from the subject's labels or from
 the images alone).
@@ -89,8 +90,16 @@ def named_paths(pairs: list[str], flag: str) -> list[tuple[str, pathlib.Path]]:
     return [(name, pathlib.Path(path)) for name, _, path in parsed]
 
 
-def infer(checkpoint: pathlib.Path, cases_manifest: pathlib.Path, maps_dir: pathlib.Path, amp: str) -> None:
-    """The bundle's inference of every case (skipped when ``maps_dir/done`` exists)."""
+def infer(
+    checkpoint: pathlib.Path,
+    cases_manifest: pathlib.Path,
+    maps_dir: pathlib.Path,
+    amp: str,
+    adaptation: dict | None = None,
+) -> None:
+    """The bundle's inference of every case (skipped when ``maps_dir/done`` exists); with ``adaptation`` (overrides of
+    ``adapt.json``, e.g. ``{"adapt_lambda_intensity": 1.0}``) its adaptation to each case's images first
+    (:mod:`pipeline.adaptation`, which needs the QC on to judge the maps)."""
     if (maps_dir / "done").exists():
         return
     overrides = {
@@ -99,13 +108,15 @@ def infer(checkpoint: pathlib.Path, cases_manifest: pathlib.Path, maps_dir: path
         "checkpoint": checkpoint,
         "output_dir": maps_dir,
         "overwrite": True,
-        "qc": False,
+        "qc": adaptation is not None,
+        "qc_report": False,
         "check_inputs": False,
         "amp": amp,
+        **(adaptation or {}),
     }
     run_bundle(
-        "inference",
-        ["inference.json"],
+        "inference" if adaptation is None else "adapting",
+        ["inference.json"] if adaptation is None else ["inference.json", "adapt.json"],
         overrides,
         maps_dir.parent / f"{maps_dir.name}.log",
         threads=os.cpu_count() or 1,
@@ -237,6 +248,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
     parser.add_argument("--maps", action="append", default=[], metavar="NAME=DIR")
     parser.add_argument(
+        "--adapt",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT [KEY=VALUE ...]",
+        help="a row of the model adapted to each case's own images (adapt.json, with these overrides) before inference",
+    )
+    parser.add_argument(
         "--dictionary",
         nargs="*",
         default=[],
@@ -271,11 +290,14 @@ def main(argv: list[str] | None = None) -> None:
     first = {}  # one run per model and seed, the first given: a run linked into two experiments counts once
     for name, seed, checkpoint in models:
         first.setdefault((name, seed), checkpoint)
-    models = [(name, seed, checkpoint) for (name, seed), checkpoint in first.items()]
+    models = [(name, seed, checkpoint, None) for (name, seed), checkpoint in first.items()]
+    for model, *pairs in args.adapt:
+        ((name, checkpoint),) = named_paths([model], "--adapt")
+        models.append((name, 0, checkpoint, dict(pair.split("=", 1) for pair in pairs)))
     maps = []
-    for name, seed, checkpoint in models:
+    for name, seed, checkpoint, adaptation in models:
         maps_dir = args.work / "maps" / f"{name}_seed{seed}"
-        infer(checkpoint.resolve(), cases_manifest.resolve(), maps_dir.resolve(), args.amp)
+        infer(checkpoint.resolve(), cases_manifest.resolve(), maps_dir.resolve(), args.amp, adaptation)
         maps.append((name, seed, maps_dir))
         print(f"inferred {name} seed {seed} ({time.perf_counter() - started:.0f} s)", flush=True)
     for gains in args.dictionary:  # the ideal observer's maps (pipeline.dictionary) with the study's protocols

@@ -22,6 +22,7 @@ from pipeline.reports.response import (
 )
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+import run_response_benchmark  # noqa: E402
 from run_response_benchmark import experiment_models  # noqa: E402
 from run_response_benchmark import main as response_benchmark  # noqa: E402
 
@@ -191,3 +192,24 @@ def test_models_of_an_experiment_and_of_an_ablation_are_named_by_their_runs(tmp_
     (tmp_path / "runs" / "training_hybrid_seed0" / "models" / "model.pt").touch()
     found = {(name, seed) for name, seed, _ in experiment_models(tmp_path)}
     assert found == {("hybrid", 1), ("supervised_robust", 0), ("tv_csf_hybrid", 2)}
+
+
+def test_an_adapted_row_runs_the_bundles_adaptation_with_its_overrides_and_the_qc_that_judges_it(monkeypatch, tmp_path):
+    calls = []
+
+    def run_bundle(run_id, configs, overrides, log, threads):
+        calls.append((run_id, configs, overrides))
+        overrides["output_dir"].mkdir()
+
+    monkeypatch.setattr(run_response_benchmark, "run_bundle", run_bundle)
+    manifest, checkpoint = tmp_path / "cases" / "dataset.json", tmp_path / "model.pt"
+    run_response_benchmark.infer(checkpoint, manifest, tmp_path / "plain", "auto")
+    run_response_benchmark.infer(checkpoint, manifest, tmp_path / "adapted", "auto", {"adapt_lambda_intensity": "1"})
+    (plain_id, plain_configs, plain), (adapt_id, adapt_configs, adapted) = calls
+    assert (plain_id, plain_configs, plain["qc"]) == ("inference", ["inference.json"], False)
+    assert (adapt_id, adapt_configs, adapted["qc"]) == ("adapting", ["inference.json", "adapt.json"], True)
+    assert adapted["adapt_lambda_intensity"] == "1" and "adapt_lambda_intensity" not in plain
+    assert adapted["checkpoint"] == checkpoint and adapted["output_dir"] == tmp_path / "adapted"
+    assert (tmp_path / "adapted" / "done").exists()
+    run_response_benchmark.infer(checkpoint, manifest, tmp_path / "adapted", "auto", {"adapt_lambda_intensity": "1"})
+    assert len(calls) == 2  # done: not run again
