@@ -1,10 +1,11 @@
-"""Adaptation of a trained model to a new subject's own images: the self-supervised term only, kept if it helps.
+"""Adaptation of a trained model to a new subject's own images: the physics terms only, kept if it helps.
 
 A model trained on one site's protocol sees another site's images as a shifted input (another TE darkens the T2w
 TSE, another TI changes FLAIR) and writes wrong maps without a word (:mod:`pipeline.qc` flags them). The physics
 that the hybrid loss uses knows the new protocol: with the subject's own protocol in force, fine-tuning on the
 subject's own slices with :class:`pipeline.losses.SelfSupervisedLoss` (no labels) pulls the maps towards ones
-that re-synthesise what this scanner acquired.
+that re-synthesise what this scanner acquired: their edges (``lambda_self``) and, with ``lambda_intensity > 0``, the
+contrast between tissues under one gain per image, which is what a changed tissue value changes.
 
 Per subject (:class:`SubjectAdaptation`): the trained weights are loaded, the maps predicted and judged by the QC of
 the inference postprocessing (:meth:`pipeline.qc.SubjectQCd.assess`: the self-consistency ``residual``, averaged
@@ -13,7 +14,9 @@ the subject's slices follow; the maps are predicted and judged again, and the ad
 residual fell **and** the QC raises no more flags than before. The second condition matters: the edge term can be
 lowered by maps that fit the images better than the exact maps do (the signal models are simpler than the scanner),
 which drifts T2 away (a long, fast run on the phantom fitted the images best with white-matter T2 at 120 ms, which
-the plausibility and label checks flag). A run that drifts or diverges falls back to the trained model. The kept
+the plausibility and label checks flag). A run that drifts or diverges falls back to the trained model; ``keep="always"``
+keeps the adapted weights whenever their maps are finite (the plausibility ranges are healthy adults', so they also
+refuse a real change of tissue: a benchmark of the maps' response uses it). The kept
 maps go through the inference postprocessing (maps written, QC), and ``<output_dir>/<subject>/adaptation.json``
 records the figures, the decision and the settings (and, where the subject has 1 mm references, the metrics of both
 the trained and the adapted maps, kept or not).
@@ -43,6 +46,8 @@ from pipeline.precision import AutocastInferer, needs_grad_scaler
 from pipeline.qc.transforms import SubjectQCd
 
 ADAPTATION_FILE = "adaptation.json"
+KEEP_RULES = ("judged", "always")
+"""When :class:`SubjectAdaptation` keeps the adapted weights: when the QC judges them better, or always."""
 
 
 def load_weights(network: torch.nn.Module, checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> None:
@@ -75,6 +80,9 @@ class SubjectAdaptation:
         autocast_dtype: the fine-tuning network's precision (:func:`pipeline.precision.autocast_dtype`; None: fp32).
             Prediction runs in ``inferer``'s.
         overwrite: replace an existing ``adaptation.json`` (otherwise ``FileExistsError``).
+        keep: ``"judged"``: the adapted weights only if the QC judges them better (module docstring); ``"always"``: the
+            adapted weights whatever the QC says (the record still holds both judgements), to measure what adaptation
+            does where the QC's healthy ranges would refuse a real change.
     """
 
     def __init__(
@@ -98,7 +106,10 @@ class SubjectAdaptation:
         device: torch.device | str = "cpu",
         autocast_dtype: torch.dtype | None = None,
         overwrite: bool = False,
+        keep: str = "judged",
     ) -> None:
+        if keep not in KEEP_RULES:
+            raise ValueError(f"keep must be one of {KEEP_RULES}, got {keep!r}.")
         if steps < 1 or learning_rate <= 0:
             raise ValueError(f"adaptation needs steps >= 1 and learning_rate > 0, got {steps} and {learning_rate}.")
         self.network, self.checkpoint, self.dataset = network, checkpoint, dataset
@@ -114,7 +125,7 @@ class SubjectAdaptation:
         )
         self.context_slices = context_slices
         self.map_unit_ms, self.device, self.overwrite = float(map_unit_ms), torch.device(device), overwrite
-        self.autocast_dtype = autocast_dtype
+        self.autocast_dtype, self.keep = autocast_dtype, keep
         self.logger = logging.getLogger(__name__)
 
     def predict(self, volume: Mapping) -> torch.Tensor:
@@ -165,7 +176,10 @@ class SubjectAdaptation:
         self.fine_tune(volume)
         after = self.predict(volume)
         score_after, qc_after = self.judge(after, volume)
-        kept = bool(score_after < score_before and len(qc_after["flags"]) <= len(qc_before["flags"]))  # NaN: never
+        judged_better = bool(
+            score_after < score_before and len(qc_after["flags"]) <= len(qc_before["flags"])
+        )  # NaN: no
+        kept = judged_better or (self.keep == "always" and math.isfinite(score_after))
         if not kept:
             self.network.load_state_dict(trained_state)
         self.postprocessing({**volume, "pred": after if kept else before})
@@ -173,6 +187,8 @@ class SubjectAdaptation:
             "subject": subject,
             "checkpoint": str(self.checkpoint),
             "kept": kept,
+            "judged_better": judged_better,
+            "keep": self.keep,
             "score_before": score_before,
             "score_after": score_after,
             "flags_before": [flag["message"] for flag in qc_before["flags"]],
@@ -182,6 +198,8 @@ class SubjectAdaptation:
             "steps": self.steps,
             "learning_rate": self.learning_rate,
             "batch_size": self.batch_size,
+            "lambda_self": self.loss.lambda_self,
+            "lambda_intensity": self.loss.lambda_intensity,
             "protocols": {contrast: protocol.to_dict() for contrast, protocol in self.loss.edges.protocols.items()},
         }
         write_atomically(record_path, json.dumps(record, indent=2) + "\n")

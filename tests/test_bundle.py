@@ -514,17 +514,25 @@ def test_inference_without_qc_writes_maps_only(calibrated_model, tmp_path):
     assert written == ["m0_map.nii.gz", "t1_map.nii.gz", "t2_map.nii.gz"]
 
 
-@pytest.mark.parametrize("learning_rate, kept", [(1e-4, None), (1e6, False)])
+@pytest.mark.parametrize(
+    "learning_rate, kept, options",
+    [(1e-4, None, {}), (1e6, False, {}), (1e-4, True, {"adapt_keep": "always", "adapt_lambda_intensity": 0.5})],
+)
 def test_adapting_keeps_the_fine_tuned_model_only_if_self_consistency_improves(
-    study, calibrated_model, inferred, tmp_path, learning_rate, kept
+    study, calibrated_model, inferred, tmp_path, learning_rate, kept, options
 ):
     run = {"output_dir": tmp_path, "adapt_steps": 2, "adapt_learning_rate": learning_rate, **calibrated_model}
-    check(bundle_run("adapting", ["inference.json", "adapt.json"], **run))
+    check(bundle_run("adapting", ["inference.json", "adapt.json"], **run, **options))
     subject = json.loads(study["datalist"].read_text())["testing"][0]["subject"]
     record = json.loads((tmp_path / subject / "adaptation.json").read_text())
     assert record["steps"] == 2 and record["learning_rate"] == learning_rate
+    assert (record["lambda_self"], record["lambda_intensity"]) == (1.0, options.get("adapt_lambda_intensity", 0.0))
     improved = record["score_after"] < record["score_before"]
-    assert record["kept"] == (improved and len(record["flags_after"]) <= len(record["flags_before"]))
+    assert record["judged_better"] == (improved and len(record["flags_after"]) <= len(record["flags_before"]))
+    assert record["kept"] == (record["judged_better"] or record["keep"] == "always")
+    if kept:  # kept whatever the QC says: the adapted maps differ from the trained model's
+        adapted = nib.load(tmp_path / subject / "t1_map.nii.gz").get_fdata()
+        assert not np.allclose(adapted, nib.load(inferred[0] / subject / "t1_map.nii.gz").get_fdata())
     assert (
         record["metrics_before"]["t2_mpe_percent"] > 0
         and record["metrics_after"].keys() == record["metrics_before"].keys()
