@@ -28,7 +28,8 @@ import numpy as np
 from pipeline.cache import cache_dir, cached_array
 from pipeline.files import write_atomically
 from pipeline.phantom.contrasts import protocol_overrides
-from pipeline.phantom.simulate import acquired_fractions, texture_factors, tissue_fractions
+from pipeline.phantom.fine_anatomy import acquired_fractions
+from pipeline.phantom.simulate import texture_factors, tissue_fractions
 from pipeline.phantom.study import (
     MANIFEST_NAME,
     as_acquisition,

@@ -42,7 +42,8 @@ from pipeline.phantom.contrasts import (
 )
 from pipeline.phantom.grid import VoxelGrid
 from pipeline.phantom.labels import SLICE_PROFILE_EDGE, acquire_low_resolution_maps, add_fit_errors, slab_affine
-from pipeline.phantom.simulate import SubjectParameters, SubjectVolumes, simulate_subject, tissue_fractions
+from pipeline.phantom.simulate import SubjectVolumes, simulate_subject, tissue_fractions
+from pipeline.phantom.subject_parameters import SubjectParameters
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS, TissueScales, scales_as_dict, tissue_scales
 
 DEFAULT_SNR = 30.0
