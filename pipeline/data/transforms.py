@@ -45,7 +45,7 @@ from pipeline.data.checks import CheckMapUnitsd, CheckMaskd, CheckVolumed, LoadV
 from pipeline.data.coregistration import CheckCoregistrationd
 from pipeline.data.manifest import IMAGE_KEYS, LABEL_KEYS, MASK_KEY, REFERENCE_KEYS
 from pipeline.data.normalization import intensity_normalisation
-from pipeline.data.registration import RegisterToReferenced
+from pipeline.data.register_to_reference import RegisterToReferenced
 from pipeline.data.validity import FAILED_KEY, FitFailureMapd, MarkFitFailuresd
 from pipeline.physics import MAP_UNIT_MS
 
@@ -100,7 +100,7 @@ def build_volume_transforms(
             this margin, zero-padded beyond the image, so padding or a larger field of view leaves the network's
             input unchanged); ``None`` keeps the whole T1w grid.
         register: register T2w, FLAIR and the label maps (one transform for the three) rigidly to the T1w
-            (:class:`~pipeline.data.registration.RegisterToReferenced`, Mattes mutual information) before the
+            (:class:`~pipeline.data.register_to_reference.RegisterToReferenced`, Mattes mutual information) before the
             co-registration check, which then measures the residual; otherwise the check alone runs.
         transform_dir: with ``register``, the transforms are written to ``<transform_dir>/<subject>/<key>_to_t1w.tfm``.
         overwrite: replace existing ``.tfm`` files (otherwise :class:`FileExistsError`).
