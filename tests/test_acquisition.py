@@ -24,9 +24,11 @@ from pipeline.phantom.acquisition import (
 )
 from pipeline.phantom.anatomy import load_template_anatomy
 from pipeline.phantom.contrasts import protocol_overrides, protocols
+from pipeline.phantom.fine_anatomy import fine_grid
 from pipeline.phantom.kspace import acquire_axis, line_weights, train_sample_of_lines
 from pipeline.phantom.labels import FIT_NOISE_CV, add_fit_errors, slab_weights
-from pipeline.phantom.simulate import SubjectParameters, fine_grid, simulate_subject, tissue_fractions, transmit_field
+from pipeline.phantom.simulate import simulate_subject, tissue_fractions, transmit_field
+from pipeline.phantom.subject_parameters import SubjectParameters
 from pipeline.phantom.study import VARIETY_GRID_MARGIN_MM, study_grid
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
 from tests.test_physics import simulate_mprage_readout_pulse_by_pulse

@@ -24,13 +24,8 @@ from pipeline.phantom.contrasts import (
     signed_signal,
 )
 from pipeline.phantom.labels import slab_affine
-from pipeline.phantom.simulate import (
-    SubjectParameters,
-    compartment_values,
-    mix_relaxation_rates,
-    mix_signals,
-    simulate_subject,
-)
+from pipeline.phantom.simulate import compartment_values, mix_relaxation_rates, mix_signals, simulate_subject
+from pipeline.phantom.subject_parameters import SubjectParameters
 from pipeline.phantom.study import simulate_study_subject, simulate_tissue_changes, study_grid
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T, scale_array, scales_as_dict, tissue_scales
 

@@ -18,8 +18,8 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from pipeline.data.coregistration import RAS_TO_LPS, to_sitk
+from pipeline.data.register_to_reference import RegisterToReferenced
 from pipeline.data.registration import (
-    RegisterToReferenced,
     array_xyz,
     fixed_to_moving_ras,
     register_rigid,

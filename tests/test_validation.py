@@ -14,13 +14,8 @@ import SimpleITK as sitk
 from pipeline import physics
 from pipeline.cache import CACHE_ENV
 from pipeline.data import InvalidInputError, load_datalist, validate_study, validation
-from pipeline.data.validation import (
-    EXPECTED_CONTRAST_ORDER,
-    contrast_problems,
-    input_warnings,
-    require_valid_study,
-    unusual_contrasts,
-)
+from pipeline.data.tissue_contrasts import EXPECTED_CONTRAST_ORDER, contrast_problems, unusual_contrasts
+from pipeline.data.validation import input_warnings, require_valid_study
 from pipeline.phantom.contrasts import protocols as phantom_protocols
 from pipeline.validate import main as validate_main
 

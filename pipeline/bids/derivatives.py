@@ -33,6 +33,7 @@ import os
 import pathlib
 import re
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -179,6 +180,16 @@ def _sidecar(path: pathlib.Path) -> pathlib.Path:
     return path.with_name(path.name.removesuffix(".nii.gz") + ".json")
 
 
+class PlannedMap(NamedTuple):
+    """One map of the derivative dataset: its prediction file (ms / a.u.), its target path, BIDS suffix and
+    ``Sources``."""
+
+    source: pathlib.Path
+    target: pathlib.Path
+    suffix: str
+    sources: list[str]
+
+
 def _entries(content: Mapping, name: str) -> list[dict]:
     entries = [entry for section in SECTIONS for entry in content.get(section, [])]
     lacking = [entry.get("subject", "?") for entry in entries if "bids" not in entry]
@@ -224,6 +235,29 @@ def write_derivatives(
     out = pathlib.Path(out_dir).resolve() if out_dir is not None else bids_root / "derivatives" / PIPELINE_NAME
     check_outside_dataset(out, "derivative dataset", bids_root)
     predictions = pathlib.Path(predictions_dir)
+    entries = _predicted_entries(content, name, predictions)
+    units = {suffix: suffix_unit(suffix) for suffix in PREDICTION_NAMES}
+    factors = _factors_from_prediction_units(units)
+    description = dataset_description(pathlib.Path(os.path.relpath(bids_root, out)).as_posix(), checkpoint)
+    plan = _planned_maps(entries, predictions, bids_root, out)
+    description_path = out / "dataset_description.json"
+    description_text = json.dumps(description, indent=2) + "\n"
+    _refuse_overwriting(plan, description_path, description_text, overwrite)
+    for source, target, suffix, sources in plan:
+        prediction = nib.load(source)
+        data = np.asarray(prediction.dataobj, dtype=np.float32) * np.float32(factors[suffix])
+        write_atomically(target, _nifti_bytes(data, prediction))
+        write_atomically(_sidecar(target), json.dumps(map_sidecar(suffix, units[suffix], sources), indent=2) + "\n")
+    write_atomically(description_path, description_text)
+    return out
+
+
+def _predicted_entries(content: Mapping, name: str, predictions: pathlib.Path) -> list[dict]:
+    """The manifest's entries with a folder in ``predictions``, each holding every map of :data:`PREDICTION_NAMES`.
+
+    Raises:
+        MissingFilesError: no entry has a folder, or a folder lacks a map (every missing file listed).
+    """
     entries = [e for e in _entries(content, name) if (predictions / e["subject"]).is_dir()]
     if not entries:
         expected = [str(predictions / e["subject"]) for e in _entries(content, name)]
@@ -236,16 +270,29 @@ def write_derivatives(
     ]
     if missing:
         raise MissingFilesError(f"incomplete predictions in '{predictions}':\n  " + "\n  ".join(missing), missing)
+    return entries
 
-    units = {suffix: suffix_unit(suffix) for suffix in PREDICTION_NAMES}
+
+def _factors_from_prediction_units(units: Mapping[str, str]) -> dict[str, float]:
+    """``{suffix: factor}`` from each prediction's unit (:data:`PREDICTION_UNITS`) to the schema's ``units``."""
     factors = {}
     for suffix, unit in units.items():
         if (PREDICTION_UNITS[suffix], unit) not in UNIT_FACTORS_FROM_MS:
             raise RuntimeError(f"no conversion from {PREDICTION_UNITS[suffix]} to the schema's {suffix} unit {unit!r}")
         factors[suffix] = UNIT_FACTORS_FROM_MS[(PREDICTION_UNITS[suffix], unit)]
-    description = dataset_description(pathlib.Path(os.path.relpath(bids_root, out)).as_posix(), checkpoint)
+    return factors
 
-    plan = []  # (source prediction, target map, suffix, sources): checked first, written after
+
+def _planned_maps(
+    entries: list[dict], predictions: pathlib.Path, bids_root: pathlib.Path, out: pathlib.Path
+) -> list[PlannedMap]:
+    """Every map to write, checked before anything is written.
+
+    Raises:
+        InvalidInputError: a prediction not on its T1w's grid (shape, affine), a target that is not a valid BIDS
+            derivative file name.
+    """
+    plan = []
     for entry in entries:
         record = entry["bids"]
         sources = [f"bids:{RAW_DATASET_NAME}:{record[key]}" for key in SOURCE_KEYS]
@@ -262,9 +309,18 @@ def write_derivatives(
             relative = derivative_path(record["subject"], record.get("session"), suffix)
             if not is_valid_derivative_path(relative):
                 raise InvalidInputError(f"{entry['subject']}: '{relative}' is not a valid BIDS derivative file name")
-            plan.append((source, out / relative, suffix, sources))
-    description_path = out / "dataset_description.json"
-    description_text = json.dumps(description, indent=2) + "\n"
+            plan.append(PlannedMap(source, out / relative, suffix, sources))
+    return plan
+
+
+def _refuse_overwriting(
+    plan: list[PlannedMap],
+    description_path: pathlib.Path,
+    description_text: str,
+    overwrite: bool,
+) -> None:
+    """Raise :class:`FileExistsError` listing the maps and sidecars of ``plan`` that exist, and a
+    ``dataset_description.json`` with other content, unless ``overwrite``."""
     existing = [str(path) for _, target, _, _ in plan for path in (target, _sidecar(target)) if path.exists()]
     if description_path.exists() and description_path.read_text() != description_text:
         existing.append(f"{description_path} (different content)")
@@ -273,10 +329,3 @@ def write_derivatives(
             "refusing to overwrite existing derivative files (pass overwrite=True, --overwrite):\n  "
             + "\n  ".join(existing)
         )
-    for source, target, suffix, sources in plan:
-        prediction = nib.load(source)
-        data = np.asarray(prediction.dataobj, dtype=np.float32) * np.float32(factors[suffix])
-        write_atomically(target, _nifti_bytes(data, prediction))
-        write_atomically(_sidecar(target), json.dumps(map_sidecar(suffix, units[suffix], sources), indent=2) + "\n")
-    write_atomically(description_path, description_text)
-    return out

@@ -231,15 +231,8 @@ def find_sessions(
     maps_root = pathlib.Path(maps_dir).resolve() if maps_dir is not None else None
     maps_layout = _layout(maps_root, derivative=True) if maps_root is not None else layout
     filters = normalise_filters(filters)
-    participants = sorted(layout.get_subjects())
-    if participant_label is not None:
-        wanted = [_strip(label, "sub-") for label in participant_label]
-        unknown = sorted(set(wanted) - set(participants))
-        if unknown:
-            raise InvalidInputError(f"BIDS dataset '{root}' has no participant(s) {unknown}; it has {participants}")
-        participants = sorted(set(wanted))
     sessions, problems, missing = [], [], {}
-    for participant in participants:
+    for participant in _participants(layout, root, participant_label):
         labels = sorted(layout.get_sessions(subject=participant, datatype="anat")) + [None]
         for session in labels:
             name = f"sub-{participant}" + (f"_ses-{session}" if session else "")
@@ -248,25 +241,11 @@ def find_sessions(
             if not found:
                 continue
             chosen = _pick(found, WEIGHTED_SUFFIXES, f"{name} ({folder})", filters, runs, problems)
-            for key, suffix in WEIGHTED_SUFFIXES.items():
-                if key in chosen and chosen[key] is None:
-                    missing[str(root / folder / f"{name}_{suffix}.nii.gz")] = f"{name} {suffix}" + (
-                        f", none matching the filter {filters[suffix]}" if found.get(suffix) else ""
-                    )
-            map_found = _session_files(maps_layout, participant, session, MAP_SUFFIXES.values())
+            missing.update(_missing_weighted_images(chosen, found, root / folder, name, filters))
             map_where = f"{name} ({(maps_root or root) / folder})"
-            maps = _pick(map_found, MAP_SUFFIXES, map_where, filters, runs, problems)
-            present = [key for key, value in maps.items() if value is not None]
-            if present and len(maps) == len(MAP_SUFFIXES) and len(present) < len(maps):
-                problems.append(
-                    f"{map_where}: has {[MAP_SUFFIXES[k] for k in present]} but not "
-                    f"{[MAP_SUFFIXES[k] for k in maps if k not in present]}: label maps come as a complete "
-                    "T1map/T2map/M0map set or not at all"
-                )
-            with_maps = len(present) == len(MAP_SUFFIXES)
+            maps = _complete_maps(maps_layout, participant, session, map_where, filters, runs, problems)
             selected = {key: f for key, f in chosen.items() if f is not None}
-            if with_maps:
-                selected.update(maps)
+            selected.update(maps)
             sessions.append(
                 BIDSSession(
                     participant=participant,
@@ -274,9 +253,68 @@ def find_sessions(
                     files={key: pathlib.Path(f.path) for key, f in selected.items()},
                     relpaths={key: pathlib.PurePath(f.relpath).as_posix() for key, f in selected.items()},
                     metadata={key: dict(f.get_metadata()) for key, f in selected.items()},
-                    maps_dataset=("maps" if maps_root is not None else "raw") if with_maps else None,
+                    maps_dataset=("maps" if maps_root is not None else "raw") if maps else None,
                 )
             )
+    _raise_selection_problems(root, problems, missing, sessions)
+    return sessions
+
+
+def _participants(layout, root: pathlib.Path, participant_label: Iterable[str] | None) -> list[str]:
+    """The dataset's participant labels (without ``sub-``), sorted, or those of ``participant_label``.
+
+    Raises:
+        InvalidInputError: ``participant_label`` names participants the dataset does not have.
+    """
+    participants = sorted(layout.get_subjects())
+    if participant_label is not None:
+        wanted = [_strip(label, "sub-") for label in participant_label]
+        unknown = sorted(set(wanted) - set(participants))
+        if unknown:
+            raise InvalidInputError(f"BIDS dataset '{root}' has no participant(s) {unknown}; it has {participants}")
+        participants = sorted(set(wanted))
+    return participants
+
+
+def _missing_weighted_images(
+    chosen: Mapping, found: Mapping, folder: pathlib.Path, name: str, filters: Mapping[str, Mapping[str, str]]
+) -> dict[str, str]:
+    """``{expected path: what}`` of the weighted images the session lacks: no file of the suffix in ``folder``, or
+    none its filter keeps (``chosen[key]`` None; suffixes left out of ``chosen`` were ambiguous, not missing)."""
+    return {
+        str(folder / f"{name}_{suffix}.nii.gz"): f"{name} {suffix}"
+        + (f", none matching the filter {filters[suffix]}" if found.get(suffix) else "")
+        for key, suffix in WEIGHTED_SUFFIXES.items()
+        if key in chosen and chosen[key] is None
+    }
+
+
+def _complete_maps(
+    maps_layout, participant: str, session: str | None, where: str, filters: dict, runs: str, problems: list
+) -> dict:
+    """``{key: BIDSFile}`` of the session's chosen T1map, T2map and M0map, or empty unless all three are there.
+
+    A set with some maps but not all (none ambiguous) is appended to ``problems``: maps come as a complete set or not
+    at all.
+    """
+    found = _session_files(maps_layout, participant, session, MAP_SUFFIXES.values())
+    maps = _pick(found, MAP_SUFFIXES, where, filters, runs, problems)
+    present = [key for key, value in maps.items() if value is not None]
+    if present and len(maps) == len(MAP_SUFFIXES) and len(present) < len(maps):
+        problems.append(
+            f"{where}: has {[MAP_SUFFIXES[k] for k in present]} but not "
+            f"{[MAP_SUFFIXES[k] for k in maps if k not in present]}: label maps come as a complete "
+            "T1map/T2map/M0map set or not at all"
+        )
+    return maps if len(present) == len(MAP_SUFFIXES) else {}
+
+
+def _raise_selection_problems(
+    root: pathlib.Path, problems: Sequence[str], missing: Mapping[str, str], sessions: Sequence[BIDSSession]
+) -> None:
+    """Raise every problem of the file selection at once: ambiguous files and incomplete map sets
+    (:class:`~pipeline.data.errors.InvalidInputError`), then missing weighted images
+    (:class:`~pipeline.data.errors.MissingFilesError`), then a dataset without any weighted image."""
     if problems:
         raise InvalidInputError(f"BIDS dataset '{root}':\n  " + "\n  ".join(problems))
     if missing:
@@ -288,4 +326,3 @@ def find_sessions(
         )
     if not sessions:
         raise InvalidInputError(f"BIDS dataset '{root}' has no T1w, T2w or FLAIR images in any sub-*/[ses-*/]anat/")
-    return sessions

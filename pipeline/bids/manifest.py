@@ -108,6 +108,14 @@ def write_manifest(
         "protocols": protocols,
         **{section: [_manifest_entry(s, relative, cache, overwrite) for s in splits[section]] for section in SECTIONS},
     }
+    _warn_invalid_protocols(out, protocols)
+    write_atomically(out, json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def _warn_invalid_protocols(out: pathlib.Path, protocols: Mapping[str, Mapping[str, float]]) -> None:
+    """Warn (on :func:`write_manifest`'s caller) when the sidecars' protocols, completed with the defaults of the
+    other fields, are invalid: a bundle config must then set the missing fields."""
     problems = bids_protocols.protocol_problems(protocols)
     if problems:
         import warnings
@@ -115,10 +123,8 @@ def write_manifest(
         warnings.warn(
             f"manifest '{out}': the sidecars' protocols with the defaults of the other fields are invalid, so a "
             f"bundle config must set the missing fields (pipeline.bids.resolve_protocols): {problems}",
-            stacklevel=2,
+            stacklevel=3,
         )
-    write_atomically(out, json.dumps(manifest, indent=2) + "\n")
-    return out
 
 
 def _manifest_entry(session: BIDSSession, relative, cache: pathlib.Path, overwrite: bool) -> dict:

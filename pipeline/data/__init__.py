@@ -6,7 +6,8 @@
 * :mod:`~pipeline.data.transforms`: the composed volume pipeline;
 * :mod:`~pipeline.data.slices`, :mod:`~pipeline.data.datasets`: cached volumes → slice datasets;
 * :mod:`~pipeline.data.validity`: failed fits of label maps left out of the supervised term;
-* :mod:`~pipeline.data.validation`: every problem of a whole study at once (``python -m pipeline.validate``).
+* :mod:`~pipeline.data.validation`: every problem of a whole study at once (``python -m pipeline.validate``); its
+  swap and contrast checks in :mod:`~pipeline.data.tissue_contrasts`.
 """
 
 from pipeline.data.brain_mask import BrainMaskd

@@ -26,6 +26,7 @@ Steps (each a MONAI transform):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from monai.transforms import (
     AsDiscreted,
@@ -33,6 +34,7 @@ from monai.transforms import (
     ConcatItemsd,
     CropForegroundd,
     DeleteItemsd,
+    MapTransform,
     NormalizeIntensityd,
     Orientationd,
     ResampleToMatchd,
@@ -45,7 +47,7 @@ from pipeline.data.checks import CheckMapUnitsd, CheckMaskd, CheckVolumed, LoadV
 from pipeline.data.coregistration import CheckCoregistrationd
 from pipeline.data.manifest import IMAGE_KEYS, LABEL_KEYS, MASK_KEY, REFERENCE_KEYS
 from pipeline.data.normalization import intensity_normalisation
-from pipeline.data.registration import RegisterToReferenced
+from pipeline.data.register_to_reference import RegisterToReferenced
 from pipeline.data.validity import FAILED_KEY, FitFailureMapd, MarkFitFailuresd
 from pipeline.physics import MAP_UNIT_MS
 
@@ -55,6 +57,50 @@ T2_MEDIAN_RANGE_MS = (10.0, 5000.0)
 """Plausible median of a brain T2 map in ms."""
 CROP_MARGIN = 8
 """Voxels kept around the brain mask's bounding box (8 mm on the 1 mm grid)."""
+
+
+class VolumeKeys(NamedTuple):
+    """The entry keys each step of the volume pipeline acts on (:func:`build_volume_transforms`'s arguments).
+
+    Attributes:
+        with_labels, with_reference, with_mask: the entries have the label maps, the 1 mm references, a ``mask``.
+        label_keys: the entry keys of the (T1, T2, M0) label maps.
+    """
+
+    with_labels: bool
+    with_reference: bool
+    with_mask: bool
+    label_keys: tuple[str, ...]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The label maps' keys, empty without labels."""
+        return self.label_keys if self.with_labels else ()
+
+    @property
+    def map_groups(self) -> list[tuple[tuple[str, ...], str]]:
+        """``(map keys in channel order (T1, T2, M0), output key)`` of each set of maps present."""
+        labels = [(self.label_keys, "label")] if self.with_labels else []
+        return labels + ([(REFERENCE_KEYS, "reference")] if self.with_reference else [])
+
+    @property
+    def map_keys(self) -> tuple[str, ...]:
+        """Every map's key, group by group."""
+        return tuple(key for group, _ in self.map_groups for key in group)
+
+    def channel(self, index: int) -> list[str]:
+        """The keys of channel ``index`` (0: T1, 1: T2, 2: M0) of every set of maps."""
+        return [group[index] for group, _ in self.map_groups]
+
+    @property
+    def loaded(self) -> tuple[str, ...]:
+        """Every file of an entry: the weighted images (the T1w first), the maps, the mask."""
+        return IMAGE_KEYS + self.map_keys + ((MASK_KEY,) if self.with_mask else ())
+
+    @property
+    def registered(self) -> tuple[str, ...]:
+        """The files registered to the T1w with ``register``: T2w, FLAIR and the first label map."""
+        return ("t2w", "flair", *self.label_keys[:1]) if self.with_labels else ("t2w", "flair")
 
 
 def build_volume_transforms(
@@ -100,7 +146,7 @@ def build_volume_transforms(
             this margin, zero-padded beyond the image, so padding or a larger field of view leaves the network's
             input unchanged); ``None`` keeps the whole T1w grid.
         register: register T2w, FLAIR and the label maps (one transform for the three) rigidly to the T1w
-            (:class:`~pipeline.data.registration.RegisterToReferenced`, Mattes mutual information) before the
+            (:class:`~pipeline.data.register_to_reference.RegisterToReferenced`, Mattes mutual information) before the
             co-registration check, which then measures the residual; otherwise the check alone runs.
         transform_dir: with ``register``, the transforms are written to ``<transform_dir>/<subject>/<key>_to_t1w.tfm``.
         overwrite: replace existing ``.tfm`` files (otherwise :class:`FileExistsError`).
@@ -114,47 +160,61 @@ def build_volume_transforms(
         a ``Compose`` mapping an entry dict (file paths, ``subject``) to a dict with ``image``, ``mask``,
         [``label``, ``label_failed``], [``reference``], ``subject`` (shapes and units in the module docstring).
     """
-    # (maps, output key) per present group; each group's maps are in channel order (T1, T2, M0)
-    map_groups = ([(tuple(label_keys), "label")] if with_labels else []) + (
-        [(REFERENCE_KEYS, "reference")] if with_reference else []
-    )
-    t1_keys, t2_keys, m0_keys = ([keys[channel] for keys, _ in map_groups] for channel in range(3))
-    map_keys = tuple(key for keys, _ in map_groups for key in keys)
-    loaded_keys = IMAGE_KEYS + map_keys + ((MASK_KEY,) if with_mask else ())
-    moved_keys = loaded_keys[1:]  # every file but the T1w goes onto the T1w grid
-    registered = ("t2w", "flair", *label_keys[:1]) if with_labels else ("t2w", "flair")
+    keys = VolumeKeys(with_labels, with_reference, with_mask, tuple(label_keys))
     if registration_keys is None:
-        registration_keys = registered if register else (label_keys[0],) if with_labels else ("t2w", "flair")
-    registration = RegisterToReferenced(
-        registered,
+        registration_keys = keys.registered if register else (label_keys[0],) if with_labels else ("t2w", "flair")
+    return Compose(
+        [
+            *_loading_transforms(keys, reader, voxel_size_mm),
+            *([_rigid_registration(keys, transform_dir, overwrite)] if register else []),
+            CheckCoregistrationd(keys.loaded, IMAGE_KEYS[0], registration_keys, max_shift_mm, min_overlap, on_failure),
+            *_t1w_grid_transforms(keys),
+            *_normalisation_transforms(keys, crop_margin, bias_correction, intensity_reference, percentile),
+        ]
+    )
+
+
+def _loading_transforms(keys: VolumeKeys, reader: str | None, voxel_size_mm: float | None) -> list[MapTransform]:
+    """Step 1 of the module docstring: load every file, check each, mark the labels' failed fits, reorient to RAS and
+    optionally resample the T1w to ``voxel_size_mm``."""
+    other_keys = [key for key in keys.loaded[len(IMAGE_KEYS) :] if key not in keys.labels]  # references, mask
+    return [
+        LoadVolumesd(keys.loaded, reader=reader),
+        CheckVolumed(IMAGE_KEYS, allow_constant=False),
+        *([CheckVolumed(other_keys)] if other_keys else []),
+        *(
+            [CheckVolumed(keys.labels, allow_non_finite=True), MarkFitFailuresd(keys.labels)]
+            if keys.with_labels
+            else []
+        ),
+        Orientationd(keys.loaded, axcodes="RAS", labels=None),  # labels=None: axis codes in the loaded space (RAS)
+        *([Spacingd(IMAGE_KEYS[0], pixdim=voxel_size_mm, mode="bilinear")] if voxel_size_mm else []),
+    ]
+
+
+def _rigid_registration(keys: VolumeKeys, transform_dir: str | None, overwrite: bool) -> RegisterToReferenced:
+    """Step 2's optional registration of T2w, FLAIR and the label maps (one transform for the three) to the T1w."""
+    return RegisterToReferenced(
+        keys.registered,
         reference_key=IMAGE_KEYS[0],
-        groups={label_keys[0]: list(label_keys[1:])} if with_labels else None,
-        mask_key=MASK_KEY if with_mask else None,
+        groups={keys.label_keys[0]: list(keys.label_keys[1:])} if keys.with_labels else None,
+        mask_key=MASK_KEY if keys.with_mask else None,
         transform_dir=transform_dir,
         overwrite=overwrite,
     )
-    label_group = tuple(label_keys) if with_labels else ()
-    other_keys = [key for key in loaded_keys[len(IMAGE_KEYS) :] if key not in label_group]  # references, mask
-    cropped_keys = IMAGE_KEYS + map_keys + (MASK_KEY,) + ((FAILED_KEY,) if with_labels else ())
-    # allow_smaller=False: the box is always the mask's box plus the margin, zero-padded beyond the image
-    crop_options = {"margin": crop_margin, "allow_smaller": False, "start_coord_key": None, "end_coord_key": None}
-    crop = [CropForegroundd(cropped_keys, MASK_KEY, **crop_options)] if crop_margin is not None else []
-    transforms = [
-        LoadVolumesd(loaded_keys, reader=reader),
-        CheckVolumed(IMAGE_KEYS, allow_constant=False),
-        *([CheckVolumed(other_keys)] if other_keys else []),
-        *([CheckVolumed(label_group, allow_non_finite=True), MarkFitFailuresd(label_group)] if with_labels else []),
-        Orientationd(loaded_keys, axcodes="RAS", labels=None),  # labels=None: axis codes in the loaded space (RAS)
-        *([Spacingd(IMAGE_KEYS[0], pixdim=voxel_size_mm, mode="bilinear")] if voxel_size_mm else []),
-        *([registration] if register else []),
-        CheckCoregistrationd(
-            loaded_keys,
-            reference_key=IMAGE_KEYS[0],
-            registration_keys=registration_keys,
-            max_shift_mm=max_shift_mm,
-            min_overlap=min_overlap,
-            on_failure=on_failure,
-        ),
+
+
+def _t1w_grid_transforms(keys: VolumeKeys) -> list[MapTransform]:
+    """Step 3 of the module docstring: every file onto the T1w grid, the brain mask (given or extracted) and its check,
+    the maps' unit checks and the labels' validity map."""
+    moved_keys = keys.loaded[1:]  # every file but the T1w goes onto the T1w grid
+    unit_checks = []  # the T1 and T2 maps of every set present are in ms
+    if keys.map_groups:
+        unit_checks = [
+            CheckMapUnitsd(keys.channel(0), T1_MEDIAN_RANGE_MS, mask_key=MASK_KEY),
+            CheckMapUnitsd(keys.channel(1), T2_MEDIAN_RANGE_MS, mask_key=MASK_KEY),
+        ]
+    return [
         ResampleToMatchd(
             moved_keys,
             key_dst=IMAGE_KEYS[0],
@@ -162,26 +222,31 @@ def build_volume_transforms(
             # border: the 1 mm grid reaches half a slab beyond the outermost label slab centres
             padding_mode=["zeros" if key == MASK_KEY else "border" for key in moved_keys],
         ),
-        AsDiscreted(MASK_KEY, threshold=0.5) if with_mask else BrainMaskd(IMAGE_KEYS[0], mask_key=MASK_KEY),
+        AsDiscreted(MASK_KEY, threshold=0.5) if keys.with_mask else BrainMaskd(IMAGE_KEYS[0], mask_key=MASK_KEY),
         CheckMaskd(MASK_KEY),
-        *(
-            [
-                CheckMapUnitsd(t1_keys, T1_MEDIAN_RANGE_MS, mask_key=MASK_KEY),
-                CheckMapUnitsd(t2_keys, T2_MEDIAN_RANGE_MS, mask_key=MASK_KEY),
-            ]
-            if map_groups
-            else []
-        ),
-        *([FitFailureMapd(label_group, mask_key=MASK_KEY)] if with_labels else []),
-        *crop,
+        *unit_checks,
+        *([FitFailureMapd(keys.labels, mask_key=MASK_KEY)] if keys.with_labels else []),
+    ]
+
+
+def _normalisation_transforms(
+    keys: VolumeKeys, crop_margin: int | None, bias_correction: bool, intensity_reference: str, percentile: float
+) -> list[MapTransform]:
+    """Steps 4-5 of the module docstring: crop to the mask's box, optional N4 correction, intensity normalisation,
+    T1/T2 to network units, and the concatenated ``image``, ``label``, ``reference`` (the per-file keys deleted)."""
+    cropped_keys = IMAGE_KEYS + keys.map_keys + (MASK_KEY,) + ((FAILED_KEY,) if keys.with_labels else ())
+    # allow_smaller=False: the box is always the mask's box plus the margin, zero-padded beyond the image
+    crop_options = {"margin": crop_margin, "allow_smaller": False, "start_coord_key": None, "end_coord_key": None}
+    transforms = [
+        *([CropForegroundd(cropped_keys, MASK_KEY, **crop_options)] if crop_margin is not None else []),
         *([CorrectBiasFieldd(IMAGE_KEYS, mask_key=MASK_KEY)] if bias_correction else []),
-        *intensity_normalisation(intensity_reference, m0_keys, mask_key=MASK_KEY, percentile=percentile),
+        *intensity_normalisation(intensity_reference, keys.channel(2), mask_key=MASK_KEY, percentile=percentile),
         ConcatItemsd(IMAGE_KEYS, "image"),
     ]
-    if map_groups:
+    if keys.map_groups:
         transforms += [
-            NormalizeIntensityd(t1_keys + t2_keys, subtrahend=0.0, divisor=MAP_UNIT_MS),
-            *(ConcatItemsd(keys, name) for keys, name in map_groups),
+            NormalizeIntensityd(keys.channel(0) + keys.channel(1), subtrahend=0.0, divisor=MAP_UNIT_MS),
+            *(ConcatItemsd(group, name) for group, name in keys.map_groups),
         ]
     transforms.append(DeleteItemsd(IMAGE_KEYS + LABEL_KEYS + REFERENCE_KEYS))  # also paths of maps left unused
-    return Compose(transforms)
+    return transforms

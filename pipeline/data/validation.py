@@ -12,13 +12,12 @@ instead of stopping at the first one, so a study with ten problems is fixed in o
   above ``max_rotation_deg`` or a displacement above ``max_shift_mm`` anywhere in the brain's box is misregistration
   (rotations and translations alike, which the translation-only check of the data pipeline cannot see);
 * T1 and T2 maps are in ms (the median of their positive voxels, the ranges of :mod:`pipeline.data.transforms`);
-* no two weighted images are swapped: the medians of the T1w, T2w and FLAIR over white matter, grey matter and CSF, the
-  regions given by nilearn's MNI152 tissue templates warped onto the T1w (:class:`pipeline.data.brain_mask.TemplateFit`,
-  independent of the images' intensities), compared between pairs of images as :data:`SWAP_EVIDENCE` says
-  (:func:`contrast_problems`: what disease does not invert). An image whose white/grey order is not a healthy brain's
-  (:data:`EXPECTED_CONTRAST_ORDER`; FLAIR-bright white matter, a FLAIR with little grey/white contrast) is a
-  **warning** (:func:`unusual_contrasts`), not a refusal: a :class:`Problem` of severity ``warning``, logged and shown
-  in the QC report (MRIQC's rule: flag what is unusual but valid, refuse only what is wrong).
+* no two weighted images are swapped: the medians of the T1w, T2w and FLAIR over white matter, grey matter and CSF
+  (regions of the MNI152 tissue templates warped onto the T1w), compared between pairs of images
+  (:mod:`pipeline.data.tissue_contrasts`: what disease does not invert). An image whose white/grey order is not a
+  healthy brain's is a **warning** (:func:`~pipeline.data.tissue_contrasts.unusual_contrasts`), not a refusal: a
+  :class:`Problem` of severity ``warning``, logged and shown in the QC report (MRIQC's rule: flag what is unusual but
+  valid, refuse only what is wrong).
 
 ``python -m pipeline.validate MANIFEST`` prints the table and exits 1 when there is a problem; the bundle configs call
 :func:`require_valid_study` before training and inference.
@@ -33,7 +32,6 @@ replaced or touched file is validated again. The folder is ``$QMAP_HYBRID_CACHE/
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -65,7 +63,8 @@ from pipeline.data.manifest import (
     read_manifest,
     subject_name,
 )
-from pipeline.data.registration import register_rigid
+from pipeline.data.registration import image_like, register_rigid
+from pipeline.data.tissue_contrasts import contrast_problems, template_tissue_regions, tissue_medians, unusual_contrasts
 from pipeline.data.transforms import T1_MEDIAN_RANGE_MS, T2_MEDIAN_RANGE_MS
 
 MAX_ROTATION_DEG = 2.0
@@ -74,13 +73,6 @@ MAX_SHIFT_MM = 2.0
 """Largest tolerated displacement (mm) of a rigid transform over the brain's box (the data pipeline's shift limit)."""
 REGISTERED_KEYS = ("t2w", "flair", LABEL_KEYS[0])
 """Files whose content is registered to the T1w (the label maps share one grid, so their first one stands for all)."""
-EXPECTED_CONTRAST_ORDER = {
-    "t1w": ("csf", "grey_matter", "white_matter"),
-    "t2w": ("white_matter", "grey_matter", "csf"),
-    "flair": ("csf", "white_matter", "grey_matter"),
-}
-"""Tissues in ascending median intensity of each weighted image at 3 T: MPRAGE (T1-weighted), TSE (T2-weighted) and
-FLAIR (T2-weighted with CSF nulled). tests/test_validation.py derives the same orders from :mod:`pipeline.physics`."""
 MAP_MEDIAN_RANGES_MS = {
     LABEL_KEYS[0]: T1_MEDIAN_RANGE_MS,
     LABEL_KEYS[1]: T2_MEDIAN_RANGE_MS,
@@ -90,8 +82,6 @@ MAP_MEDIAN_RANGES_MS = {
 VALIDATION_RULES = 3
 """Version of the checks, part of the cache key: results cached under other rules are not reused (2: swaps from pairs
 of images, an unusual contrast order a warning)."""
-TISSUE_PROBABILITY = 0.7
-"""A T1w voxel counts as a tissue's when its warped template probability is above this."""
 
 
 class Problem(NamedTuple):
@@ -142,136 +132,6 @@ def _registration_problem(
     )
 
 
-def tissue_medians(
-    t1w: sitk.Image, images: Mapping[str, sitk.Image], regions: Mapping[str, np.ndarray]
-) -> dict[str, dict[str, float]]:
-    """``{key: {tissue: median}}`` of each image, resampled (linearly) onto the T1w grid, over boolean ``regions``."""
-    medians = {}
-    for key, image in images.items():
-        on_grid = image if key == IMAGE_KEYS[0] else sitk.Resample(image, t1w, sitk.Transform(), sitk.sitkLinear)
-        array = sitk.GetArrayFromImage(on_grid).transpose(2, 1, 0)  # (X, Y, Z), as the regions
-        medians[key] = {tissue: float(np.median(array[region])) for tissue, region in regions.items()}
-    return medians
-
-
-def _white_above_grey(order: Sequence[str]) -> bool:
-    """Whether white matter is brighter than grey matter in a tissue ``order`` (ascending)."""
-    return order.index("white_matter") > order.index("grey_matter")
-
-
-def _ratio(medians: Mapping[str, Mapping[str, float]], key: str, tissue: str) -> float:
-    """A tissue's median over grey matter's in image ``key``: independent of the image's gain."""
-    return medians[key][tissue] / medians[key]["grey_matter"]
-
-
-SWAP_EVIDENCE = (
-    (("t1w", "t2w"), "csf", "CSF is dark in a T1w and bright in a T2w"),
-    (("flair", "t2w"), "csf", "CSF is nulled in a FLAIR and bright in a T2w"),
-    (("flair", "t1w"), "csf", "CSF is nulled in a FLAIR, grey in a T1w"),
-    (("t2w", "t1w"), "white_matter", "white matter is darker than grey matter in a T2w, brighter in a T1w"),
-    (
-        ("flair", "t1w"),
-        "white_matter",
-        "white matter is brighter than grey matter in a T1w, darker or alike in a FLAIR",
-    ),
-)
-"""Pairs of images ``(lower, higher)`` and the tissue whose median over grey matter's must be lower in the first: what
-white-matter disease does not invert (it moves white matter by tens of %, not CSF, and not a T1w's white matter
-below a FLAIR's), so a pair clearly the other way round (:data:`SWAP_MARGIN`) is a swap."""
-
-SWAP_MARGIN = 1.2
-"""How much higher than the second image's ratio the first's must be to break a rule of :data:`SWAP_EVIDENCE`. A swap
-inverts the ratios by a factor of 2 or more (CSF over grey matter: about 0.4 in a T1w, 2 in a T2w); a partial field
-of view whose template CSF region holds mostly grey matter brings both near 1, where noise or an unregistered image
-can order them either way, and so can white-matter disease for the FLAIR/T1w pair."""
-
-
-def _rules_kept(medians: Mapping[str, Mapping[str, float]], files: Mapping[str, str]) -> list[bool]:
-    """Whether each rule of :data:`SWAP_EVIDENCE` holds (is not clearly broken, :data:`SWAP_MARGIN`) when image
-    ``files[role]`` is taken as ``role`` (rules whose images are not all present are left out)."""
-    return [
-        _ratio(medians, files[lower], tissue) < SWAP_MARGIN * _ratio(medians, files[higher], tissue)
-        for (lower, higher), tissue, _ in SWAP_EVIDENCE
-        if {lower, higher} <= files.keys()
-    ]
-
-
-def contrast_problems(medians: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
-    """``{key: problem}`` for the weighted images that look swapped, from :data:`SWAP_EVIDENCE` (pairs of images).
-
-    Each rule compares two images over the same regions, so it holds in template regions of any quality (the priors'
-    CSF region of a subject or a partial field of view is often mostly grey matter) and in disease: white matter
-    whose T1 or T2 is 20-30 % longer changes its contrast to grey matter in each image (FLAIR-bright white matter is
-    what white-matter disease looks like), not the order of the pairs. Every assignment of the files to the contrasts
-    is scored by the rules it keeps; when another assignment keeps more than the manifest's, the files it moves are
-    named, with the contrast each looks like. When no assignment keeps every rule and the manifest's is among the
-    best, the images whose rules fail are named (unusual contrasts, not a swap one can name).
-
-    Args:
-        medians: ``{key: {"white_matter", "grey_matter", "csf": median}}`` of the weighted images present.
-    """
-    keys = [key for key in EXPECTED_CONTRAST_ORDER if key in medians]
-    manifest = dict(zip(keys, keys))
-    kept = _rules_kept(medians, manifest)
-    if all(kept):
-        return {}
-    assignments = [dict(zip(keys, order)) for order in itertools.permutations(keys)]
-    best = max(assignments, key=lambda files: (sum(_rules_kept(medians, files)), files == manifest))
-    if best != manifest:
-        moved = [best[role] for role in keys if best[role] != role]
-        return {
-            best[role]: f"its tissue contrasts are those of a {role} ({_pair_ratios(medians)}): are the "
-            f"{' and '.join(sorted(moved))} swapped?"
-            for role in keys
-            if best[role] != role
-        }
-    failed = [rule for rule, holds in zip(SWAP_EVIDENCE, kept) if not holds]
-    return {
-        key: f"tissue contrasts that no order of the files explains ({_pair_ratios(medians)}; expected {reason})"
-        for (lower, higher), _, reason in failed
-        for key in (lower, higher)
-    }
-
-
-def _pair_ratios(medians: Mapping[str, Mapping[str, float]]) -> str:
-    """The medians over grey matter's that the rules compare, e.g. ``csf/GM t1w 0.96 t2w 1.06, ...``."""
-    return ", ".join(
-        f"{tissue}/GM {lower} {_ratio(medians, lower, tissue):.2f} {higher} {_ratio(medians, higher, tissue):.2f}"
-        for (lower, higher), tissue, _ in SWAP_EVIDENCE
-        if {lower, higher} <= medians.keys()
-    )
-
-
-def unusual_contrasts(medians: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
-    """``{key: warning}`` for each image whose white matter / grey matter order is not a healthy brain's at 3 T
-    (:data:`EXPECTED_CONTRAST_ORDER`): valid (white-matter disease, a FLAIR with little grey/white contrast), worth a
-    look, not a refusal; swaps are :func:`contrast_problems`'."""
-    warnings = {}
-    for key, by_tissue in medians.items():
-        expected = _white_above_grey(EXPECTED_CONTRAST_ORDER[key])
-        if (by_tissue["white_matter"] > by_tissue["grey_matter"]) != expected:
-            warnings[key] = (
-                f"white matter {by_tissue['white_matter']:.3g} is {'darker' if expected else 'brighter'} than grey "
-                f"matter {by_tissue['grey_matter']:.3g} (a healthy {key} at 3 T: "
-                f"{' < '.join(EXPECTED_CONTRAST_ORDER[key])}); no swap with the other images: as in white-matter "
-                "disease, or an image with little grey/white contrast"
-            )
-    return warnings
-
-
-def _template_regions(t1w: sitk.Image) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """WM/GM/CSF regions (boolean (X, Y, Z) arrays) and the brain mask from the MNI152 templates warped to the T1w."""
-    from pipeline.data.brain_mask import TemplateFit  # imported here: loads nilearn's templates
-
-    fit = TemplateFit(t1w)
-    probabilities = fit.tissue_probabilities()
-    brain = fit.brain_probability() >= 0.5  # the template's alone: the T1w's intensities are what is checked
-    regions = {
-        tissue: (probabilities[tissue] > TISSUE_PROBABILITY) & brain for tissue in EXPECTED_CONTRAST_ORDER["t1w"]
-    }
-    return regions, brain
-
-
 def validate_entry(
     entry: Mapping,
     max_rotation_deg: float = MAX_ROTATION_DEG,
@@ -279,7 +139,7 @@ def validate_entry(
     min_overlap: float = 0.5,
     check_contrasts: bool = True,
     check_registration: bool = True,
-    template_regions: Callable[[sitk.Image], tuple[dict[str, np.ndarray], np.ndarray]] = _template_regions,
+    template_regions: Callable[[sitk.Image], tuple[dict[str, np.ndarray], np.ndarray]] = template_tissue_regions,
 ) -> list[Problem]:
     """Every problem of one manifest entry (absolute paths, as :func:`pipeline.data.manifest.load_datalist` gives).
 
@@ -296,6 +156,35 @@ def validate_entry(
         the :class:`Problem` rows, empty if the entry is valid.
     """
     subject = subject_name(entry) if IMAGE_KEYS[0] in entry else str(entry.get("subject", "?"))
+    volumes, problems = _readable_volumes(entry, subject)
+    reference = volumes.get(IMAGE_KEYS[0])
+    if reference is None:
+        return problems
+    off_t1w = _off_t1w_problems(entry, subject, volumes, min_overlap)
+    problems += off_t1w.values()
+    volumes = {key: volume for key, volume in volumes.items() if key not in off_t1w}
+    t1w = to_sitk(reference)
+    brain_mask = to_sitk(volumes[MASK_KEY]) if MASK_KEY in volumes else None
+    regions = None
+    if check_contrasts:  # the weighted images that passed the checks above
+        regions, template_brain = template_regions(t1w)
+        if brain_mask is None:
+            brain_mask = image_like(template_brain.astype(np.uint8), t1w)
+    misregistered = {}
+    if check_registration:
+        misregistered = _misregistration_problems(
+            entry, subject, volumes, t1w, brain_mask, max_rotation_deg, max_shift_mm
+        )
+    problems += misregistered.values()
+    if regions is not None:  # a misregistered image's tissue regions are not the T1w's: its contrasts tell nothing
+        images = {key: to_sitk(volumes[key]) for key in IMAGE_KEYS if key in volumes and key not in misregistered}
+        problems += _contrast_problems(entry, subject, tissue_medians(t1w, images, regions))
+    return problems
+
+
+def _readable_volumes(entry: Mapping, subject: str) -> tuple[dict[str, MetaTensor], list[Problem]]:
+    """The entry's (1, X, Y, Z) volumes that load and pass :func:`_volume_problem`, and a :class:`Problem` for each
+    file that does not."""
     problems: list[Problem] = []
     volumes: dict[str, MetaTensor] = {}
     for key in (k for k in PATH_KEYS if k in entry):
@@ -305,48 +194,72 @@ def validate_entry(
         except (MissingFilesError, InvalidInputError) as error:
             problems.append(Problem(subject, path, f"{key}: {error}"))
             continue
-        tensor = convert_to_tensor(volume, track_meta=False)
-        problem = volume_problem(tensor, allow_non_finite=key in LABEL_KEYS)
-        if problem is None and key in IMAGE_KEYS:
-            problem = constant_problem(tensor)
-        if problem is None and key in MAP_MEDIAN_RANGES_MS:
-            problem = _unit_problem(key, volume)
-        if problem is None and key == MASK_KEY and not bool((tensor > 0).any()):
-            problem = "is an empty mask (no non-zero voxel)"
+        problem = _volume_problem(key, volume)
         if problem is not None:
             problems.append(Problem(subject, path, f"{key} {problem}"))
             continue
         volumes[key] = volume
-    reference = volumes.get(IMAGE_KEYS[0])
-    if reference is None:
-        return problems
+    return volumes, problems
+
+
+def _volume_problem(key: str, volume: MetaTensor) -> str | None:
+    """Why the (1, X, Y, Z) volume of file ``key`` is unusable (not one 3D volume, NaN/Inf outside label maps, a
+    constant weighted image, a T1/T2 map not in ms, an empty mask), or None."""
+    tensor = convert_to_tensor(volume, track_meta=False)
+    problem = volume_problem(tensor, allow_non_finite=key in LABEL_KEYS)
+    if problem is None and key in IMAGE_KEYS:
+        problem = constant_problem(tensor)
+    if problem is None and key in MAP_MEDIAN_RANGES_MS:
+        problem = _unit_problem(key, volume)
+    if problem is None and key == MASK_KEY and not bool((tensor > 0).any()):
+        problem = "is an empty mask (no non-zero voxel)"
+    return problem
+
+
+def _off_t1w_problems(
+    entry: Mapping, subject: str, volumes: Mapping[str, MetaTensor], min_overlap: float
+) -> dict[str, Problem]:
+    """``{key: Problem}`` of the volumes that do not lie on the T1w in world space (bounding-box overlap below
+    ``min_overlap``, another orientation: :func:`~pipeline.data.coregistration.geometry_problem`)."""
+    reference = volumes[IMAGE_KEYS[0]]
+    problems = {}
     for key, volume in volumes.items():
         problem = geometry_problem(reference.affine, reference.shape[1:], volume.affine, volume.shape[1:], min_overlap)
         if problem is not None:
-            problems.append(Problem(subject, str(entry[key]), f"{key} is not on the T1w in world space: {problem}"))
-            volumes = {k: v for k, v in volumes.items() if k != key}
-    t1w = to_sitk(reference)
-    brain_mask = to_sitk(volumes[MASK_KEY]) if MASK_KEY in volumes else None
-    regions = None
-    if check_contrasts:  # the weighted images that passed the checks above
-        regions, template_brain = template_regions(t1w)
-        if brain_mask is None:
-            brain_mask = sitk.GetImageFromArray(template_brain.astype(np.uint8).transpose(2, 1, 0))
-            brain_mask.CopyInformation(t1w)
-    misregistered = set()
-    for key in (k for k in REGISTERED_KEYS if k in volumes and check_registration):
-        image = to_sitk(volumes[key])
-        problem = _registration_problem(t1w, image, brain_mask, max_rotation_deg, max_shift_mm)
+            problems[key] = Problem(subject, str(entry[key]), f"{key} is not on the T1w in world space: {problem}")
+    return problems
+
+
+def _misregistration_problems(
+    entry: Mapping,
+    subject: str,
+    volumes: Mapping[str, MetaTensor],
+    t1w: sitk.Image,
+    brain_mask: sitk.Image | None,
+    max_rotation_deg: float,
+    max_shift_mm: float,
+) -> dict[str, Problem]:
+    """``{key: Problem}`` of the volumes of :data:`REGISTERED_KEYS` whose content a rigid registration to the T1w
+    (metric inside ``brain_mask``) finds rotated or displaced beyond the tolerances (:func:`_registration_problem`)."""
+    problems = {}
+    for key in (k for k in REGISTERED_KEYS if k in volumes):
+        problem = _registration_problem(t1w, to_sitk(volumes[key]), brain_mask, max_rotation_deg, max_shift_mm)
         if problem is not None:
-            problems.append(Problem(subject, str(entry[key]), f"{key} {problem}"))
-            misregistered.add(key)
-    if regions is not None:  # a misregistered image's tissue regions are not the T1w's: its contrasts tell nothing
-        images = {key: to_sitk(volumes[key]) for key in IMAGE_KEYS if key in volumes and key not in misregistered}
-        medians = tissue_medians(t1w, images, regions)
-        for key, problem in contrast_problems(medians).items():
-            problems.append(Problem(subject, str(entry[key]), f"{key} {problem}"))
-        for key, warning in unusual_contrasts(medians).items():
-            problems.append(Problem(subject, str(entry[key]), f"{key} {warning}", "warning"))
+            problems[key] = Problem(subject, str(entry[key]), f"{key} {problem}")
+    return problems
+
+
+def _contrast_problems(entry: Mapping, subject: str, medians: Mapping[str, Mapping[str, float]]) -> list[Problem]:
+    """The swapped images (errors) and unusual contrasts (warnings) of the weighted images' tissue ``medians``
+    (:func:`~pipeline.data.tissue_contrasts.contrast_problems`,
+    :func:`~pipeline.data.tissue_contrasts.unusual_contrasts`)."""
+    problems = [
+        Problem(subject, str(entry[key]), f"{key} {problem}") for key, problem in contrast_problems(medians).items()
+    ]
+    problems += [
+        Problem(subject, str(entry[key]), f"{key} {warning}", "warning")
+        for key, warning in unusual_contrasts(medians).items()
+    ]
     return problems
 
 

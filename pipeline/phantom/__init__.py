@@ -11,9 +11,13 @@ concept each:
 * :mod:`~pipeline.phantom.acquisition` -- ``ideal`` or ``realistic`` acquisition: which scanner effects act.
 * :mod:`~pipeline.phantom.kspace` -- k-space line ordering of signal trains, resolution by truncation.
 * :mod:`~pipeline.phantom.variety` -- anatomical variety: pose, scaling, atrophy, lesion load, unseen brains.
+* :mod:`~pipeline.phantom.lesions` -- white-matter lesions: irregular blobs drawn in deep white matter.
+* :mod:`~pipeline.phantom.subject_parameters` -- everything random about one subject, drawn once from its seed.
+* :mod:`~pipeline.phantom.fine_anatomy` -- the realistic 0.5 mm anatomy: sharp tissue boundaries, 1 mm block means.
 * :mod:`~pipeline.phantom.simulate` -- one subject: deformation, lesions, maps, weighted images, noise.
 * :mod:`~pipeline.phantom.labels` -- low-resolution (thick-slab) label maps.
-* :mod:`~pipeline.phantom.study` -- NIfTI files and the decathlon manifest (:func:`generate_study`).
+* :mod:`~pipeline.phantom.subject_files` -- one subject's NIfTI files and ``phantom.json``, and its manifest entry.
+* :mod:`~pipeline.phantom.study` -- the subjects of a study and the decathlon manifest (:func:`generate_study`).
 * :mod:`~pipeline.phantom.figure` -- PNG of one sagittal slice set.
 
 Command line: ``python -m pipeline.phantom --out DIR [--acquisition realistic]`` (see ``--help``).

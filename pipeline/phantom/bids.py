@@ -54,7 +54,8 @@ from pipeline.files import write_atomically
 from pipeline.phantom import contrasts
 from pipeline.phantom.acquisition import Acquisition
 from pipeline.phantom.contrasts import ProtocolOverrides, protocol_overrides
-from pipeline.phantom.study import DEFAULT_SNR, generate_study, write_nifti
+from pipeline.phantom.study import DEFAULT_SNR, generate_study
+from pipeline.phantom.subject_files import write_nifti
 
 SESSIONS = (("01", None), ("02", "01"), ("02", "02"))
 """(participant label, session label or None) of phantom subjects sub-01, sub-02, sub-03."""

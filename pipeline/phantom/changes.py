@@ -7,7 +7,7 @@ anatomy, draws, noise and receive gain, only the scaled tissues differ. Layout o
     dataset.json          manifest: every case a subject of its ``testing`` section, the ``tissue_changes`` record
     fractions.nii.gz      (X, Y, Z, K) float32 compartment fractions of the subject (the same in every case),
                           compartments in the order of the record's ``compartments``
-    <case>/...            the files of :func:`~pipeline.phantom.study.write_subject` (images, labels, 1 mm truth)
+    <case>/...            the files of :func:`~pipeline.phantom.subject_files.write_subject` (images, labels, 1 mm truth)
 
 The cases are written once: a folder whose record equals the requested one is reused as it is.
 """
@@ -28,17 +28,10 @@ import numpy as np
 from pipeline.cache import cache_dir, cached_array
 from pipeline.files import write_atomically
 from pipeline.phantom.contrasts import protocol_overrides
-from pipeline.phantom.simulate import acquired_fractions, texture_factors, tissue_fractions
-from pipeline.phantom.study import (
-    MANIFEST_NAME,
-    as_acquisition,
-    simulate_tissue_changes,
-    study_subject,
-    subject_entry,
-    subject_names,
-    write_nifti,
-    write_subject,
-)
+from pipeline.phantom.fine_anatomy import acquired_fractions
+from pipeline.phantom.simulate import texture_factors, tissue_fractions
+from pipeline.phantom.study import MANIFEST_NAME, as_acquisition, simulate_tissue_changes, study_subject, subject_names
+from pipeline.phantom.subject_files import subject_entry, write_nifti, write_subject
 from pipeline.phantom.tissues import COMPARTMENTS, scales_as_dict, tissue_scales
 
 FRACTIONS_FILE = "fractions.nii.gz"

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.phantom.contrasts import CONTRASTS, WHITE_MATTER_INTENSITY, signed_signal
-from pipeline.phantom.study import WEIGHTED_FILES
+from pipeline.phantom.subject_files import WEIGHTED_FILES
 from pipeline.phantom.tissues import TISSUES_3T
 
 LAYER_BOUNDARIES_MM = (2.0, 7.0, 12.0)

@@ -1,18 +1,18 @@
 """One phantom subject: deformed anatomy, quantitative maps and noisy weighted images at 1 mm.
 
 Everything random about a subject is drawn once from ``numpy.random.default_rng((seed, subject_index))``
-(:class:`SubjectParameters`); the volumes are then a deterministic function of those parameters and of
-the output grid. Random fields are tied to world coordinates (:mod:`pipeline.phantom.fields`) and the
-image noise of each sagittal plane has its own seed, so simulating a few sagittal planes gives the
-same values as cutting them out of the whole head (up to float rounding).
+(:class:`~pipeline.phantom.subject_parameters.SubjectParameters`); the volumes are then a deterministic function of
+those parameters and of the output grid. Random fields are tied to world coordinates (:mod:`pipeline.phantom.fields`)
+and the image noise of each sagittal plane has its own seed, so simulating a few sagittal planes gives the same values
+as cutting them out of the whole head (up to float rounding).
 
 Steps (all per voxel of the output grid):
 
 1. **deformation**: a smooth random displacement (a few mm) maps each voxel to a template position,
    where the tissue fractions of :func:`~pipeline.phantom.anatomy.load_template_anatomy` are sampled
    (linear interpolation); the brain mask is where the sampled fractions sum to >= 0.5.
-2. **lesions** (optional): small irregular blobs (2-8 mm) in deep white matter, placed in template space and
-   deformed with the anatomy, replace their share of the white-matter fraction.
+2. **lesions** (optional): small irregular blobs (2-8 mm) in deep white matter (:mod:`pipeline.phantom.lesions`),
+   placed in template space and deformed with the anatomy, replace their share of the white-matter fraction.
 3. **tissue values**: per compartment, nominal 3 T values x per-subject factor x smooth texture.
 4. **maps**: partial volumes mixed in relaxation *rates*, ``1/T1 = sum_k f_k / T1_k`` (same for T2), and
    ``M0 = sum_k f_k PD_k``; 0 outside the brain mask.
@@ -20,8 +20,9 @@ Steps (all per voxel of the output grid):
    signal domain ``|sum_k f_k s_k|``, times a smooth receive-bias field, plus Rician noise.
 
 With a realistic :class:`~pipeline.phantom.acquisition.Acquisition`, steps 1-2 may add anatomical variety and
-run on a 0.5 mm grid with sharpened boundaries (the 1 mm fractions, and so the truth, are their block means), and
-step 5 goes through k-space (:func:`acquire_images`): signal trains across the phase-encode axis, B1+, truncation.
+run on a 0.5 mm grid with sharpened boundaries (:mod:`pipeline.phantom.fine_anatomy`: the 1 mm fractions, and so the
+truth, are their block means), and step 5 goes through k-space (:func:`acquire_images`): signal trains across the
+phase-encode axis, B1+, truncation.
 """
 
 from __future__ import annotations
@@ -32,17 +33,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from pipeline.phantom.acquisition import (
     BOUNDARY_OFFSETS,
-    BOUNDARY_TEMPERATURE,
     PHASE_ENCODE_AXIS,
     TRANSMIT_RANGE,
-    TRANSMIT_SPACING_MM,
     TRANSMIT_STD,
-    TRANSMIT_STREAM,
     Acquisition,
     CompartmentSignals,
     acquire_contrast,
@@ -55,167 +52,12 @@ from pipeline.phantom.contrasts import (
     protocol_overrides,
     signed_signal,
 )
-from pipeline.phantom.fields import FIELD_DOMAIN_MM, SmoothRandomField
+from pipeline.phantom.fields import FIELD_DOMAIN_MM
+from pipeline.phantom.fine_anatomy import acquired_fractions, fine_grid, sharpen, upsample
 from pipeline.phantom.grid import VoxelGrid
-from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS, TISSUES_3T, TissueScales, scale_array
-from pipeline.phantom.variety import DEFORMATION_FACTOR, VARIETY_STREAM, AnatomicalVariety
-
-DEFORMATION_STD_MM = 1.5
-"""Standard deviation of each displacement component (displacements are typically 2-3 mm, at most ~7 mm)."""
-DEFORMATION_SPACING_MM = 32.0
-"""Knot spacing of the displacement field (its correlation length)."""
-BIAS_LOG_STD = 0.05
-"""Standard deviation of the log receive-bias field (intensity varies by ~15-25 % over a brain)."""
-BIAS_SPACING_MM = 64.0
-"""Knot spacing of the receive-bias field."""
-TEXTURE_SPACING_MM = 8.0
-"""Knot spacing of the intra-tissue texture fields."""
-LESION_COUNT_RANGE = (6, 12)
-"""Inclusive range of the number of white-matter lesions per subject."""
-LESION_DIAMETER_RANGE_MM = (2.0, 8.0)
-"""Range of lesion diameters (uniform)."""
-LESION_ELONGATION = 0.2
-"""Relative spread of a lesion's three semi-axes around its radius."""
-LESION_IRREGULARITY = 0.25
-"""Relative standard deviation of a lesion's radius over its surface (smooth field, clipped at 2 sigma)."""
-LESION_SHAPE_SPACING_MM = 3.0
-"""Knot spacing of the field that makes lesion outlines irregular."""
-
-
-@dataclass(frozen=True)
-class Lesion:
-    """A white-matter lesion: an irregular, roughly ellipsoidal blob in template space.
-
-    Attributes:
-        centre_mm: (3,) RAS template-space centre.
-        semi_axes_mm: (3,) semi-axes.
-    """
-
-    centre_mm: np.ndarray
-    semi_axes_mm: np.ndarray
-
-    def fraction(self, position_mm: np.ndarray, shape_field: np.ndarray) -> np.ndarray:
-        """Lesion fraction (0..1) at N voxels: 1 inside, 0 outside, linear over ~1 mm across the outline.
-
-        Args:
-            position_mm: (3, N) template positions of the voxels.
-            shape_field: (N,) unit-variance smooth field at the voxels; the outline lies at
-                ``1 + LESION_IRREGULARITY * clip(shape_field, -2, 2)`` times the ellipsoid's radius.
-        """
-        offset = (position_mm - self.centre_mm[:, None]) / self.semi_axes_mm[:, None]
-        outline = 1.0 + LESION_IRREGULARITY * np.clip(shape_field, -2.0, 2.0)
-        normalised_radius = np.sqrt(np.sum(offset**2, axis=0)) / outline
-        return np.clip(0.5 + (1.0 - normalised_radius) * self.semi_axes_mm.mean(), 0.0, 1.0)
-
-    @property
-    def reach_mm(self) -> np.ndarray:
-        """(3,) half-extent of the box that holds every voxel with a non-zero fraction."""
-        return self.semi_axes_mm * (1.0 + 2.0 * LESION_IRREGULARITY) + 1.0
-
-
-def draw_lesions(rng: np.random.Generator, anatomy: TemplateAnatomy, count: int | None = None) -> list[Lesion]:
-    """Lesions in template space whose centres lie at least ``radius + 1`` mm deep inside pure white matter.
-
-    ``count`` lesions, or a number drawn uniformly from :data:`LESION_COUNT_RANGE` if None.
-    """
-    sites = np.argwhere(anatomy.white_matter_depth_mm >= LESION_DIAMETER_RANGE_MM[0] / 2 + 1.0)
-    site_depths = anatomy.white_matter_depth_mm[tuple(sites.T)]
-    lesions = []
-    if count is None:
-        count = rng.integers(LESION_COUNT_RANGE[0], LESION_COUNT_RANGE[1] + 1)
-    for _ in range(count):
-        radius = rng.uniform(*LESION_DIAMETER_RANGE_MM) / 2.0
-        semi_axes = radius * (1.0 + LESION_ELONGATION * rng.uniform(-1.0, 1.0, 3))
-        deep_enough = sites[site_depths >= semi_axes.max() + 1.0]
-        site = deep_enough[rng.integers(len(deep_enough))]
-        centre = anatomy.grid.affine[:3, :3] @ site + anatomy.grid.affine[:3, 3]
-        lesions.append(Lesion(centre.astype(np.float32), semi_axes.astype(np.float32)))
-    return lesions
-
-
-@dataclass(frozen=True)
-class SubjectParameters:
-    """Everything random about one subject.
-
-    Attributes:
-        seed, subject_index: the study seed and the subject's 0-based index (they also seed the noise).
-        tissue_factors: (K, 3) per-subject factors on the nominal T1, T2, PD of :data:`COMPARTMENTS`.
-        deformation: 3 fields (x, y, z displacement, unit variance).
-        bias: 1 field (log receive bias, unit variance).
-        texture: K fields (texture of each compartment, unit variance).
-        lesion_shape: 1 field (irregularity of lesion outlines, unit variance).
-        lesions: white-matter lesions (empty without lesions).
-        variety: pose, scaling, atrophy, ... (:mod:`pipeline.phantom.variety`), or None.
-        transmit: 1 field (relative B1+ deviation, unit variance), or None.
-        scales: the study's factors on the nominal tissue values (:func:`~pipeline.phantom.tissues.tissue_scales`);
-            they draw nothing, so a scaled subject is the same subject with other tissue values.
-    """
-
-    seed: int
-    subject_index: int
-    tissue_factors: np.ndarray
-    deformation: SmoothRandomField
-    bias: SmoothRandomField
-    texture: SmoothRandomField
-    lesion_shape: SmoothRandomField
-    lesions: list[Lesion]
-    variety: AnatomicalVariety | None = None
-    transmit: SmoothRandomField | None = None
-    scales: TissueScales = ()
-
-    @classmethod
-    def draw(
-        cls,
-        seed: int,
-        subject_index: int,
-        anatomy: TemplateAnatomy,
-        lesions: bool = True,
-        acquisition: Acquisition = Acquisition(),
-        held_out: bool = False,
-        scales: TissueScales = (),
-    ) -> SubjectParameters:
-        """Draw a subject from ``numpy.random.default_rng((seed, subject_index))``.
-
-        The acquisition's anatomical variety and transmit field draw from streams of their own
-        (``(seed, subject_index, stream)``), so the draws of the ideal acquisition do not change. ``held_out``:
-        a validation or test subject (variety images it from the mirrored template). ``scales``: see the attribute.
-        """
-        rng = np.random.default_rng((seed, subject_index))
-        subject_cv = np.array([[TISSUES_3T[name].subject_cv] for name in COMPARTMENTS])
-        tissue_factors = np.exp(subject_cv * rng.standard_normal((len(COMPARTMENTS), len(TISSUE_PARAMETERS))))
-        fields = {
-            "deformation": SmoothRandomField.draw(rng, DEFORMATION_SPACING_MM, 3),
-            "bias": SmoothRandomField.draw(rng, BIAS_SPACING_MM, 1),
-            "texture": SmoothRandomField.draw(rng, TEXTURE_SPACING_MM, len(COMPARTMENTS)),
-            "lesion_shape": SmoothRandomField.draw(rng, LESION_SHAPE_SPACING_MM, 1),
-        }
-        drawn_lesions = draw_lesions(rng, anatomy) if lesions else []
-        variety = None
-        if acquisition.anatomical_variety:
-            variety = AnatomicalVariety.draw(seed, subject_index, held_out)
-            if lesions:
-                extra_rng = np.random.default_rng((seed, subject_index, VARIETY_STREAM, 1))
-                drawn_lesions += draw_lesions(extra_rng, anatomy, variety.extra_lesion_count)
-        transmit = None
-        if acquisition.transmit_field:
-            transmit_rng = np.random.default_rng((seed, subject_index, TRANSMIT_STREAM))
-            transmit = SmoothRandomField.draw(transmit_rng, TRANSMIT_SPACING_MM, 1)
-        return cls(
-            seed,
-            subject_index,
-            tissue_factors,
-            **fields,
-            lesions=drawn_lesions,
-            variety=variety,
-            transmit=transmit,
-            scales=scales,
-        )
-
-    def tissue_values(self) -> np.ndarray:
-        """(K, 3) the subject's T1 (ms), T2 (ms), PD of each compartment before texture: nominal x scales x the
-        subject's factors."""
-        nominal = np.array([[getattr(TISSUES_3T[name], p) for p in TISSUE_PARAMETERS] for name in COMPARTMENTS])
-        return nominal * scale_array(self.scales) * self.tissue_factors
+from pipeline.phantom.subject_parameters import BIAS_LOG_STD, DEFORMATION_STD_MM, SubjectParameters
+from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
+from pipeline.phantom.variety import DEFORMATION_FACTOR
 
 
 @dataclass(frozen=True)
@@ -377,47 +219,6 @@ def _fill(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return volume
 
 
-def fine_grid(grid: VoxelGrid) -> VoxelGrid:
-    """The grid of half the voxel size over the same field of view: voxels ``2i, 2i + 1`` split voxel ``i``."""
-    affine = grid.affine.copy()
-    affine[:3, :3] /= 2.0
-    affine[:3, 3] -= grid.spacing_mm / 4.0
-    return VoxelGrid(tuple(2 * n for n in grid.shape), affine)
-
-
-def block_mean(volumes: np.ndarray) -> np.ndarray:
-    """(..., X, Y, Z) float32 means of the 2x2x2 blocks of (..., 2X, 2Y, 2Z) ``volumes`` (fine → acquired grid)."""
-    *leading, x, y, z = volumes.shape
-    blocks = volumes.reshape(*leading, x // 2, 2, y // 2, 2, z // 2, 2)
-    return blocks.mean(axis=(-5, -3, -1), dtype=np.float32)
-
-
-def sharpen(probabilities: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Tissue fractions with sharp boundaries: class softmax of ``(probability + offset) / BOUNDARY_TEMPERATURE``.
-
-    Args:
-        probabilities: (C, N) template tissue probabilities at N brain voxels.
-        offsets: (C,) subject offsets that move the boundaries (0: at the probabilities' crossings).
-
-    Returns:
-        (C, N) float32 fractions summing to 1.
-    """
-    logits = (
-        torch.as_tensor(probabilities) + torch.as_tensor(offsets, dtype=torch.float32)[:, None]
-    ) / BOUNDARY_TEMPERATURE
-    return torch.softmax(logits, dim=0).numpy()
-
-
-def upsample(volumes: np.ndarray) -> np.ndarray:
-    """(C, 2X, 2Y, 2Z) float32 trilinear interpolation of smooth (C, X, Y, Z) ``volumes`` onto :func:`fine_grid`.
-
-    PyTorch's half-pixel convention (``align_corners=False``) puts fine voxels ``2i, 2i + 1`` a quarter voxel before
-    and after voxel ``i``, as :func:`fine_grid` does; the outermost fine voxels take the edge value.
-    """
-    fine = F.interpolate(torch.as_tensor(volumes)[None], scale_factor=2, mode="trilinear", align_corners=False)
-    return fine[0].numpy()
-
-
 class SubjectFractions(NamedTuple):
     """A subject's anatomy (steps 1-2 of the module docstring): a function of its draws, not of its tissue values.
 
@@ -443,8 +244,9 @@ def tissue_fractions(
         grid: the acquired (1 mm) grid.
         parameters: the subject (with ``variety``: its pose, scaling, atrophy and lesion load too).
         fine: the realistic fine anatomy: template positions and tissue probabilities (smooth at 1 mm: the
-            template is a 1 mm average) are interpolated to :func:`fine_grid`, where the tissue boundaries are
-            sharpened (:func:`sharpen`) and the lesions drawn.
+            template is a 1 mm average) are interpolated to :func:`~pipeline.phantom.fine_anatomy.fine_grid`, where
+            the tissue boundaries are sharpened (:func:`~pipeline.phantom.fine_anatomy.sharpen`) and the lesions
+            drawn.
 
     Returns:
         the :class:`SubjectFractions`, on ``grid`` or, with ``fine``, on its fine grid.
@@ -478,22 +280,6 @@ def tissue_fractions(
     inside[COMPARTMENTS.index("lesion")] = lesion_share
     inside[white] -= lesion_share
     return SubjectFractions(mask, inside, lesion_centres, lesion_volumes)
-
-
-def acquired_fractions(
-    simulated_mask: np.ndarray, simulated_fractions: np.ndarray, fine: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """The acquired (1 mm) grid's brain mask (X, Y, Z) and (K, N) compartment fractions at its N voxels (the truth's).
-
-    Args:
-        simulated_mask, simulated_fractions: the simulated grid's mask and (K, *shape) fractions (0 outside it).
-        fine: the simulated grid is the fine grid (:func:`fine_grid`): the 1 mm fractions are its block means.
-    """
-    if not fine:
-        return simulated_mask, simulated_fractions[:, simulated_mask]
-    coarse = block_mean(simulated_fractions)
-    mask = block_mean(simulated_mask.astype(np.float32)) >= 0.5
-    return mask, coarse[:, mask] / coarse[:, mask].sum(0)
 
 
 def transmit_field(parameters: SubjectParameters, grid: VoxelGrid) -> torch.Tensor | None:
@@ -559,8 +345,8 @@ def simulate_subject(
         receive_bias: multiply the signals by the subject's smooth receive-bias field (off: to study its effect).
         acquisition: the scanner effects (:class:`~pipeline.phantom.acquisition.Acquisition`); the default, ideal
             one images each compartment with the closed-form models and mixes the signals voxel by voxel. With
-            ``fine_anatomy`` the tissues are simulated on :func:`fine_grid` and the 1 mm fractions (the truth's)
-            are their block means.
+            ``fine_anatomy`` the tissues are simulated on :func:`~pipeline.phantom.fine_anatomy.fine_grid` and the
+            1 mm fractions (the truth's) are their block means.
         protocols: overrides of the default protocols, ``{contrast: {field: value}}`` (a new site's; validated by
             :func:`~pipeline.phantom.contrasts.protocol_overrides`); every contrast images with them, the intensity
             scale stays the default protocols' (nominal white matter = 1000 under them). None: the defaults.

@@ -1,17 +1,10 @@
-"""A phantom study on disk: NIfTI volumes per subject plus the decathlon-style manifest ``dataset.json``.
+"""A phantom study on disk: the files of each subject plus the decathlon-style manifest ``dataset.json``.
 
 Layout of ``out_dir`` (paths in the manifest are relative to it)::
 
-    dataset.json                     manifest (format: docs/architecture.md)
-    sub-01/t1w.nii.gz                T1w MPRAGE, 1 mm, int16 (nominal pure white matter = 1000)
-    sub-01/t2w.nii.gz                T2w TSE, idem
-    sub-01/flair.nii.gz              T2w FLAIR, idem
-    sub-01/mask.nii.gz               brain mask, uint8
-    sub-01/t1_map_lowres.nii.gz      label maps, 3.5 mm slabs, float32: T1 (ms)
-    sub-01/t2_map_lowres.nii.gz                                         T2 (ms)
-    sub-01/m0_map_lowres.nii.gz                                         M0 (PD, fraction of water)
-    sub-01/phantom.json              ground-truth record: subject tissue values, lesions, protocols, noise
-    sub-01/t1_map.nii.gz ...         1 mm reference maps (the exact truth; training subjects' train the oracle)
+    dataset.json      manifest (format: docs/architecture.md)
+    sub-01/...        the subject's weighted images, mask, label maps, 1 mm truth and phantom.json
+                      (:mod:`pipeline.phantom.subject_files`)
 
 Subjects ``sub-01 .. sub-N``: the last is the testing subject, the one before the validation subject
 (N >= 3), the rest are training subjects. Files are written atomically and byte-reproducibly (gzip
@@ -21,29 +14,22 @@ without timestamp), the manifest last.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 
-import nibabel as nib
 import numpy as np
 
 from pipeline.files import write_atomically
 from pipeline.phantom.acquisition import Acquisition, check_protocols
 from pipeline.phantom.anatomy import TemplateAnatomy, load_template_anatomy
-from pipeline.phantom.contrasts import (
-    WHITE_MATTER_INTENSITY,
-    ProtocolOverrides,
-    overrides_as_dict,
-    protocol_overrides,
-    protocols,
-)
+from pipeline.phantom.contrasts import ProtocolOverrides, overrides_as_dict, protocol_overrides
 from pipeline.phantom.grid import VoxelGrid
-from pipeline.phantom.labels import SLICE_PROFILE_EDGE, acquire_low_resolution_maps, add_fit_errors, slab_affine
-from pipeline.phantom.simulate import SubjectParameters, SubjectVolumes, simulate_subject, tissue_fractions
-from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS, TissueScales, scales_as_dict, tissue_scales
+from pipeline.phantom.simulate import SubjectVolumes, simulate_subject, tissue_fractions
+from pipeline.phantom.subject_files import subject_entry, write_subject
+from pipeline.phantom.subject_parameters import SubjectParameters
+from pipeline.phantom.tissues import TissueScales, scales_as_dict, tissue_scales
 
 DEFAULT_SNR = 30.0
 """Default SNR: nominal pure-white-matter intensity over the noise standard deviation, in every contrast."""
@@ -53,13 +39,7 @@ VARIETY_GRID_MARGIN_MM = 14
 """The margin with anatomical variety (room for pose, up to +7 % scaling and 3 mm deformations)."""
 HEMISPHERE_PLANES_CENTRE_MM = 25.0
 """World x (RAS, right hemisphere) at the centre of the planes kept by ``sagittal_slices``."""
-GZIP_LEVEL = 1
-"""Fast gzip level for the NIfTI files."""
 MANIFEST_NAME = "dataset.json"
-WEIGHTED_FILES = {"t1w": "mprage", "t2w": "tse", "flair": "flair"}
-"""Manifest key (file stem) → contrast of each weighted image."""
-MAP_STEMS = {"t1": "t1_ms", "t2": "t2_ms", "m0": "m0"}
-"""Map file stem prefix → :class:`~pipeline.phantom.simulate.SubjectVolumes` attribute."""
 
 
 def study_grid(
@@ -203,86 +183,6 @@ def study_manifest(
     return manifest
 
 
-def subject_entry(subject: str) -> dict[str, str]:
-    """The manifest entry of a subject written by :func:`write_subject` into ``<dataset>/<subject>/``."""
-    entry = {"subject": subject}
-    entry.update({key: f"{subject}/{key}.nii.gz" for key in WEIGHTED_FILES})
-    entry.update({f"{stem}_map": f"{subject}/{stem}_map_lowres.nii.gz" for stem in MAP_STEMS})
-    entry["mask"] = f"{subject}/mask.nii.gz"
-    entry.update({f"{stem}_ref": f"{subject}/{stem}_map.nii.gz" for stem in MAP_STEMS})
-    return entry
-
-
-def write_nifti(path: pathlib.Path, data: np.ndarray, affine: np.ndarray) -> None:
-    """Write ``data`` (dtype kept) as gzipped NIfTI-1 with a scanner-space q/sform, byte-reproducibly."""
-    image = nib.Nifti1Image(data, affine)
-    image.header.set_xyzt_units("mm")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    write_atomically(path, gzip.compress(image.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0))
-
-
-def write_subject(
-    subject_dir: pathlib.Path,
-    volumes: SubjectVolumes,
-    parameters: SubjectParameters,
-    record: dict,
-    *,
-    slab_thickness_mm: float,
-    slab_axis: int,
-    acquisition: Acquisition = Acquisition(),
-    overrides: ProtocolOverrides = (),
-) -> None:
-    """Write one subject's files (see the module docstring) into ``subject_dir``.
-
-    Args:
-        subject_dir: the subject's folder (created).
-        volumes, parameters: the simulated subject and its random parameters.
-        record: extra entries of ``phantom.json`` (subject name, split).
-        slab_thickness_mm, slab_axis: label slabs.
-        acquisition: with ``label_acquisition``, labels through a slice profile with fit errors
-            (:mod:`pipeline.phantom.labels`).
-        overrides: the study's protocol overrides; ``phantom.json`` records the protocols they give.
-    """
-    subject_dir.mkdir(parents=True, exist_ok=True)
-    affine = volumes.grid.affine
-    for stem, contrast in WEIGHTED_FILES.items():
-        intensities = np.clip(np.rint(volumes.weighted[contrast]), 0, np.iinfo(np.int16).max).astype(np.int16)
-        write_nifti(subject_dir / f"{stem}.nii.gz", intensities, affine)
-    write_nifti(subject_dir / "mask.nii.gz", volumes.mask.astype(np.uint8), affine)
-    thickness_voxels = slab_thickness_mm / volumes.grid.spacing_mm[slab_axis]
-    maps = [getattr(volumes, attribute) for attribute in MAP_STEMS.values()]
-    edge = SLICE_PROFILE_EDGE * thickness_voxels if acquisition.label_acquisition else 0.0
-    labels = acquire_low_resolution_maps(
-        *maps, axis=slab_axis, thickness_voxels=thickness_voxels, edge_sigma_voxels=edge
-    )
-    if acquisition.label_acquisition:
-        labels = add_fit_errors(labels, parameters.seed, parameters.subject_index)
-    label_affine = slab_affine(affine, slab_axis, thickness_voxels)
-    for stem, label, full in zip(MAP_STEMS, labels, maps):
-        write_nifti(subject_dir / f"{stem}_map_lowres.nii.gz", label, label_affine)
-        write_nifti(subject_dir / f"{stem}_map.nii.gz", full, affine)
-
-    tissue_values = parameters.tissue_values()
-    record = {
-        **record,
-        "seed": parameters.seed,
-        "subject_index": parameters.subject_index,
-        "tissues": {
-            name: dict(zip(TISSUE_PARAMETERS, map(float, values))) for name, values in zip(COMPARTMENTS, tissue_values)
-        },
-        "lesions": [
-            {"centre_mm": centre.round(2).tolist(), "volume_mm3": round(float(volume), 2)}
-            for centre, volume in zip(volumes.lesion_centres_mm, volumes.lesion_volumes_mm3)
-        ],
-        "protocols": {contrast: protocol.to_dict() for contrast, protocol in protocols(overrides).items()},
-        "acquisition": acquisition.to_dict(),
-        "weighted_image_units": f"nominal pure white matter = {WHITE_MATTER_INTENSITY:g} before receive bias",
-        "noise_sigma": volumes.noise_sigma,
-    }
-    write_atomically(subject_dir / "phantom.json", (json.dumps(record, indent=2) + "\n").encode())
-
-
 def simulate_study_subject(
     generator: dict, index: int, snr: float | None = None, receive_bias: bool = True
 ) -> tuple[SubjectVolumes, SubjectParameters]:
@@ -363,6 +263,48 @@ def _remove_study(out_dir: pathlib.Path, manifest: dict) -> None:
     (out_dir / MANIFEST_NAME).unlink()
 
 
+def _clear_different_study(out_dir: pathlib.Path, generator: dict, overwrite: bool) -> None:
+    """Make way for the study of ``generator`` in ``out_dir``: nothing to do without a ``dataset.json`` there or with
+    the same ``generator`` record; another phantom study is removed with ``overwrite``, else (and for any other
+    ``dataset.json``) :class:`FileExistsError`."""
+    manifest_path = out_dir / MANIFEST_NAME
+    if not manifest_path.exists():
+        return
+    try:
+        existing = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        existing = None
+    existing_generator = existing.get("generator") if isinstance(existing, dict) else None
+    if existing_generator == generator:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{manifest_path} holds a different study (generator: {existing_generator}); "
+            "pass overwrite=True (CLI: --overwrite) to replace it"
+        )
+    if not isinstance(existing_generator, dict) or existing_generator.get("module") != "pipeline.phantom":
+        raise FileExistsError(f"{manifest_path} is not a pipeline.phantom study: not deleting its files")
+    _remove_study(out_dir, existing)
+
+
+def _write_subjects(out_dir: pathlib.Path, generator: dict) -> None:
+    """Simulate every subject of the study a ``generator`` record describes and write its files into
+    ``out_dir/<subject>/`` (:func:`~pipeline.phantom.subject_files.write_subject`)."""
+    for index, subject in enumerate(subject_names(generator["n_subjects"])):
+        split = split_of(index, generator["n_subjects"])
+        volumes, parameters = simulate_study_subject(generator, index)
+        write_subject(
+            out_dir / subject,
+            volumes,
+            parameters,
+            {"subject": subject, "split": split},
+            slab_thickness_mm=generator["slab_thickness_mm"],
+            slab_axis=generator["slab_axis"],
+            acquisition=as_acquisition(generator["acquisition"]),
+            overrides=protocol_overrides(generator.get("protocols")),
+        )
+
+
 def generate_study(
     out_dir: str | os.PathLike,
     n_subjects: int = 5,
@@ -422,35 +364,7 @@ def generate_study(
         tissue_scales=tissue_scales,
     )
     manifest_path = out_dir / MANIFEST_NAME
-    if manifest_path.exists():
-        try:
-            existing = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
-            existing = None
-        existing_generator = existing.get("generator") if isinstance(existing, dict) else None
-        if existing_generator != manifest["generator"]:
-            if not overwrite:
-                raise FileExistsError(
-                    f"{manifest_path} holds a different study (generator: {existing_generator}); "
-                    "pass overwrite=True (CLI: --overwrite) to replace it"
-                )
-            if not isinstance(existing_generator, dict) or existing_generator.get("module") != "pipeline.phantom":
-                raise FileExistsError(f"{manifest_path} is not a pipeline.phantom study: not deleting its files")
-            _remove_study(out_dir, existing)
-
-    generator = manifest["generator"]
-    for index, subject in enumerate(subject_names(generator["n_subjects"])):
-        split = split_of(index, generator["n_subjects"])
-        volumes, parameters = simulate_study_subject(generator, index)
-        write_subject(
-            out_dir / subject,
-            volumes,
-            parameters,
-            {"subject": subject, "split": split},
-            slab_thickness_mm=generator["slab_thickness_mm"],
-            slab_axis=generator["slab_axis"],
-            acquisition=as_acquisition(generator["acquisition"]),
-            overrides=protocol_overrides(generator.get("protocols")),
-        )
+    _clear_different_study(out_dir, manifest["generator"], overwrite)
+    _write_subjects(out_dir, manifest["generator"])
     write_atomically(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest_path
