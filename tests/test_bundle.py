@@ -128,12 +128,12 @@ EVAL_METRICS = {
 
 
 def test_metadata_eval_metrics_are_the_default_settings_test_results():
-    """The hybrid default (0.11.0: csf reference, batch norm) on the realistic test subject, mean over seeds 0-2
+    """The hybrid default (0.12.0: csf reference, batch norm, intensity term) on the realistic test subject, mean over seeds 0-2
     (docs/results/response/testing, the README's headline table)."""
     results = REPO / "docs" / "results" / "response" / "testing"
     assert json.loads((results / "ablation_testing.json").read_text())["arguments"]["seeds"] == [0, 1, 2]
     table = pd.read_csv(results / "ablation_testing_pairs.csv")
-    assert set(table["variant"]) == {"csf_batchnorm"} and set(table["seeds"]) == {3}
+    assert set(table["variant"]) == {"intensity1"} and set(table["seeds"]) == {3}
     hybrid = table.set_index(["metric", "map"])["hybrid_mean"]
     metrics = json.loads((CONFIGS / "metadata.json").read_text())["eval_metrics"]
     assert metrics == {
