@@ -31,7 +31,7 @@ from pipeline.phantom.simulate import simulate_subject, tissue_fractions, transm
 from pipeline.phantom.subject_parameters import SubjectParameters
 from pipeline.phantom.study import VARIETY_GRID_MARGIN_MM, study_grid
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUES_3T
-from tests.test_physics import simulate_mprage_readout_pulse_by_pulse
+from tests.test_physics_mprage import simulate_mprage_readout_pulse_by_pulse
 
 WHITE = TISSUES_3T["white_matter"]
 
