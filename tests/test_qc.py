@@ -1,5 +1,6 @@
 """Quality control without ground truth: each check against a direct computation, then the flags on the phantom."""
 
+import dataclasses
 import json
 import shutil
 
@@ -11,6 +12,7 @@ from scipy.ndimage import gaussian_filter
 
 from pipeline import physics
 from pipeline.phantom import generate_study
+from pipeline.phantom.changes import write_tissue_changes
 from pipeline.phantom.labels import acquire_low_resolution_maps, slab_affine
 from pipeline.qc import QCCalibration, calibrate_directory
 from pipeline.qc.__main__ import main as qc_main
@@ -183,7 +185,7 @@ def _report(subject, residual, csf_bias, t2_mpe=5.0):
 
 def test_calibration_rules_and_two_sided_bias_flags(tmp_path):
     reports = [_report("a", 0.04, 0.10), _report("b", 0.06, 0.02, t2_mpe=6.0)]
-    calibration = QCCalibration.from_reports(reports, margin=1.5, min_tolerance=0.01)
+    calibration = QCCalibration.from_reports(reports, margin=1.5, min_tolerance=0.01, min_residual=0.0)
     limits = calibration.thresholds["tse_epg"]
     assert limits["residual"] == pytest.approx(1.5 * 0.06)
     assert limits["bias"]["csf"] == pytest.approx({"centre": 0.06, "tolerance": 1.5 * 0.04})
@@ -203,6 +205,32 @@ def test_calibration_rules_and_two_sided_bias_flags(tmp_path):
         QCCalibration.load(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="different contrasts"):
         QCCalibration.from_reports([reports[0], {**reports[1], "self_consistency": {}}])
+
+
+def test_calibration_floors_stand_for_what_one_subjects_model_maps_cannot_show():
+    """A model's maps fit their images more closely than exact maps: the floors keep exact maps unflagged."""
+    model = _report("val", 0.007, -0.02)  # bundle 0.12.0's maps of the validation subject, roughly
+    model["self_consistency"]["tse_epg"]["bias"]["grey_matter"] = 0.006
+    model["self_consistency"]["tse_epg"]["grey_white"] = -0.006
+    calibration = QCCalibration.from_reports([model])
+    limits = calibration.thresholds["tse_epg"]
+    assert limits["residual"] == pytest.approx(0.06)  # max(2 x 0.007, the floor)
+    assert limits["bias"]["csf"] == pytest.approx({"centre": -0.02, "tolerance": 0.15})
+    assert limits["bias"]["grey_matter"]["tolerance"] == pytest.approx(0.06)
+    assert limits["grey_white"] == pytest.approx({"centre": -0.006, "tolerance": 0.06})
+    exact = {"residual": 0.048, "bias": {"csf": 0.085, "grey_matter": -0.013, "white_matter": -0.018}}
+    assert calibration.flags({"tse_epg": {**exact, "grey_white": -0.005}}) == []  # sub-04's exact maps
+    flags = calibration.flags({"tse_epg": {**exact, "grey_white": -0.148}})  # white matter T2 x 1.3, maps frozen
+    assert [(flag["tissue"], "darker" in flag["message"]) for flag in flags] == [("grey_white", True)]
+    one_floor = QCCalibration.from_reports([model], min_tolerance=0.01, min_residual=0.02)
+    assert one_floor.thresholds["tse_epg"]["bias"]["csf"]["tolerance"] == pytest.approx(0.01)
+    assert one_floor.thresholds["tse_epg"]["residual"] == pytest.approx(0.02)
+    old = dict(
+        dataclasses.asdict(calibration), thresholds={"tse_epg": {k: v for k, v in limits.items() if k != "grey_white"}}
+    )
+    assert QCCalibration(**old).flags({"tse_epg": {**exact, "grey_white": -0.148}}) == []  # written before grey_white
+    with pytest.raises(ValueError, match="floors"):
+        QCCalibration.from_reports([model], min_tolerance={"csf": -0.1})
 
 
 # --- the flags on the phantom: exact maps of the tiny study as "predictions" (a trained model is not needed to test
@@ -256,11 +284,17 @@ def test_correct_maps_are_not_flagged(tiny_study, calibrated, tmp_path):
     assert qc["metrics"]["t2_mpe_percent"] < 1e-3  # the exact maps against the references
 
 
-def test_a_20_percent_t2_error_is_flagged_by_the_tse(tiny_study, calibrated, tmp_path):
+def test_a_global_t2_error_is_flagged(tiny_study, calibrated, tmp_path):
+    """T2 20 % too long everywhere: flagged by the plausibility and label checks; the TSE's figures move as a longer T2
+    makes them (CSF darker, white matter brighter) but stay inside the floors that keep exact maps unflagged; at 40 %
+    the TSE flags it too."""
     code, qc = _check(tiny_study, _maps_dir(tiny_study.parent, tmp_path, t2_factor=1.2), calibrated[1])
-    assert code == 1 and qc["flagged"]
+    assert code == 1 and {flag["check"] for flag in qc["flags"]} == {"plausibility", "label_resolution"}, qc["flags"]
+    tse = qc["self_consistency"]["tse_epg"]["bias"]
+    assert tse["csf"] < -0.03 and tse["white_matter"] > 0.03
+    code, qc = _check(tiny_study, _maps_dir(tiny_study.parent, tmp_path, "maps_40", t2_factor=1.4), calibrated[1])
     consistency = {flag["contrast"] for flag in qc["flags"] if flag["check"] == "self_consistency"}
-    assert consistency == {"tse_epg"}, qc["flags"]
+    assert code == 1 and consistency == {"tse_epg"}, qc["flags"]
 
 
 def test_swapped_t1w_and_t2w_are_flagged(tiny_study, calibrated, tmp_path):
@@ -312,3 +346,43 @@ def test_calibration_takes_only_the_named_validation_subjects(tmp_path):
     assert values["subjects"] == ["sub-val"] and values["thresholds"]["tse_epg"]["residual"] == pytest.approx(0.1)
     with pytest.raises(FileNotFoundError, match="sub-missing"):
         calibrate_directory(tmp_path, tmp_path / "other.json", subjects=["sub-val", "sub-missing"])
+
+
+@pytest.fixture(scope="module")
+def changed_tissues(tiny_study, tmp_path_factory):
+    """The tiny study's test subject re-simulated with white matter's T2 x 1.3 and cortical grey matter's T1 x 1.3,
+    and two predictions of every case: its own exact maps, and the unchanged subject's maps (maps that ignore the
+    change)."""
+    cases = {
+        "reference": None,
+        "white_matter-t2_ms-x1.3": {"white_matter": {"t2_ms": 1.3}},
+        "cortical_grey_matter-t1_ms-x1.3": {"cortical_grey_matter": {"t1_ms": 1.3}},
+    }
+    generator = json.loads(tiny_study.read_text())["generator"]
+    manifest = write_tissue_changes(generator, cases, tmp_path_factory.mktemp("changes"))
+    root = tmp_path_factory.mktemp("changed_maps")
+    for case in cases:
+        for kind, source in (("exact", case), ("frozen", "reference")):
+            (root / kind / case).mkdir(parents=True)
+            for stem in ("t1_map", "t2_map", "m0_map"):
+                shutil.copy(manifest.parent / source / f"{stem}.nii.gz", root / kind / case)
+    return manifest, root
+
+
+def _self_consistency_flags(manifest, maps, calibration):
+    qc_main(["check", str(manifest), "--maps", str(maps), "--calibration", str(calibration)])
+    reports = {path.parent.name: json.loads(path.read_text()) for path in maps.glob("*/qc.json")}
+    return {
+        case: {(flag["contrast"], flag["tissue"]) for flag in qc["flags"] if flag["check"] == "self_consistency"}
+        for case, qc in reports.items()
+    }
+
+
+def test_maps_that_ignore_a_tissue_change_are_flagged_and_the_truth_is_not(changed_tissues, calibrated):
+    manifest, root = changed_tissues
+    exact = _self_consistency_flags(manifest, root / "exact", calibrated[1])
+    assert exact == {case: set() for case in exact} and len(exact) == 3
+    frozen = _self_consistency_flags(manifest, root / "frozen", calibrated[1])
+    assert frozen["reference"] == set()
+    assert ("tse_epg", "grey_white") in frozen["white_matter-t2_ms-x1.3"], frozen
+    assert {contrast for contrast, _ in frozen["cortical_grey_matter-t1_ms-x1.3"]} == {"mprage"}, frozen

@@ -411,8 +411,8 @@ def _contrast_title(contrast: str) -> str:
 
 
 def _tissue_title(region: str) -> str:
-    """``grey_matter`` -> ``grey matter``; ``csf`` -> ``CSF``."""
-    return "CSF" if region == "csf" else region.replace("_", " ")
+    """``grey_matter`` -> ``grey matter``; ``csf`` -> ``CSF``; ``grey_white`` -> ``grey/white``."""
+    return {"csf": "CSF", "grey_white": "grey/white"}.get(region, region.replace("_", " "))
 
 
 def _number(value: float | None) -> str:

@@ -27,7 +27,7 @@ from pipeline.data.manifest import LABEL_KEYS, REFERENCE_KEYS, load_datalist
 from pipeline.data.validation import input_warnings
 from pipeline.files import write_atomically
 from pipeline.qc.assess import assess_subject
-from pipeline.qc.calibration import DEFAULT_MARGIN, DEFAULT_MIN_TOLERANCE, QCCalibration
+from pipeline.qc.calibration import DEFAULT_MARGIN, DEFAULT_MIN_RESIDUAL, DEFAULT_MIN_TOLERANCE, Floors, QCCalibration
 from pipeline.qc.plausibility import PUBLISHED_RANGES_3T
 from pipeline.qc.report import write_index, write_subject_report
 
@@ -174,17 +174,18 @@ def calibrate_directory(
     qc_dir: str | os.PathLike,
     calibration: str | os.PathLike,
     margin: float = DEFAULT_MARGIN,
-    min_tolerance: float = DEFAULT_MIN_TOLERANCE,
+    min_tolerance: Floors = DEFAULT_MIN_TOLERANCE,
     model: str | os.PathLike | None = None,
     overwrite: bool = False,
     subjects: Sequence[str] | None = None,
+    min_residual: float = DEFAULT_MIN_RESIDUAL,
 ) -> pathlib.Path:
     """Write the QC thresholds (:class:`~pipeline.qc.calibration.QCCalibration`) of the ``qc.json`` in ``qc_dir``.
 
     Args:
         qc_dir: the QC output of the validation subjects (``<qc_dir>/<subject>/qc.json``).
         calibration: the JSON file to write (by convention ``qc_calibration.json`` beside the model).
-        margin, min_tolerance: the rules of :class:`~pipeline.qc.calibration.QCCalibration`.
+        margin, min_tolerance, min_residual: the rules of :class:`~pipeline.qc.calibration.QCCalibration`.
         model: the checkpoint the validation maps came from (recorded).
         overwrite: replace an existing calibration.
         subjects: the validation subjects (default: every ``qc.json`` in ``qc_dir``); a folder left from an earlier
@@ -195,4 +196,5 @@ def calibrate_directory(
     if missing:
         raise FileNotFoundError(f"no {QC_FILE} for the validation subject(s) {missing} in {qc_dir}.")
     model = None if model is None else str(model)
-    return QCCalibration.from_reports(reports, margin, min_tolerance, model).save(calibration, overwrite=overwrite)
+    calibration_rules = QCCalibration.from_reports(reports, margin, min_tolerance, model, min_residual)
+    return calibration_rules.save(calibration, overwrite=overwrite)
