@@ -25,10 +25,10 @@ from pipeline.losses.scale_invariant import ScaleInvariantL1Loss
 from pipeline.losses.supervised import LABEL_SPREAD, MapL1Loss, label_spread_weights
 
 __all__ = [
+    "LABEL_SPREAD",
     "EdgeConsistencyLoss",
     "HybridLoss",
     "IntensityConsistencyLoss",
-    "LABEL_SPREAD",
     "MapL1Loss",
     "ScaleInvariantL1Loss",
     "SelfSupervisedLoss",

@@ -121,7 +121,11 @@ class SynthesisConsistencyLoss(_Loss):
         return images
 
     def per_contrast(
-        self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        pred: torch.Tensor,
+        image: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        scale_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Unweighted ``SI-L1`` term of each contrast, ``{contrast: scalar}``.
 
@@ -129,19 +133,26 @@ class SynthesisConsistencyLoss(_Loss):
             pred: (B, 3, H, W) positive maps in network units.
             image: (B, C, H, W) acquired weighted images.
             mask: optional (B, 1, H, W).
+            scale_mask: optional (B, 1, H, W) region that alone fits the gain (:class:`ScaleInvariantL1Loss`).
         """
         mask = binary_mask(mask, pred)
         synthetic, acquired = (self.compared(images) for images in self.synthesize(pred, image))
         # the clamp only acts on an empty mask or an all-zero image
         acquired = acquired / per_image_mean(acquired, mask).clamp_min(1e-6)
         return {
-            c: self.scale_invariant_l1(synthetic[:, i : i + 1], acquired[:, i : i + 1], mask)
+            c: self.scale_invariant_l1(synthetic[:, i : i + 1], acquired[:, i : i + 1], mask, scale_mask)
             for i, c in enumerate(self.contrasts)
         }
 
-    def forward(self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+    def forward(
+        self,
+        pred: torch.Tensor,
+        image: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        scale_mask: torch.Tensor | None = None,
+    ) -> dict:
         """``{"<term_prefix>_<contrast>": term, ..., "<term_prefix>_total": their contrast_weights-weighted sum}``."""
-        terms = self.per_contrast(pred, image, mask)
+        terms = self.per_contrast(pred, image, mask, scale_mask)
         weighted = torch.stack([self.contrast_weights[c] * value for c, value in terms.items()]).sum()
         return {**{f"{self.term_prefix}_{c}": value for c, value in terms.items()}, self.total_name: weighted}
 

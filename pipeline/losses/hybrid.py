@@ -12,7 +12,12 @@ from pipeline.losses.consistency import EdgeConsistencyLoss, IntensityConsistenc
 from pipeline.losses.masking import binary_mask
 from pipeline.losses.supervised import MapL1Loss
 
-__all__ = ["HybridLoss", "SelfSupervisedLoss"]
+__all__ = ["CSF_LABEL_T2_MS", "INTENSITY_GAINS", "HybridLoss", "SelfSupervisedLoss"]
+
+INTENSITY_GAINS = ("image", "csf")
+"""Where :class:`HybridLoss`'s intensity term fits each image's gain."""
+CSF_LABEL_T2_MS = 1000.0
+"""Label T2 (ms) above which a pixel is CSF for ``intensity_gain="csf"`` (CSF ~2 s, grey matter ~0.1 s at 3 T)."""
 
 
 class HybridLoss(_Loss):
@@ -32,6 +37,10 @@ class HybridLoss(_Loss):
             (B, 1, H, W) is 1: failed fits of the labels (:mod:`pipeline.data.validity`).
         lambda_intensity: weight of the intensity consistency term, :class:`IntensityConsistencyLoss`; 0: none.
         intensity_window: its ``scale_window`` (0: one gain per image and contrast).
+        intensity_gain: where the intensity term fits that gain: ``"image"`` (the whole mask) or ``"csf"`` (the pixels
+            whose label T2 exceeds :data:`CSF_LABEL_T2_MS`: CSF is water, whose T1, T2 and PD disease does not move,
+            so a change of every other tissue cannot hide in the gain; a slice with little CSF falls back to
+            ``"image"``). ``"csf"`` needs labels (not :class:`SelfSupervisedLoss`) and one gain per image.
         edge_options: of the edge term, :class:`EdgeConsistencyLoss` (``contrasts``, ``protocols``,
             ``input_channels``, ``map_unit_ms``, ``detach_scale``, ``edge_eps``, ``contrast_weights``,
             ``edge_smoothing_sigma``, ``scale_window``); the intensity term synthesises the same contrasts the same way.
@@ -48,11 +57,18 @@ class HybridLoss(_Loss):
         mask_supervised: bool = False,
         lambda_intensity: float = 0.0,
         intensity_window: int = 0,
+        intensity_gain: str = "image",
         **edge_options,
     ) -> None:
         super().__init__()
         if lambda_self < 0 or lambda_intensity < 0:
             raise ValueError(f"lambda_self and lambda_intensity must be >= 0, got {lambda_self}, {lambda_intensity}.")
+        if intensity_gain not in INTENSITY_GAINS or (intensity_gain == "csf" and intensity_window):
+            raise ValueError(
+                f"intensity_gain must be one of {INTENSITY_GAINS} ('csf' with intensity_window 0), got "
+                f"{intensity_gain!r} with intensity_window {intensity_window}."
+            )
+        self.intensity_gain = intensity_gain
         self.lambda_self, self.lambda_intensity = float(lambda_self), float(lambda_intensity)
         self.supervised = MapL1Loss(map_weights, mask_supervised)
         self.edges = EdgeConsistencyLoss(**edge_options)
@@ -88,7 +104,7 @@ class HybridLoss(_Loss):
         return label, image, binary_mask(target.get("mask"), pred), None if failed is None else 1.0 - failed
 
     def physics_terms(
-        self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None
+        self, pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor | None, label: torch.Tensor | None = None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The physics terms whose weight is not 0, by name, and their weighted sum (a 0-d tensor).
 
@@ -96,13 +112,25 @@ class HybridLoss(_Loss):
             pred: (B, 3, H, W) positive maps in network units.
             image: (B, C, H, W) acquired weighted images.
             mask: optional 0/1 (B, 1, H, W).
+            label: (B, 3, H, W) label maps in network units; needed with ``intensity_gain="csf"``.
         """
         terms, total = {}, pred.new_zeros(())
-        for weight, term in ((self.lambda_self, self.edges), (self.lambda_intensity, self.intensities)):
-            if weight != 0:
-                terms.update(term(pred, image, mask))
-                total = total + weight * terms[term.total_name]
+        if self.lambda_self != 0:
+            terms.update(self.edges(pred, image, mask))
+            total = total + self.lambda_self * terms[self.edges.total_name]
+        if self.lambda_intensity != 0:
+            terms.update(self.intensities(pred, image, mask, self.gain_region(label, mask)))
+            total = total + self.lambda_intensity * terms[self.intensities.total_name]
         return terms, total
+
+    def gain_region(self, label: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The (B, 1, H, W) 0/1 pixels that fit the intensity term's gain, or None for the whole mask."""
+        if self.intensity_gain == "image":
+            return None
+        if label is None:
+            raise ValueError("HybridLoss with intensity_gain='csf' needs the label maps to find the CSF.")
+        csf = (label[:, 1:2] * self.intensities.map_unit_ms > CSF_LABEL_T2_MS).to(label.dtype)
+        return csf if mask is None else csf * mask
 
     def components(
         self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]
@@ -118,7 +146,7 @@ class HybridLoss(_Loss):
         supervised = self.supervised(pred, label, mask, valid)
         if not self.needs_images:
             return {"total": supervised, "supervised": supervised}
-        terms, physics = self.physics_terms(pred, image, mask)
+        terms, physics = self.physics_terms(pred, image, mask, label)
         return {"total": supervised + physics, "supervised": supervised, **terms}
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -146,6 +174,8 @@ class SelfSupervisedLoss(HybridLoss):
         super().__init__(lambda_self=lambda_self, lambda_intensity=lambda_intensity, **options)
         if not self.needs_images:
             raise ValueError("SelfSupervisedLoss needs lambda_self > 0 or lambda_intensity > 0, got both 0.")
+        if self.intensity_gain != "image":
+            raise ValueError("SelfSupervisedLoss has no labels to find the CSF: intensity_gain must be 'image'.")
 
     def components(self, pred: torch.Tensor, target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``total`` (the weighted physics terms) and the terms of :meth:`HybridLoss.physics_terms`."""

@@ -8,7 +8,10 @@ from torch.nn.modules.loss import _Loss
 
 from pipeline.losses.masking import binary_mask, masked_mean
 
-__all__ = ["ScaleInvariantL1Loss"]
+__all__ = ["MIN_SCALE_PIXELS", "ScaleInvariantL1Loss"]
+
+MIN_SCALE_PIXELS = 20
+"""Fewest pixels of a ``scale_mask`` that fit an image's factor alone."""
 
 
 class ScaleInvariantL1Loss(_Loss):
@@ -59,12 +62,20 @@ class ScaleInvariantL1Loss(_Loss):
         scale = total(input * target) / (total(input.square()) + self.eps)
         return scale.detach() if self.detach_scale else scale
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        scale_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """
         Args:
             input: the image to scale, shape (B, C, H, W).
             target: shape (B, C, H, W).
             mask: optional (B, 1, H, W); nonzero voxels take part in ``a`` and in the mean.
+            scale_mask: optional (B, 1, H, W) region that alone fits ``a`` (one per image; not with a ``window``),
+                e.g. a reference tissue; an image with fewer than :data:`MIN_SCALE_PIXELS` of it falls back to ``mask``.
 
         Returns:
             scalar loss.
@@ -75,4 +86,10 @@ class ScaleInvariantL1Loss(_Loss):
             )
         mask = binary_mask(mask, input)
         scale = self.least_squares_scale(input, target, mask)
+        if scale_mask is not None:
+            if self.window:
+                raise ValueError("a scale_mask fits one factor per image; it cannot be combined with a window.")
+            scale_mask = binary_mask(scale_mask, input)
+            enough = scale_mask.sum(dim=(-2, -1), keepdim=True) >= MIN_SCALE_PIXELS
+            scale = torch.where(enough, self.least_squares_scale(input, target, scale_mask), scale)
         return masked_mean((scale * input - target).abs(), mask)
