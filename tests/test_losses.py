@@ -446,3 +446,38 @@ def test_hybrid_loss_adds_the_intensity_term_with_its_weight_and_the_same_synthe
         HybridLoss(lambda_self=0.0, lambda_intensity=0.1)(pred, label)
     with pytest.raises(ValueError, match="lambda_intensity must be >= 0"):
         HybridLoss(lambda_intensity=-1.0)
+
+
+def test_intensity_gain_fitted_in_the_csf_keeps_a_tissue_change_out_of_the_gain():
+    """``intensity_gain="csf"``: the gain is the least-squares factor of the CSF pixels (label T2 > 1 s) alone, so
+    maps that miss a change of the other tissue pay for all of it there; exact maps still give 0 at any gain; a slice
+    without CSF falls back to the whole image's gain."""
+    maps, _ = two_tissue_maps()
+    tissue = torch.zeros(1, 1, 16, 16, dtype=torch.bool)
+    tissue[..., 2:14, 2:14] = True  # the tissue fills most of the slice, as white matter does: 144 of 256 pixels
+    maps = torch.where(tissue, maps[..., 4:5, 4:5], maps)
+    changed = torch.where(tissue & (torch.arange(3).view(1, 3, 1, 1) == 1), 1.3 * maps, maps)
+    image = 5.0 * mprage_and_epg_images(changed)
+    options = {"lambda_self": 0.0, "lambda_intensity": 1.0, "contrasts": ("tse_epg",)}
+    in_csf, in_image = HybridLoss(intensity_gain="csf", **options), HybridLoss(**options)
+    term = in_csf.components(maps, {"label": maps, "image": image})["intensity_total"]
+    synthetic, acquired = (x.numpy()[0, 0] for x in in_csf.intensities.synthesize(maps, image))
+    acquired = acquired / acquired.mean()
+    csf = ~tissue.numpy()[0, 0]
+    gain = (synthetic * acquired)[csf].sum() / (synthetic**2)[csf].sum()
+    assert float(term) == pytest.approx(np.abs(gain * synthetic - acquired).mean(), rel=1e-6)
+    assert (
+        np.abs(gain * synthetic - acquired)[csf].max() < 1e-9
+    )  # the CSF fixes the gain; the tissue carries the change
+    assert float(term) > 0.05
+    exact = in_csf.components(changed, {"label": changed, "image": 0.02 * mprage_and_epg_images(changed)})
+    assert float(exact["intensity_total"]) < 1e-3
+    no_csf = changed.clone()
+    no_csf[:, 1] = 70 / 3000
+    target = {"label": no_csf, "image": image}
+    torch.testing.assert_close(in_csf.components(maps, target)["total"], in_image.components(maps, target)["total"])
+    for wrong in ({"intensity_gain": "wm"}, {"intensity_gain": "csf", "intensity_window": 5}):
+        with pytest.raises(ValueError, match="intensity_gain must be one of"):
+            HybridLoss(**options, **wrong)
+    with pytest.raises(ValueError, match="no labels to find the CSF"):
+        SelfSupervisedLoss(**options, intensity_gain="csf")
