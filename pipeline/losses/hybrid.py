@@ -9,15 +9,14 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from pipeline.losses.consistency import EdgeConsistencyLoss, IntensityConsistencyLoss
+from pipeline.physics import CSF_T2_MS
 from pipeline.losses.masking import binary_mask
 from pipeline.losses.supervised import MapL1Loss
 
-__all__ = ["CSF_LABEL_T2_MS", "INTENSITY_GAINS", "HybridLoss", "SelfSupervisedLoss"]
+__all__ = ["INTENSITY_GAINS", "HybridLoss", "SelfSupervisedLoss"]
 
 INTENSITY_GAINS = ("image", "csf")
 """Where :class:`HybridLoss`'s intensity term fits each image's gain."""
-CSF_LABEL_T2_MS = 1000.0
-"""Label T2 (ms) above which a pixel is CSF for ``intensity_gain="csf"`` (CSF ~2 s, grey matter ~0.1 s at 3 T)."""
 
 
 class HybridLoss(_Loss):
@@ -38,7 +37,7 @@ class HybridLoss(_Loss):
         lambda_intensity: weight of the intensity consistency term, :class:`IntensityConsistencyLoss`; 0: none.
         intensity_window: its ``scale_window`` (0: one gain per image and contrast).
         intensity_gain: where the intensity term fits that gain: ``"image"`` (the whole mask) or ``"csf"`` (the pixels
-            whose label T2 exceeds :data:`CSF_LABEL_T2_MS`: CSF is water, whose T1, T2 and PD disease does not move,
+            whose label T2 exceeds :data:`pipeline.physics.CSF_T2_MS`: CSF is water, whose T1, T2 and PD disease does not move,
             so a change of every other tissue cannot hide in the gain; a slice with little CSF falls back to
             ``"image"``). ``"csf"`` needs labels (not :class:`SelfSupervisedLoss`) and one gain per image.
         edge_options: of the edge term, :class:`EdgeConsistencyLoss` (``contrasts``, ``protocols``,
@@ -129,7 +128,7 @@ class HybridLoss(_Loss):
             return None
         if label is None:
             raise ValueError("HybridLoss with intensity_gain='csf' needs the label maps to find the CSF.")
-        csf = (label[:, 1:2] * self.intensities.map_unit_ms > CSF_LABEL_T2_MS).to(label.dtype)
+        csf = (label[:, 1:2] * self.intensities.map_unit_ms > CSF_T2_MS).to(label.dtype)
         return csf if mask is None else csf * mask
 
     def components(

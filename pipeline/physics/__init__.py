@@ -45,9 +45,10 @@ from pipeline.physics.mprage_signal import mprage, mprage_readout
 from pipeline.physics.protocols import FLAIRProtocol, MPRAGEProtocol, TSEProtocol
 from pipeline.physics.registry import SIGNAL_MODELS, SignalModel, resolve_protocol, synthesize
 from pipeline.physics.spin_echo import tse, tse_echo_train, tse_epg, tse_epg_tabulated
-from pipeline.physics.units import MAP_UNIT_MS, RELAXATION_FLOOR_MS
+from pipeline.physics.units import CSF_T2_MS, MAP_UNIT_MS, RELAXATION_FLOOR_MS
 
 __all__ = [
+    "CSF_T2_MS",
     "MAP_UNIT_MS",
     "RELAXATION_FLOOR_MS",
     "SIGNAL_MODELS",

@@ -16,6 +16,10 @@ MAP_UNIT_MS = 3000.0
 RELAXATION_FLOOR_MS = 1.0
 """Smallest T1/T2 (ms) the models evaluate; smaller values are clamped to it."""
 
+CSF_T2_MS = 1000.0
+"""T2 (ms) above which a map's voxel is CSF (free water ~2 s at 3 T, brain tissue ~0.1 s): the reference tissue
+whose T1, T2 and PD disease does not move."""
+
 
 def _as_tensors(*values: Any) -> tuple[list[torch.Tensor], Callable[[torch.Tensor], Any]]:
     """Convert floats/arrays/tensors to one floating torch dtype and device.
