@@ -23,23 +23,14 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from pipeline.data import build_volume_dataset
 from pipeline.data.manifest import read_manifest
-from pipeline.data.tissue_values import TissueValueSynthesis, _crop_to
+from pipeline.data.tissue_values import TissueValueSynthesis, crop_to_volume
 from pipeline.phantom.changes import subject_tissues
 from pipeline.phantom.contrasts import protocol_overrides
-from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS
+from pipeline.phantom.tissues import COMPARTMENTS, scale_array, tissue_scales
 from pipeline.reports.response import REFERENCE_CASE
 
 PURE_FRACTION = 0.95
 """A voxel counts for a tissue when its compartment fractions of the changed tissues sum to at least this."""
-
-
-def case_factors(scales: dict) -> np.ndarray:
-    """(K, 3) factors of a case's ``{tissue: {parameter: factor}}`` record."""
-    factors = np.ones((len(COMPARTMENTS), len(TISSUE_PARAMETERS)), np.float32)
-    for tissue, parameters in scales.items():
-        for parameter, value in parameters.items():
-            factors[COMPARTMENTS.index(tissue), TISSUE_PARAMETERS.index(parameter)] = value
-    return factors
 
 
 def mean_change_pct(new, old, voxels: np.ndarray) -> list[float]:
@@ -77,13 +68,13 @@ def main(argv: list[str] | None = None) -> None:
         generator["slab_thickness_mm"],
         args.intensity_reference,
     )
-    fractions = _crop_to(tissues.fractions, tissues.affine, reference["image"])
+    fractions = crop_to_volume(tissues.fractions, tissues.affine, reference["image"])
     inside = np.asarray(reference["mask"])[0] > 0
     print("mean change (%) over pure voxels of the changed tissue: phantom re-simulation | tissue values on the fly")
     for case in args.cases:
         changed = [COMPARTMENTS.index(tissue) for tissue in record["cases"][case]]
         voxels = (fractions[changed].sum(0) >= PURE_FRACTION) & inside
-        resynthesised = synthesis(case_factors(record["cases"][case]))
+        resynthesised = synthesis(scale_array(tissue_scales(record["cases"][case])))
         for key, names in (("image", "T1w, T2w, FLAIR"), ("label", "T1, T2, M0 labels")):
             print(
                 f"{case:34s} {names:18s} {mean_change_pct(by_case[case][key], reference[key], voxels)} | "

@@ -13,7 +13,7 @@ from scipy import ndimage
 from pipeline.data import INTENSITY_REFERENCES, build_volume_dataset, load_datalist
 from pipeline.data.errors import InvalidInputError
 from pipeline.data.slices import SliceDataset
-from pipeline.data.tissue_values import TissueValueSampler, TissueValueSynthesis, _crop_to, slab_average
+from pipeline.data.tissue_values import TissueValueSampler, TissueValueSynthesis, crop_to_volume, slab_average
 from pipeline.handlers import TissueValueHandler
 from pipeline.phantom.changes import subject_tissues, write_tissue_changes
 from pipeline.phantom.tissues import COMPARTMENTS
@@ -63,7 +63,7 @@ def changed_volumes(changes_manifest, request):
 
 def _pure(generator, volume, compartment):
     tissues = subject_tissues(generator, 0)
-    fractions = _crop_to(tissues.fractions, tissues.affine, volume["image"])
+    fractions = crop_to_volume(tissues.fractions, tissues.affine, volume["image"])
     return torch.as_tensor(fractions[compartment] > 0.99)
 
 
@@ -113,7 +113,9 @@ def test_sampler_redraws_the_cached_volumes_the_slices_read_but_not_csf(tiny_stu
     generator = json.loads(tiny_study.read_text())["generator"]
     tissues = subject_tissues(generator, 0)
     white = (
-        slab_average(torch.as_tensor(_crop_to(tissues.fractions, tissues.affine, volumes[0]["image"])[WHITE]), 2, 3.5)
+        slab_average(
+            torch.as_tensor(crop_to_volume(tissues.fractions, tissues.affine, volumes[0]["image"])[WHITE]), 2, 3.5
+        )
         > 0.97
     )
     torch.testing.assert_close(  # white matter's T1 label follows its factor

@@ -99,8 +99,8 @@ class TissueValueSynthesis:
         self.overrides = overrides
         self.slab_axis, self.slab_thickness_voxels = slab_axis, slab_thickness_voxels
         image = volume["image"]
-        fractions = _crop_to(tissues.fractions, tissues.affine, image, volume.get("subject"))
-        texture = _crop_to(tissues.texture, tissues.affine, image, volume.get("subject"))
+        fractions = crop_to_volume(tissues.fractions, tissues.affine, image, volume.get("subject"))
+        texture = crop_to_volume(tissues.texture, tissues.affine, image, volume.get("subject"))
         self.shape = fractions.shape[1:]
         # each compartment where it is present: flat voxel indices, fractions and texture there
         self.present = [np.flatnonzero(f > SMALLEST_FRACTION) for f in fractions]
@@ -169,7 +169,7 @@ class TissueValueSynthesis:
         return {"image": image, "label": torch.cat([self.label[:2] * label_ratio[:2], scaled["m0"]])}
 
 
-def _crop_to(array: np.ndarray, affine: np.ndarray, image, subject=None) -> np.ndarray:
+def crop_to_volume(array: np.ndarray, affine: np.ndarray, image, subject=None) -> np.ndarray:
     """(C, ...) ``array`` on the grid of ``affine`` cut (zero-padded) to the grid of MetaTensor ``image``."""
     target = np.asarray(convert_to_numpy(image.affine), np.float64)
     if not np.allclose(target[:3, :3], affine[:3, :3], atol=1e-4):

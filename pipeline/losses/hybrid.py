@@ -9,9 +9,9 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from pipeline.losses.consistency import EdgeConsistencyLoss, IntensityConsistencyLoss
-from pipeline.physics import CSF_T2_MS
 from pipeline.losses.masking import binary_mask
 from pipeline.losses.supervised import MapL1Loss
+from pipeline.physics import CSF_T2_MS
 
 __all__ = ["INTENSITY_GAINS", "HybridLoss", "SelfSupervisedLoss"]
 
@@ -37,8 +37,8 @@ class HybridLoss(_Loss):
         lambda_intensity: weight of the intensity consistency term, :class:`IntensityConsistencyLoss`; 0: none.
         intensity_window: its ``scale_window`` (0: one gain per image and contrast).
         intensity_gain: where the intensity term fits that gain: ``"image"`` (the whole mask) or ``"csf"`` (the pixels
-            whose label T2 exceeds :data:`pipeline.physics.CSF_T2_MS`: CSF is water, whose T1, T2 and PD disease does not move,
-            so a change of every other tissue cannot hide in the gain; a slice with little CSF falls back to
+            whose label T2 exceeds :data:`pipeline.physics.CSF_T2_MS`: CSF is water, whose T1, T2 and PD disease does
+            not move, so a change of every other tissue cannot hide in the gain; a slice with little CSF falls back to
             ``"image"``). ``"csf"`` needs labels (not :class:`SelfSupervisedLoss`) and one gain per image.
         edge_options: of the edge term, :class:`EdgeConsistencyLoss` (``contrasts``, ``protocols``,
             ``input_channels``, ``map_unit_ms``, ``detach_scale``, ``edge_eps``, ``contrast_weights``,
@@ -111,23 +111,22 @@ class HybridLoss(_Loss):
             pred: (B, 3, H, W) positive maps in network units.
             image: (B, C, H, W) acquired weighted images.
             mask: optional 0/1 (B, 1, H, W).
-            label: (B, 3, H, W) label maps in network units; needed with ``intensity_gain="csf"``.
+            label: (B, 3, H, W) label maps in network units; ``intensity_gain="csf"`` finds the CSF in them (the
+                edge term and ``"image"`` do not use them).
         """
         terms, total = {}, pred.new_zeros(())
-        if self.lambda_self != 0:
-            terms.update(self.edges(pred, image, mask))
-            total = total + self.lambda_self * terms[self.edges.total_name]
-        if self.lambda_intensity != 0:
-            terms.update(self.intensities(pred, image, mask, self.gain_region(label, mask)))
-            total = total + self.lambda_intensity * terms[self.intensities.total_name]
+        weighted = ((self.lambda_self, self.edges, None), (self.lambda_intensity, self.intensities, label))
+        for weight, term, gain_label in weighted:
+            if weight != 0:
+                scale_mask = None if gain_label is None else self.gain_region(gain_label, mask)
+                terms.update(term(pred, image, mask, scale_mask))
+                total = total + weight * terms[term.total_name]
         return terms, total
 
-    def gain_region(self, label: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+    def gain_region(self, label: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
         """The (B, 1, H, W) 0/1 pixels that fit the intensity term's gain, or None for the whole mask."""
         if self.intensity_gain == "image":
             return None
-        if label is None:
-            raise ValueError("HybridLoss with intensity_gain='csf' needs the label maps to find the CSF.")
         csf = (label[:, 1:2] * self.intensities.map_unit_ms > CSF_T2_MS).to(label.dtype)
         return csf if mask is None else csf * mask
 

@@ -121,7 +121,7 @@ class QCCalibration:
             thresholds=thresholds,
             label_thresholds=label_thresholds,
             margin=float(margin),
-            min_tolerance=floors or float(min_tolerance),
+            min_tolerance=float(min_tolerance) if floors is None else floors,
             min_residual=float(min_residual),
             subjects=[report["subject"] for report in reports],
             validation={
