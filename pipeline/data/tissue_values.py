@@ -9,10 +9,11 @@ The re-synthesis changes the processed volume voxel by voxel by the signal chang
 because no library re-synthesises MR images), so the acquisition's effects that the simple models leave out (B1+,
 k-space blur, noise) stay as acquired:
 
-* image of contrast c: ``image + g(x) * (S'(x) - S(x))`` with the mixed signals ``S = |sum_k f_k s_c(v_k t_k)|`` of
-  the fractions ``f_k``, the subject's values ``v_k`` and textures ``t_k(x)`` (``S'``: the new values ``v'_k``), ``s_c`` the phantom's signed
-  signal (:func:`pipeline.phantom.contrasts.signed_signal`, mixed as the phantom mixes them) and ``g`` the image's
-  gain (receive bias and normalisation: the ratio of image to ``S`` smoothed over :data:`GAIN_SIGMA_VOXELS`, where
+* image of contrast c: ``image + g(x) * (S'(x) - S(x))`` with the mixed signals ``S = |sum_k f_k s_c(v_k t_k, b(x))|``
+  of the fractions ``f_k``, the subject's values ``v_k``, textures ``t_k(x)`` and B1+ ``b(x)`` (``S'``: the new values
+  ``v'_k``), ``s_c`` the signed signal the study's own acquisition gives at the k-space centre (MPRAGE readout, TSE and
+  SPACE echo trains, flip angles times B1+, as the study has them on: the phantom's tables,
+  :class:`pipeline.phantom.acquisition.CompartmentSignals`, one physics) and ``g`` the image's gain (receive bias and normalisation: the ratio of image to ``S`` smoothed over :data:`GAIN_SIGMA_VOXELS`, where
   ``S`` is not small); then divided by its 99th percentile in the mask again (the pipeline's normalisation,
   :mod:`pipeline.data.normalization`). A change, not a ratio: the noise keeps its level (as on a scanner), and where
   a FLAIR's inverted and upright compartments cancel ``S`` is near 0, where a ratio would multiply the noise;
@@ -21,8 +22,8 @@ k-space blur, noise) stay as acquired:
   then normalised again. Failed fits (NaN) stay failed.
 
 The signals and maps carry each compartment's texture. What the re-synthesis leaves as acquired: the k-space blur
-of the realistic acquisition (a boundary voxel's change is its own, not its neighbours'), B1+ (the ideal models'
-signal change at nominal flip angles), and Rician noise where the signal is near zero.
+of the realistic acquisition (a boundary voxel's change is its own, not its neighbours', and a compartment's blur does
+not follow its new values), and Rician noise where the signal is near zero.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from pipeline.data.manifest import read_manifest
 from pipeline.data.manifest import IMAGE_KEYS
 from pipeline.data.normalization import intensity_normalisation
 from pipeline.phantom.changes import SubjectTissues, subject_tissues
-from pipeline.phantom.contrasts import CONTRASTS, protocol_overrides, signed_signal
+from pipeline.phantom.acquisition import CompartmentSignals
+from pipeline.phantom.contrasts import CONTRASTS, protocol_overrides
+from pipeline.phantom.simulate import texture_cvs
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS
 
 TISSUE_VALUE_RANGE = (0.65, 1.35)
@@ -72,7 +75,7 @@ class TissueValueSynthesis:
     """Re-synthesise one processed phantom volume with new tissue values (see the module docstring).
 
     Args:
-        tissues: the subject's anatomy and values (:func:`~pipeline.phantom.changes.subject_tissues`).
+        tissues: the subject's anatomy, values and acquisition (:func:`~pipeline.phantom.changes.subject_tissues`).
         volume: the processed volume (``image`` (3, X, Y, Z), ``label`` (3, X, Y, Z), ``mask``) whose grid is a crop
             of the study grid (same voxel size and orientation); its current ``image`` and ``label`` are the
             originals every draw starts from.
@@ -95,17 +98,26 @@ class TissueValueSynthesis:
         intensity_reference: str = "brain",
     ) -> None:
         self.values = tissues.values.astype(np.float32)
+        self.acquisition = tissues.acquisition
         self.normalisation = intensity_normalisation(intensity_reference, m0_keys=("m0",))
         self.overrides = overrides
         self.slab_axis, self.slab_thickness_voxels = slab_axis, slab_thickness_voxels
         image = volume["image"]
-        fractions = crop_to_volume(tissues.fractions, tissues.affine, image, volume.get("subject"))
-        texture = crop_to_volume(tissues.texture, tissues.affine, image, volume.get("subject"))
+
+        def cropped(array: np.ndarray) -> np.ndarray:
+            return crop_to_volume(array, tissues.affine, image, volume.get("subject"))
+
+        fractions = cropped(tissues.fractions)
+        sigmas = cropped(tissues.texture_sigmas)
+        transmit = None if tissues.transmit is None else cropped(tissues.transmit[None])[0]
         self.shape = fractions.shape[1:]
-        # each compartment where it is present: flat voxel indices, fractions and texture there
+        self.texture_cv = texture_cvs()
+        # each compartment where it is present: flat voxel indices, fractions, texture field, its factor and B1+ there
         self.present = [np.flatnonzero(f > SMALLEST_FRACTION) for f in fractions]
         self.fractions = [f.ravel()[i] for f, i in zip(fractions, self.present)]
-        self.texture = [t.ravel()[i] for t, i in zip(texture, self.present)]
+        self.sigmas = [torch.as_tensor(t.ravel()[i]) for t, i in zip(sigmas, self.present)]
+        self.texture = [np.exp(np.float32(cv) * t.numpy()) for cv, t in zip(self.texture_cv, self.sigmas)]
+        self.transmit = [None if transmit is None else torch.as_tensor(transmit.ravel()[i]) for i in self.present]
         self.image = convert_to_tensor(image, track_meta=False).clone()
         self.label = convert_to_tensor(volume["label"], track_meta=False).clone()
         self.mask = volume["mask"]
@@ -114,29 +126,36 @@ class TissueValueSynthesis:
         self.maps = self._slab_maps(self.values)
 
     def _mix(self, per_voxel) -> torch.Tensor:
-        """(C, X, Y, Z) ``sum_k f_k per_voxel(k, t_k)`` of a function giving (C, n_k) values of compartment ``k`` at
-        its voxels with texture ``t_k``."""
+        """(C, X, Y, Z) ``sum_k f_k per_voxel(k)`` of a function giving (C, n_k) values of compartment ``k`` at its
+        voxels."""
         total = None
-        for k, (present, fractions, texture) in enumerate(zip(self.present, self.fractions, self.texture)):
-            contribution = per_voxel(k, texture)
+        for k, (present, fractions) in enumerate(zip(self.present, self.fractions)):
+            contribution = np.asarray(per_voxel(k))
             if total is None:
                 total = np.zeros((len(contribution), int(np.prod(self.shape))), np.float32)
             total[:, present] += fractions * contribution
         return torch.as_tensor(total.reshape(-1, *self.shape))
 
     def _mixed_signals(self, values: np.ndarray) -> torch.Tensor:
-        """(3, X, Y, Z) |sum_k f_k s_c(v_k t_k)| of each image channel for (K, 3) ``values``."""
-
-        def signals(k, texture):
-            t1, t2, pd = (values[k, p] * texture for p in range(3))
-            return [signed_signal(c, t1, t2, pd, overrides=self.overrides) for c in IMAGE_CONTRASTS.values()]
-
-        return self._mix(signals).abs()
+        """(3, X, Y, Z) |sum_k f_k s_c(v_k t_k, b)| of each image channel for (K, 3) ``values``."""
+        tables = [
+            CompartmentSignals.tabulate(
+                c, self.acquisition, values.astype(np.float64), self.texture_cv, None, self.overrides
+            )
+            for c in IMAGE_CONTRASTS.values()
+        ]
+        return self._mix(
+            lambda k: torch.stack([table.lookup(k, self.sigmas[k], self.transmit[k]) for table in tables])
+        ).abs()
 
     def _slab_maps(self, values: np.ndarray) -> torch.Tensor:
         """(3, X, Y, Z) slab-averaged T1, T2 (rate-mixed) and PD maps of (K, 3) ``values`` with texture."""
         mixed = self._mix(
-            lambda k, texture: [1.0 / (values[k, 0] * texture), 1.0 / (values[k, 1] * texture), values[k, 2] * texture]
+            lambda k: [
+                1.0 / (values[k, 0] * self.texture[k]),
+                1.0 / (values[k, 1] * self.texture[k]),
+                values[k, 2] * self.texture[k],
+            ]
         )
         maps = torch.cat([1.0 / mixed[:2].clamp_min(1e-12), mixed[2:]])
         return torch.stack([slab_average(m, self.slab_axis, self.slab_thickness_voxels) for m in maps])

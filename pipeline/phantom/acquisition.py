@@ -280,12 +280,13 @@ class CompartmentSignals:
         acquisition: Acquisition,
         values: np.ndarray,
         texture_cv: np.ndarray,
-        n_lines: int,
+        n_lines: int | None,
         overrides: ProtocolOverrides = (),
     ) -> CompartmentSignals:
         """Tabulate ``contrast`` for compartments of subject ``values`` (K, 3: T1 ms, T2 ms, PD) and texture CVs (K,).
 
         The texture multiplies T1, T2 and PD together by ``exp(cv * s)`` (as in :mod:`pipeline.phantom.simulate`).
+        ``n_lines``: phase-encode lines of the k-space modulation (``None``: the k-space-centre table alone).
         ``overrides``: the study's protocol overrides (the intensity scale stays the default protocols').
         """
         transmit = np.linspace(*TRANSMIT_RANGE, TABLE_SIZE[0]) if acquisition.transmit_field else np.ones(1)
@@ -299,6 +300,8 @@ class CompartmentSignals:
                 contrast, acquisition, t1.ravel(), t2.ravel(), pd.ravel(), b1, through_centre=True, overrides=overrides
             )
             centre[:, b] = scale * train[:, index].reshape(t1.shape)
+        if n_lines is None:
+            return cls(transmit, centre, None)
         nominal, index = signal_train(
             contrast, acquisition, values[:, 0], values[:, 1], values[:, 2], 1.0, overrides=overrides
         )

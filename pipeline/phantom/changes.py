@@ -29,7 +29,8 @@ from pipeline.cache import cache_dir, cached_array
 from pipeline.files import write_atomically
 from pipeline.phantom.contrasts import protocol_overrides
 from pipeline.phantom.fine_anatomy import acquired_fractions
-from pipeline.phantom.simulate import texture_factors, tissue_fractions
+from pipeline.phantom.acquisition import Acquisition
+from pipeline.phantom.simulate import texture_cvs, tissue_fractions, transmit_field
 from pipeline.phantom.study import MANIFEST_NAME, as_acquisition, simulate_tissue_changes, study_subject, subject_names
 from pipeline.phantom.subject_files import subject_entry, write_nifti, write_subject
 from pipeline.phantom.tissues import COMPARTMENTS, scales_as_dict, tissue_scales
@@ -39,19 +40,31 @@ FRACTIONS_FILE = "fractions.nii.gz"
 
 @dataclass(frozen=True)
 class SubjectTissues:
-    """What re-synthesising a study subject with other tissue values needs: its 1 mm anatomy and tissue values.
+    """What re-synthesising a study subject with other tissue values needs: its 1 mm anatomy, tissue values and the
+    fields its acquisition imaged them under.
 
     Attributes:
         fractions: (K, X, Y, Z) float32 compartment fractions on the study grid (:data:`COMPARTMENTS`; the truth's).
-        texture: (K, X, Y, Z) float32 texture factor of each compartment on its T1, T2 and PD.
+        texture_sigmas: (K, X, Y, Z) float32 texture field of each compartment (unit variance; its factor on T1, T2
+            and PD is ``exp(texture_cv * field)``, :attr:`texture`).
+        transmit: (X, Y, Z) float32 relative B1+ (:func:`~pipeline.phantom.simulate.transmit_field`), or ``None``
+            when the acquisition has no transmit field.
         affine: (4, 4) voxel-to-world (RAS mm) affine of the study grid.
         values: (K, 3) the subject's T1 (ms), T2 (ms) and PD of each compartment (before texture).
+        acquisition: the study's acquisition effects.
     """
 
     fractions: np.ndarray
-    texture: np.ndarray
+    texture_sigmas: np.ndarray
+    transmit: np.ndarray | None
     affine: np.ndarray
     values: np.ndarray
+    acquisition: Acquisition
+
+    @property
+    def texture(self) -> np.ndarray:
+        """(K, X, Y, Z) float32 texture factor of each compartment on its T1, T2 and PD."""
+        return np.exp(texture_cvs().astype(np.float32)[:, None, None, None] * self.texture_sigmas)
 
 
 def subject_tissues(generator: Mapping, index: int) -> SubjectTissues:
@@ -76,7 +89,15 @@ def subject_tissues(generator: Mapping, index: int) -> SubjectTissues:
 
     path = cache_dir("phantom_fractions") / f"{key}.npy"
     fractions = cached_array(path, compute, shape=(len(COMPARTMENTS), *grid.shape))
-    return SubjectTissues(fractions, texture_factors(parameters, grid), grid.affine, parameters.tissue_values())
+    transmit = transmit_field(parameters, grid)
+    return SubjectTissues(
+        fractions,
+        parameters.texture(grid).astype(np.float32),
+        None if transmit is None else transmit.numpy().astype(np.float32),
+        grid.affine,
+        parameters.tissue_values(),
+        acquisition,
+    )
 
 
 def read_fractions(out_dir: str | os.PathLike) -> np.ndarray:

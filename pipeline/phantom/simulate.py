@@ -115,10 +115,14 @@ def compartment_values(parameters: SubjectParameters, grid: VoxelGrid, mask: np.
     return parameters.tissue_values().astype(np.float32)[:, :, None] * texture[:, None, :]
 
 
+def texture_cvs() -> np.ndarray:
+    """(K,) texture coefficient of variation of each compartment (:data:`COMPARTMENTS` order)."""
+    return np.array([TISSUES_3T[name].texture_cv for name in COMPARTMENTS])
+
+
 def texture_factors(parameters: SubjectParameters, grid: VoxelGrid) -> np.ndarray:
     """(K, X, Y, Z) float32 texture of each compartment: the factor ``exp(cv * field)`` on its T1, T2 and PD."""
-    cv = np.array([TISSUES_3T[name].texture_cv for name in COMPARTMENTS], dtype=np.float32)
-    return np.exp(cv[:, None, None, None] * parameters.texture(grid))
+    return np.exp(texture_cvs().astype(np.float32)[:, None, None, None] * parameters.texture(grid))
 
 
 def lesion_fraction(
@@ -311,7 +315,7 @@ def acquire_images(
         contrast name → (X, Y, Z) complex64 image in intensity units.
     """
     values = parameters.tissue_values()
-    texture_cv = np.array([TISSUES_3T[name].texture_cv for name in COMPARTMENTS])
+    texture_cv = texture_cvs()
     texture = torch.as_tensor(parameters.texture(grid))
     transmit = transmit_field(parameters, grid)
     fractions = torch.as_tensor(fractions)
