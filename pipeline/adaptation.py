@@ -75,6 +75,8 @@ class SubjectAdaptation:
         steps, learning_rate, batch_size: the fine-tuning: Adam, this many iterations of this many slices.
         slice_axis, min_brain_fraction, slice_transforms, context_slices: the training slices (as the training config's;
             random crops).
+        mask_inputs: the model's input is masked to the brain (its card's ``mask_inputs``), in prediction and
+            fine-tuning alike (:class:`~pipeline.engine.PrepareMapBatch`).
         map_unit_ms: ms per network unit of T1 and T2.
         device: where the network runs.
         autocast_dtype: the fine-tuning network's precision (:func:`pipeline.precision.autocast_dtype`; None: fp32).
@@ -102,6 +104,7 @@ class SubjectAdaptation:
         min_brain_fraction: float = 0.05,
         slice_transforms: Sequence[Callable] | None = None,
         context_slices: int = 0,
+        mask_inputs: bool = False,
         map_unit_ms: float = MAP_UNIT_MS,
         device: torch.device | str = "cpu",
         autocast_dtype: torch.dtype | None = None,
@@ -124,6 +127,8 @@ class SubjectAdaptation:
             slice_transforms,
         )
         self.context_slices = context_slices
+        self.prepare_input = PrepareMapBatch(label_key=None, with_acquired=False, mask_inputs=mask_inputs)
+        self.prepare_slices = PrepareMapBatch(label_key=None, mask_inputs=mask_inputs)
         self.map_unit_ms, self.device, self.overwrite = float(map_unit_ms), torch.device(device), overwrite
         self.autocast_dtype, self.keep = autocast_dtype, keep
         self.logger = logging.getLogger(__name__)
@@ -132,7 +137,9 @@ class SubjectAdaptation:
         """The network's maps (3, X, Y, Z) in network units, 0 outside the mask, on the CPU."""
         self.network.eval()
         with torch.no_grad():
-            pred = self.inferer(torch.as_tensor(volume["image"])[None].to(self.device), self.network)[0].cpu()
+            batch = {key: torch.as_tensor(volume[key])[None] for key in ("image", "mask")}
+            inputs, _ = self.prepare_input(batch, self.device)
+            pred = self.inferer(inputs, self.network)[0].cpu()
         return pred * torch.as_tensor(volume["mask"]).to(pred)
 
     def judge(self, pred: torch.Tensor, volume: Mapping) -> tuple[float, dict]:
@@ -145,7 +152,12 @@ class SubjectAdaptation:
     def fine_tune(self, volume: Mapping) -> None:
         """``steps`` iterations of the self-supervised loss on random crops of ``volume``'s slices."""
         slices = SliceDataset(
-            [volume], self.slice_axis, self.min_brain_fraction, self.slice_transforms, self.context_slices
+            [volume],
+            self.slice_axis,
+            self.min_brain_fraction,
+            self.slice_transforms,
+            self.context_slices,
+            self.prepare_slices.mask_inputs,
         )
         loader = DataLoader(slices, batch_size=self.batch_size, shuffle=True, num_workers=0)
         trainer = SupervisedTrainer(
@@ -155,7 +167,7 @@ class SubjectAdaptation:
             network=self.network,
             optimizer=torch.optim.Adam(self.network.parameters(), lr=self.learning_rate),
             loss_function=self.loss,
-            prepare_batch=PrepareMapBatch(label_key=None),
+            prepare_batch=self.prepare_slices,
             inferer=AutocastInferer(self.autocast_dtype),
             amp=needs_grad_scaler(self.autocast_dtype),
             decollate=False,

@@ -39,7 +39,7 @@ from monai.inferers import SliceInferer
 from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 from monai.utils import convert_to_numpy, convert_to_tensor
 
-from pipeline.data.slices import stack_neighbour_slices
+from pipeline.data.slices import brain_only, stack_neighbour_slices
 from pipeline.files import atomic_target, write_atomically
 from pipeline.physics import MAP_UNIT_MS
 
@@ -58,11 +58,15 @@ class PrepareMapBatch:
             (B,1,H,W)[, "label_failed": (B,1,H,W)]}`` (what :class:`pipeline.losses.HybridLoss` takes;
             ``label_failed`` with ``label_key="label"`` when the batch has it); otherwise the bare label tensor
             (what metric handlers take).
+        mask_inputs: the network's input is the image masked to the brain (:func:`pipeline.data.slices.brain_only`,
+            by the batch's ``input_mask`` when it has one, else its ``mask``), so that what surrounds the brain (a
+            skull, a neck) cannot reach the maps; the target's ``image`` stays as acquired.
     """
 
-    def __init__(self, label_key: str | None = "label", with_acquired: bool = True) -> None:
+    def __init__(self, label_key: str | None = "label", with_acquired: bool = True, mask_inputs: bool = False) -> None:
         self.label_key = label_key
         self.with_acquired = with_acquired
+        self.mask_inputs = as_flag(mask_inputs)
 
     def __call__(self, batchdata: Mapping, device=None, non_blocking: bool = False, **kwargs):
         def to_device(key: str) -> torch.Tensor:
@@ -70,14 +74,20 @@ class PrepareMapBatch:
 
         image = to_device("image")
         label = None if self.label_key is None else to_device(self.label_key)
+        network_input = image
+        if self.mask_inputs:
+            mask_key = next((key for key in ("input_mask", "mask") if key in batchdata), None)
+            if mask_key is None:
+                raise ValueError("mask_inputs needs the batch's brain mask ('input_mask' or 'mask'); it has none.")
+            network_input = brain_only(image, to_device(mask_key))
         if not self.with_acquired:
-            return image, label
+            return network_input, label
         target = {"image": image} if label is None else {"label": label, "image": image}
         # label_failed (B, 1, H, W): where the low-resolution labels are failed fits (pipeline.data.validity)
         for key in ("mask", "label_failed") if self.label_key == "label" else ("mask",):
             if key in batchdata:
                 target[key] = to_device(key)
-        return image, target
+        return network_input, target
 
 
 def map_channel_output(channels: int | Sequence[int], keys: Sequence[str] = ("pred", "label")):
@@ -312,9 +322,11 @@ def check_new_run(ckpt_dir: str | os.PathLike, resume: bool | str = False, overw
 
 MODEL_CARD = "model.json"
 """What a model's ``ckpt_dir`` records beside its weights about how it was trained, the settings inference must
-repeat: ``{"slice_axis": 0|1|2, "context_slices": k, "intensity_reference": "brain"|"csf", "network_norm": name}``."""
-CARD_DEFAULTS = {"context_slices": 0, "intensity_reference": "brain", "network_norm": "instance"}
-"""The value of each setting a card lacks because it was written before the setting existed (bundle 0.8.0, 0.11.0)."""
+repeat: ``{"slice_axis": 0|1|2, "context_slices": k, "intensity_reference": "brain"|"csf", "network_norm": name,
+"mask_inputs": bool}``."""
+CARD_DEFAULTS = {"context_slices": 0, "intensity_reference": "brain", "network_norm": "instance", "mask_inputs": False}
+"""The value of each setting a card lacks because it was written before the setting existed (bundle 0.8.0, 0.11.0,
+0.13.0)."""
 NETWORK_NORMS = {"instance": ("instance", {"affine": True}), "batch": ("batch", {}), "none": None}
 """``BasicUNet``'s ``norm`` of each ``network_norm`` name. ``instance`` (MONAI's default) normalises every feature map
 of every slice by its own mean and spread, at inference too: a change of a whole tissue's intensity, which spans much
@@ -335,6 +347,7 @@ def write_model_card(
     context_slices: int = 0,
     intensity_reference: str = "brain",
     network_norm: str = "instance",
+    mask_inputs: bool | str = False,
 ) -> pathlib.Path:
     """Write ``<ckpt_dir>/model.json`` (:data:`MODEL_CARD`) at the start of training; returns its path.
 
@@ -348,6 +361,7 @@ def write_model_card(
         "context_slices": int(context_slices),
         "intensity_reference": str(intensity_reference),
         "network_norm": str(network_norm),
+        "mask_inputs": as_flag(mask_inputs),
     }
     if as_flag(resume) and card.is_file():
         recorded = _read_card(card)
@@ -373,8 +387,9 @@ def network_norm(name: str) -> tuple | None:
     return NETWORK_NORMS[name]
 
 
-def trained_setting(checkpoint: str | os.PathLike, name: str) -> int | str:
-    """The setting ``name`` (``slice_axis``, ``context_slices``, ``intensity_reference``, ``network_norm``) the model
+def trained_setting(checkpoint: str | os.PathLike, name: str) -> int | str | bool:
+    """The setting ``name`` (``slice_axis``, ``context_slices``, ``intensity_reference``, ``network_norm``,
+    ``mask_inputs``) the model
     in ``checkpoint`` (``model.pt``, ``model.ts``, ``model.onnx``) was trained with, from the :data:`MODEL_CARD` in its
     folder: inference must cut the same slices, normalise the images alike and build the same network.
 
@@ -387,8 +402,8 @@ def trained_setting(checkpoint: str | os.PathLike, name: str) -> int | str:
         raise FileNotFoundError(
             f"{card} is missing: it records the slices {checkpoint} was trained on. Copy it with the model, or pass "
             "--slice_axis 0, 1 or 2 (sagittal, coronal, axial) and --context_slices k (neighbours on either side, 0 "
-            "for 2D slices), --intensity_reference brain or csf and --network_norm instance, batch or none: the "
-            "training's."
+            "for 2D slices), --intensity_reference brain or csf, --network_norm instance, batch or none and "
+            "--mask_inputs true or false: the training's."
         )
     return _read_card(card)[name]
 

@@ -627,6 +627,29 @@ def test_tissue_values_and_the_csf_reference_reach_training_the_card_and_inferen
     assert norms == {"BatchNorm2d"}  # the card's network_norm: the trained weights' layers
 
 
+def test_masked_inputs_reach_training_the_card_inference_and_adaptation(study, tmp_path):
+    """``--mask_inputs true``: training slices carry their stacked masks through the slice transforms and the trainer
+    and validator mask the network's input; the card records it, and inference and adaptation repeat it."""
+    from pipeline.engine import write_model_card
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"bundle_root": str(BUNDLE), "ckpt_dir": str(tmp_path), "mask_inputs": "true", **study})
+    for section in ("train", "validate"):
+        assert parser.get_parsed_content(f"{section}#prepare_batch").mask_inputs
+    item = parser.get_parsed_content("train#dataset")[0]
+    assert item["input_mask"].shape == (3, *item["image"].shape[1:])  # 2.5D: the slice and its two neighbours
+    write_model_card(tmp_path, slice_axis=1, context_slices=1, mask_inputs=True)
+    for config in (["inference.json"], ["inference.json", "adapt.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / name) for name in config])
+        parser.update({"bundle_root": str(BUNDLE), "checkpoint": str(tmp_path / "model.pt"), **study})
+        assert parser.get_parsed_content("evaluator").prepare_batch.mask_inputs
+    assert parser.get_parsed_content("adaptation").prepare_slices.mask_inputs
+    keys = parser.get_parsed_content("adapt_slice_transforms")[0].keys
+    assert "input_mask" in keys
+
+
 @pytest.mark.parametrize("bias_correction", [False, True])
 def test_bias_correction_is_one_switch_of_training_and_inference(study, bias_correction):
     """``bias_correction`` reaches the training and validation datasets and the inference pipeline, which then

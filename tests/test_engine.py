@@ -86,7 +86,15 @@ def test_a_resumed_run_keeps_its_slices(tmp_path):
         write_model_card(tmp_path, slice_axis=2, resume="true", context_slices=1)
     with pytest.raises(ValueError, match=r"--intensity_reference brain"):
         write_model_card(tmp_path, slice_axis=2, resume="true", intensity_reference="csf")
-    recorded = {"slice_axis": 2, "context_slices": 0, "intensity_reference": "brain", "network_norm": "instance"}
+    with pytest.raises(ValueError, match=r"--mask_inputs False"):
+        write_model_card(tmp_path, slice_axis=2, resume="true", mask_inputs="true")
+    recorded = {
+        "slice_axis": 2,
+        "context_slices": 0,
+        "intensity_reference": "brain",
+        "network_norm": "instance",
+        "mask_inputs": False,
+    }
     assert json.loads(card.read_text()) == recorded  # untouched by the refused resumes
     write_model_card(tmp_path, slice_axis=1, context_slices=1, intensity_reference="csf")  # a new run (--overwrite)
     assert trained_setting(tmp_path / "model.pt", "slice_axis") == 1
@@ -95,6 +103,7 @@ def test_a_resumed_run_keeps_its_slices(tmp_path):
     card.write_text(json.dumps({"slice_axis": 1}))  # a card of bundle 0.7: the settings added since at their defaults
     assert trained_setting(tmp_path / "model.pt", "intensity_reference") == "brain"
     assert trained_setting(tmp_path / "model.pt", "network_norm") == "instance"
+    assert trained_setting(tmp_path / "model.pt", "mask_inputs") is False
 
 
 def test_network_norm_names_are_basic_unet_norms():
@@ -120,3 +129,58 @@ def test_the_2_5d_inferer_hands_each_slice_its_neighbours(spatial_dim):
     expected = image.index_select(2 + spatial_dim, (torch.arange(n) - 1).clamp(min=0))
     torch.testing.assert_close(pred, expected)
 
+
+def test_masked_inputs_are_the_masked_volume_sliced_and_leave_the_target_as_acquired():
+    """``PrepareMapBatch(mask_inputs=True)``: the network's input is the image times the brain mask, the target's image
+    is the image; a training slice stack masked by its ``input_mask`` equals the masked volume's stack at that slice
+    (what inference feeds the network), each neighbour masked by its own slice of the mask."""
+    from pipeline.data.slices import SliceDataset, brain_only, stack_neighbour_slices
+    from pipeline.engine import PrepareMapBatch
+
+    rng = np.random.default_rng(0)
+    image = torch.as_tensor(rng.random((3, 6, 7, 8)), dtype=torch.float32)
+    mask = torch.as_tensor(rng.random((1, 6, 7, 8)) > 0.4, dtype=torch.float32)
+    volume_batch = {"image": image[None], "mask": mask[None]}
+    network_input, _ = PrepareMapBatch(label_key=None, with_acquired=False, mask_inputs=True)(volume_batch)
+    torch.testing.assert_close(network_input, image[None] * mask[None])
+    unmasked, _ = PrepareMapBatch(label_key=None, with_acquired=False)(volume_batch)
+    assert unmasked is volume_batch["image"]
+    axis, index = 1, 3
+    item = SliceDataset(
+        [{"image": image, "mask": mask, "subject": "s"}], axis, 0.0, context_slices=1, mask_inputs=True
+    )[index]
+    assert item["input_mask"].shape == (3, 6, 8)
+    batch = {key: item[key][None] for key in ("image", "mask", "input_mask")}
+    network_input, target = PrepareMapBatch(label_key=None, mask_inputs=True)(batch)
+    expected = stack_neighbour_slices(image * mask, axis, 1, index)[None]
+    torch.testing.assert_close(network_input, expected)
+    assert not torch.equal(network_input, brain_only(batch["image"], batch["mask"]))  # not the centre mask alone
+    torch.testing.assert_close(target["image"], batch["image"])  # the physics terms' acquired images
+    with pytest.raises(ValueError, match="brain mask"):
+        PrepareMapBatch(label_key=None, mask_inputs=True)({"image": image[None]})
+    with pytest.raises(ValueError, match="does not fit"):
+        brain_only(torch.zeros(1, 9, 4, 4), torch.zeros(1, 2, 4, 4))
+
+
+def test_with_masked_inputs_nothing_outside_the_brain_reaches_the_maps():
+    """A random 2.5D network through the inference path: a head around the brain (anything outside the mask) changes
+    the maps without masked inputs and leaves them identical with them."""
+    from monai.networks.nets import BasicUNet
+
+    from pipeline.engine import PrepareMapBatch
+
+    torch.manual_seed(0)
+    network = BasicUNet(2, 9, 3, features=(4, 4, 8, 8, 16, 4)).eval()
+    inferer = NeighbourSliceInferer(spatial_dim=1, context_slices=1, roi_size=(-1, -1), sw_batch_size=4)
+    image = torch.rand(1, 3, 32, 6, 32)
+    mask = torch.zeros(1, 1, 32, 6, 32)
+    mask[..., 8:24, :, 8:24] = 1
+    head = image + (1 - mask) * 5.0  # bright tissue outside the brain
+    maps = {}
+    for masked in (False, True):
+        prepare = PrepareMapBatch(label_key=None, with_acquired=False, mask_inputs=masked)
+        with torch.no_grad():
+            maps[masked] = [inferer(prepare({"image": x, "mask": mask})[0], network) for x in (image, head)]
+    inside = mask.expand(1, 3, *mask.shape[2:]) > 0
+    assert not torch.allclose(maps[False][0][inside], maps[False][1][inside])
+    torch.testing.assert_close(maps[True][0][inside], maps[True][1][inside])

@@ -147,6 +147,7 @@ def build_slice_dataset(
     min_brain_fraction: float = 0.1,
     axis: int = 0,
     context_slices: int = 0,
+    mask_inputs: bool = False,
     **volume_options,
 ) -> SliceDataset:
     """2D slices (sagittal by default) of the cached volumes of a datalist.
@@ -157,12 +158,14 @@ def build_slice_dataset(
         min_brain_fraction: slices with a smaller fraction of mask pixels are skipped.
         axis: spatial axis sliced (0 = X: sagittal).
         context_slices: neighbours on either side stacked onto each image slice as channels (2.5D); 0: none.
+        mask_inputs: items carry ``input_mask`` for a network whose input is masked to the brain
+            (:class:`~pipeline.data.slices.SliceDataset`).
         volume_options: further keyword arguments of :func:`build_volume_dataset` (``with_reference``,
             ``cache_num_workers``, ``max_shift_mm``, ...).
 
     Returns:
         a :class:`~pipeline.data.slices.SliceDataset` of items ``image`` (3·(2·context_slices+1), H, W), ``mask``
-        (1, H, W), [``label``, ``reference`` (3, H, W)], ``subject``, ``slice``.
+        (1, H, W), [``label``, ``reference`` (3, H, W)], [``input_mask``], ``subject``, ``slice``.
     """
     volumes = build_volume_dataset(datalist, dataset_dir, section, **volume_options)
-    return SliceDataset(volumes, axis, min_brain_fraction, slice_transforms, context_slices)
+    return SliceDataset(volumes, axis, min_brain_fraction, slice_transforms, context_slices, mask_inputs)

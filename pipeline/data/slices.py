@@ -50,6 +50,26 @@ def stack_neighbour_slices(
     return stacked if index is None else stacked.select(slice_dim, 0)
 
 
+def brain_only(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The network's input masked to the brain: ``image`` (B, C·n, ...) with channel block j (C channels) zeroed where
+    channel j of the 0/1 ``mask`` (B, n, ...) is 0.
+
+    ``n`` is 1 for a volume or a 2D slice (one mask for every channel), or ``2k+1`` for a 2.5D slice stack whose mask
+    was stacked like its images (:func:`stack_neighbour_slices`: each neighbour masked by its own slice of the mask, as
+    a masked volume sliced afterwards would be).
+
+    Raises:
+        ValueError: the mask's channels do not divide the image's, or the spatial shapes differ.
+    """
+    channels, blocks = image.shape[1], mask.shape[1]
+    if channels % blocks or image.shape[2:] != mask.shape[2:]:
+        raise ValueError(
+            f"the input mask {tuple(mask.shape)} does not fit the network input {tuple(image.shape)}: one mask "
+            "channel per block of image channels, same spatial shape"
+        )
+    return image * (mask > 0).to(image.dtype).repeat_interleave(channels // blocks, dim=1)
+
+
 def brain_slices(mask: torch.Tensor, axis: int = 0, min_brain_fraction: float = 0.1) -> list[int]:
     """Indices along spatial ``axis`` of ``mask`` (1, X, Y, Z) whose fraction of mask pixels ≥ ``min_brain_fraction``.
 
@@ -73,12 +93,15 @@ class SliceDataset(Dataset):
         min_brain_fraction: slices whose fraction of mask pixels is smaller are skipped.
         context_slices: neighbouring slices on either side stacked onto each ``image`` slice as channels (2.5D,
             :func:`stack_neighbour_slices`); 0: the slice alone.
+        mask_inputs: add ``input_mask``, the ``mask`` slices stacked like the ``image`` ones (2·context_slices+1, H,
+            W), for a network whose input is masked to the brain (:func:`brain_only`); the ``image`` stays unmasked
+            (the physics terms compare it with the re-synthesised images).
         transform: callable or sequence of callables applied to every slice item (e.g. ``ResizeWithPadOrCropd``
             to a fixed size, random flips).
 
     Items: ``image`` (3·(2·context_slices+1), H, W) float32 (channels 0-2: the slice itself), ``mask`` (1, H, W),
-    [``label`` (3, H, W)], [``reference`` (3, H, W)] (plain tensors before ``transform``), ``subject`` (str), ``slice`` (int index along ``axis``); ``list_data_collate``
-    batches them.
+    [``label`` (3, H, W)], [``reference`` (3, H, W)], [``input_mask`` (2·context_slices+1, H, W)] (plain tensors before
+    ``transform``), ``subject`` (str), ``slice`` (int index along ``axis``); ``list_data_collate`` batches them.
     """
 
     def __init__(
@@ -88,11 +111,13 @@ class SliceDataset(Dataset):
         min_brain_fraction: float = 0.1,
         transform: Sequence[Callable] | Callable | None = None,
         context_slices: int = 0,
+        mask_inputs: bool = False,
     ):
         self.volumes = volumes
         self.axis = axis
         self.min_brain_fraction = min_brain_fraction
         self.context_slices = context_slices
+        self.mask_inputs = mask_inputs
         super().__init__(data=self._slice_index(), transform=transform)
 
     def _slice_index(self) -> list[tuple[int, int]]:
@@ -124,5 +149,8 @@ class SliceDataset(Dataset):
         }
         image = convert_to_tensor(volume["image"], track_meta=False)
         item["image"] = stack_neighbour_slices(image, self.axis, self.context_slices, slice_index)  # a copy
+        if self.mask_inputs:
+            mask = convert_to_tensor(volume["mask"], track_meta=False)
+            item["input_mask"] = stack_neighbour_slices(mask, self.axis, self.context_slices, slice_index)
         item.update(subject=volume["subject"], slice=slice_index)
         return apply_transform(self.transform, item) if self.transform is not None else item
