@@ -156,6 +156,18 @@ def test_sampler_refuses_what_it_cannot_resynthesise(tiny_study, tmp_path):
         TissueValueSampler(volumes, tiny_study, fixed=["water"])
     with pytest.raises(ValueError, match="low <= high"):
         TissueValueSampler(volumes, tiny_study, value_range=(1.3, 0.7))
+    with pytest.raises(ValueError, match="one such pair for each of"):
+        TissueValueSampler(volumes, tiny_study, value_range=[(0.7, 1.3), (0.7, 1.3)])
+
+
+def test_each_of_t1_t2_and_pd_can_have_its_own_range(tiny_study):
+    volumes = build_volume_dataset(tiny_study, section="training", with_labels=True, cache_num=-1)
+    ranges = [(0.7, 1.3), (0.5, 0.6), (0.95, 1.05)]
+    sampler = TissueValueSampler(volumes, tiny_study, value_range=ranges, seed=2)
+    draws = np.stack([sampler.factors() for _ in range(50)])[:, np.arange(len(COMPARTMENTS)) != CSF]
+    for parameter, (low, high) in enumerate(ranges):
+        values = draws[..., parameter]
+        assert low <= values.min() and values.max() <= high and values.max() - values.min() > 0.8 * (high - low)
 
 
 def test_handler_redraws_every_volume_at_start_then_one_every_n_iterations():

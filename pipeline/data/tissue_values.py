@@ -49,6 +49,23 @@ from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS
 
 TISSUE_VALUE_RANGE = (0.65, 1.35)
 """Default range of the factor drawn (uniformly) on each tissue's T1, T2 and PD."""
+
+
+def factor_ranges(value_range: Sequence) -> np.ndarray:
+    """(3, 2) low and high factor of T1, T2 and PD from one ``(low, high)`` for all three or one pair per parameter.
+
+    Raises:
+        ValueError: not a pair or three pairs, or a pair that is not ``0 < low <= high``.
+    """
+    ranges = np.asarray(value_range, dtype=float)
+    if ranges.shape == (2,):
+        ranges = np.tile(ranges, (len(TISSUE_PARAMETERS), 1))
+    if ranges.shape != (len(TISSUE_PARAMETERS), 2) or not ((0 < ranges[:, 0]) & (ranges[:, 0] <= ranges[:, 1])).all():
+        raise ValueError(
+            f"value_range must be (low, high) with 0 < low <= high, or one such pair for each of "
+            f"{list(TISSUE_PARAMETERS)}, got {np.asarray(value_range).tolist()}"
+        )
+    return ranges
 FIXED_TISSUES = ("csf",)
 """Compartments kept at their values by default: CSF is free water, whose values disease barely moves."""
 IMAGE_CONTRASTS = dict(zip(("t1w", "t2w", "flair"), CONTRASTS))
@@ -215,7 +232,8 @@ class TissueValueSampler:
         volumes: the cached processed volumes (a ``CacheDataset`` of the training section; the slice dataset's
             ``volumes``), in the order of ``datalist``'s entries.
         datalist: the study's manifest (its ``generator`` record: a :mod:`pipeline.phantom` study).
-        value_range: (low, high) of the uniform factor on each tissue's T1, T2 and PD.
+        value_range: (low, high) of the uniform factor on each tissue's T1, T2 and PD, or one such pair for each of
+            T1, T2 and PD (:func:`factor_ranges`).
         fixed: compartments kept at their values (:data:`FIXED_TISSUES`).
         seed: seed of the draws.
         intensity_reference: the volumes' normalisation, as :func:`~pipeline.data.build_volume_dataset`'s.
@@ -236,13 +254,11 @@ class TissueValueSampler:
         generator = read_manifest(datalist).get("generator")
         if not isinstance(generator, dict) or generator.get("module") != "pipeline.phantom":
             raise InvalidInputError(f"{datalist}: tissue values on the fly need a pipeline.phantom study")
-        low, high = (float(v) for v in value_range)
-        if not 0 < low <= high:
-            raise ValueError(f"value_range must be 0 < low <= high, got {list(value_range)}")
+        ranges = factor_ranges(value_range)
         unknown = sorted(set(fixed) - set(COMPARTMENTS))
         if unknown:
             raise ValueError(f"fixed tissues {unknown} are not compartments {list(COMPARTMENTS)}")
-        self.volumes, self.low, self.high = volumes, low, high
+        self.volumes, self.low, self.high = volumes, ranges[:, 0], ranges[:, 1]
         self.varied = np.array([name not in fixed for name in COMPARTMENTS])
         self.rng = np.random.default_rng(seed)
         overrides = protocol_overrides(generator.get("protocols"))
