@@ -161,7 +161,8 @@ def test_training_writes_best_model_and_state(trained):
         "context_slices": 1,
         "intensity_reference": "csf",
         "network_norm": "batch",
-    }  # train.json's coronal 2.5D, CSF reference, batch normalisation
+        "mask_inputs": False,
+    }  # train.json's coronal 2.5D, CSF reference, batch normalisation, the input as acquired
     state = torch.load(trained["ckpt_dir"] / "checkpoint_epoch=1.pt", weights_only=False)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch
