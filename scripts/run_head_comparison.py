@@ -143,6 +143,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the head's shape jitter and noise")
     parser.add_argument("--amp", default="auto")
     args = parser.parse_args(argv)
+    args.work = args.work.resolve()  # the manifests' paths are relative to their folder, the bundle runs elsewhere
     started = time.perf_counter()
     entry = load_datalist(args.datalist, args.section)[0]
     manifests = write_cases(entry, args.work, args.seed)
