@@ -30,7 +30,7 @@ from pipeline.files import write_atomically
 from pipeline.phantom.contrasts import protocol_overrides
 from pipeline.phantom.fine_anatomy import acquired_fractions
 from pipeline.phantom.acquisition import Acquisition
-from pipeline.phantom.simulate import texture_cvs, tissue_fractions, transmit_field
+from pipeline.phantom.simulate import tissue_fractions, transmit_field
 from pipeline.phantom.study import MANIFEST_NAME, as_acquisition, simulate_tissue_changes, study_subject, subject_names
 from pipeline.phantom.subject_files import subject_entry, write_nifti, write_subject
 from pipeline.phantom.tissues import COMPARTMENTS, scales_as_dict, tissue_scales
@@ -46,7 +46,7 @@ class SubjectTissues:
     Attributes:
         fractions: (K, X, Y, Z) float32 compartment fractions on the study grid (:data:`COMPARTMENTS`; the truth's).
         texture_sigmas: (K, X, Y, Z) float32 texture field of each compartment (unit variance; its factor on T1, T2
-            and PD is ``exp(texture_cv * field)``, :attr:`texture`).
+            and PD is ``exp(texture_cv * field)``, :func:`~pipeline.phantom.simulate.texture_factors`).
         transmit: (X, Y, Z) float32 relative B1+ (:func:`~pipeline.phantom.simulate.transmit_field`), or ``None``
             when the acquisition has no transmit field.
         affine: (4, 4) voxel-to-world (RAS mm) affine of the study grid.
@@ -60,11 +60,6 @@ class SubjectTissues:
     affine: np.ndarray
     values: np.ndarray
     acquisition: Acquisition
-
-    @property
-    def texture(self) -> np.ndarray:
-        """(K, X, Y, Z) float32 texture factor of each compartment on its T1, T2 and PD."""
-        return np.exp(texture_cvs().astype(np.float32)[:, None, None, None] * self.texture_sigmas)
 
 
 def subject_tissues(generator: Mapping, index: int) -> SubjectTissues:
