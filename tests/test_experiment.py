@@ -291,7 +291,13 @@ def test_ablation_trains_each_variant_on_the_validation_subject_with_its_overrid
     inference_log = (tmp_path / "runs" / "axial_hybrid_seed0" / "log.txt").read_text()
     assert inference_log.count("> slice_axis: 2") == 2  # training and inference of the variant both got it
     axial_models = tmp_path / "runs" / "axial_hybrid_seed0" / "models"
-    card = {"slice_axis": 2, "context_slices": 1, "intensity_reference": "csf", "network_norm": "batch"}
+    card = {
+        "slice_axis": 2,
+        "context_slices": 1,
+        "intensity_reference": "csf",
+        "network_norm": "batch",
+        "mask_inputs": False,
+    }
     assert json.loads((axial_models / "model.json").read_text()) == card
     weights = torch.load(axial_models / "model.pt", map_location="cpu", weights_only=True)
     assert weights["0.conv_0.conv_0.conv.weight"].shape[1] == 9  # 3 images x (the slice and one neighbour each side)
