@@ -126,7 +126,7 @@ class SubjectAdaptation:
             min_brain_fraction,
             slice_transforms,
         )
-        self.context_slices = context_slices
+        self.context_slices, self.mask_inputs = context_slices, mask_inputs
         self.prepare_input = PrepareMapBatch(label_key=None, with_acquired=False, mask_inputs=mask_inputs)
         self.prepare_slices = PrepareMapBatch(label_key=None, mask_inputs=mask_inputs)
         self.map_unit_ms, self.device, self.overwrite = float(map_unit_ms), torch.device(device), overwrite
@@ -157,7 +157,7 @@ class SubjectAdaptation:
             self.min_brain_fraction,
             self.slice_transforms,
             self.context_slices,
-            self.prepare_slices.mask_inputs,
+            self.mask_inputs,
         )
         loader = DataLoader(slices, batch_size=self.batch_size, shuffle=True, num_workers=0)
         trainer = SupervisedTrainer(

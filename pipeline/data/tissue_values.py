@@ -6,15 +6,14 @@ the values, so the network must read them. Only a phantom study can do this: its
 :func:`pipeline.phantom.changes.subject_tissues`) and tissue values are known.
 
 The re-synthesis changes the processed volume voxel by voxel by the signal change the models give (written here
-because no library re-synthesises MR images), so the acquisition's effects that the simple models leave out (B1+,
-k-space blur, noise) stay as acquired:
+because no library re-synthesises MR images), so what the change leaves out (k-space blur, noise) stays as acquired:
 
 * image of contrast c: ``image + g(x) * (S'(x) - S(x))`` with the mixed signals ``S = |sum_k f_k s_c(v_k t_k, b(x))|``
   of the fractions ``f_k``, the subject's values ``v_k``, textures ``t_k(x)`` and B1+ ``b(x)`` (``S'``: the new values
   ``v'_k``), ``s_c`` the signed signal the study's own acquisition gives at the k-space centre (MPRAGE readout, TSE and
   SPACE echo trains, flip angles times B1+, as the study has them on: the phantom's tables,
-  :class:`pipeline.phantom.acquisition.CompartmentSignals`, one physics) and ``g`` the image's gain (receive bias and normalisation: the ratio of image to ``S`` smoothed over :data:`GAIN_SIGMA_VOXELS`, where
-  ``S`` is not small); then divided by its 99th percentile in the mask again (the pipeline's normalisation,
+  :class:`pipeline.phantom.acquisition.CompartmentSignals`, one physics) and ``g`` the image's gain (receive bias and
+  normalisation: the ratio of image to ``S`` smoothed over :data:`GAIN_SIGMA_VOXELS`, where ``S`` is not small); then divided by its 99th percentile in the mask again (the pipeline's normalisation,
   :mod:`pipeline.data.normalization`). A change, not a ratio: the noise keeps its level (as on a scanner), and where
   a FLAIR's inverted and upright compartments cancel ``S`` is near 0, where a ratio would multiply the noise;
 * T1 and T2 labels: times the ratio of the rate-mixed maps (``1/T = sum_k f_k / (T_k t_k)``) after both are averaged
@@ -44,11 +43,23 @@ from pipeline.data.normalization import intensity_normalisation
 from pipeline.phantom.changes import SubjectTissues, subject_tissues
 from pipeline.phantom.acquisition import CompartmentSignals
 from pipeline.phantom.contrasts import CONTRASTS, protocol_overrides
-from pipeline.phantom.simulate import texture_cvs
+from pipeline.phantom.simulate import texture_cvs, texture_factor
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS
 
 TISSUE_VALUE_RANGE = (0.65, 1.35)
 """Default range of the factor drawn (uniformly) on each tissue's T1, T2 and PD."""
+
+FIXED_TISSUES = ("csf",)
+"""Compartments kept at their values by default: CSF is free water, whose values disease barely moves."""
+IMAGE_CONTRASTS = dict(zip(("t1w", "t2w", "flair"), CONTRASTS))
+"""Channel of the processed ``image`` → the phantom contrast that imaged it."""
+SMALLEST_FRACTION = 1e-3
+"""Compartment fractions below this are left out of the mixtures (the fine anatomy's softmax leaves traces of every
+compartment everywhere; they change a mixed signal by less than 0.1 %)."""
+GAIN_SIGMA_VOXELS = 8.0
+"""Gaussian sigma (voxels) of the gain estimate: receive bias varies over centimetres."""
+GAIN_SIGNAL_FRACTION = 0.25
+"""Voxels whose mixed signal is below this share of the brain's median do not inform the gain (nulled, noisy)."""
 
 
 def factor_ranges(value_range: Sequence) -> np.ndarray:
@@ -66,17 +77,6 @@ def factor_ranges(value_range: Sequence) -> np.ndarray:
             f"{list(TISSUE_PARAMETERS)}, got {np.asarray(value_range).tolist()}"
         )
     return ranges
-FIXED_TISSUES = ("csf",)
-"""Compartments kept at their values by default: CSF is free water, whose values disease barely moves."""
-IMAGE_CONTRASTS = dict(zip(("t1w", "t2w", "flair"), CONTRASTS))
-"""Channel of the processed ``image`` → the phantom contrast that imaged it."""
-SMALLEST_FRACTION = 1e-3
-"""Compartment fractions below this are left out of the mixtures (the fine anatomy's softmax leaves traces of every
-compartment everywhere; they change a mixed signal by less than 0.1 %)."""
-GAIN_SIGMA_VOXELS = 8.0
-"""Gaussian sigma (voxels) of the gain estimate: receive bias varies over centimetres."""
-GAIN_SIGNAL_FRACTION = 0.25
-"""Voxels whose mixed signal is below this share of the brain's median do not inform the gain (nulled, noisy)."""
 
 
 def slab_average(volume: torch.Tensor, axis: int, thickness_voxels: float) -> torch.Tensor:
@@ -133,7 +133,7 @@ class TissueValueSynthesis:
         self.present = [np.flatnonzero(f > SMALLEST_FRACTION) for f in fractions]
         self.fractions = [f.ravel()[i] for f, i in zip(fractions, self.present)]
         self.sigmas = [torch.as_tensor(t.ravel()[i]) for t, i in zip(sigmas, self.present)]
-        self.texture = [np.exp(np.float32(cv) * t.numpy()) for cv, t in zip(self.texture_cv, self.sigmas)]
+        self.texture = [texture_factor(cv, t.numpy()) for cv, t in zip(self.texture_cv, self.sigmas)]
         self.transmit = [None if transmit is None else torch.as_tensor(transmit.ravel()[i]) for i in self.present]
         self.image = convert_to_tensor(image, track_meta=False).clone()
         self.label = convert_to_tensor(volume["label"], track_meta=False).clone()

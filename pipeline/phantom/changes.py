@@ -46,7 +46,7 @@ class SubjectTissues:
     Attributes:
         fractions: (K, X, Y, Z) float32 compartment fractions on the study grid (:data:`COMPARTMENTS`; the truth's).
         texture_sigmas: (K, X, Y, Z) float32 texture field of each compartment (unit variance; its factor on T1, T2
-            and PD is ``exp(texture_cv * field)``, :func:`~pipeline.phantom.simulate.texture_factors`).
+            and PD: :func:`~pipeline.phantom.simulate.texture_factor`).
         transmit: (X, Y, Z) float32 relative B1+ (:func:`~pipeline.phantom.simulate.transmit_field`), or ``None``
             when the acquisition has no transmit field.
         affine: (4, 4) voxel-to-world (RAS mm) affine of the study grid.

@@ -120,9 +120,15 @@ def texture_cvs() -> np.ndarray:
     return np.array([TISSUES_3T[name].texture_cv for name in COMPARTMENTS])
 
 
+def texture_factor(cv: np.ndarray | float, field: np.ndarray) -> np.ndarray:
+    """The factor ``exp(cv * field)`` a unit-variance texture ``field`` puts on a compartment's T1, T2 and PD (float32
+    for a float32 field)."""
+    return np.exp(np.asarray(cv, np.float32) * field)
+
+
 def texture_factors(parameters: SubjectParameters, grid: VoxelGrid) -> np.ndarray:
-    """(K, X, Y, Z) float32 texture of each compartment: the factor ``exp(cv * field)`` on its T1, T2 and PD."""
-    return np.exp(texture_cvs().astype(np.float32)[:, None, None, None] * parameters.texture(grid))
+    """(K, X, Y, Z) float32 texture of each compartment (:func:`texture_factor`)."""
+    return texture_factor(texture_cvs()[:, None, None, None], parameters.texture(grid))
 
 
 def lesion_fraction(
