@@ -6,10 +6,15 @@ The unchanged case, processed as training processes it, is re-synthesised by
 :class:`pipeline.data.tissue_values.TissueValueSynthesis` with each case's factors; both are compared by the mean
 change (%) of each image channel and label over the voxels that are ≥ 95 % of the changed tissues.
 
+With ``--checkpoint`` a trained model's maps are compared as well: the change of its predicted T1, T2 and M0 on the
+re-simulated case and on the re-synthesis (the inputs training shows it). Equal changes that fall short of the
+labels' mean the network reads values on its own training distribution no better than on the phantom's: the
+shortfall is the network's, not a gap between training and test data.
+
 Usage::
 
     python scripts/diagnose_tissue_values.py data/response_validation/cases/dataset.json \
-        white_matter-t2_ms-x1.3 white_matter-t1_ms-x1.3 [--intensity_reference csf]
+        white_matter-t2_ms-x1.3 white_matter-t1_ms-x1.3 [--intensity_reference csf] [--checkpoint model.pt]
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ import pathlib
 import sys
 
 import numpy as np
+import torch
+from monai.bundle import ConfigParser
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from pipeline.data import build_volume_dataset
 from pipeline.data.manifest import read_manifest
 from pipeline.data.tissue_values import TissueValueSynthesis, crop_to_volume
+from pipeline.engine import PrepareMapBatch
 from pipeline.phantom.changes import subject_tissues
 from pipeline.phantom.contrasts import protocol_overrides
 from pipeline.phantom.tissues import COMPARTMENTS, scale_array, tissue_scales
 from pipeline.reports.response import REFERENCE_CASE
 
+BUNDLE = pathlib.Path(__file__).resolve().parents[1] / "bundles" / "qmap_hybrid"
 PURE_FRACTION = 0.95
 """A voxel counts for a tissue when its compartment fractions of the changed tissues sum to at least this."""
 
@@ -39,12 +48,39 @@ def mean_change_pct(new, old, voxels: np.ndarray) -> list[float]:
     return [round(float(100 * (new[c][voxels].mean() / old[c][voxels].mean() - 1)), 1) for c in range(len(new))]
 
 
+class TrainedMaps:
+    """A trained model's maps of a processed volume, as the bundle's ``inference.json`` builds the network and the
+    inferer for ``checkpoint`` (its card's settings): ``(3, X, Y, Z)`` image -> ``(3, X, Y, Z)`` maps, network units."""
+
+    def __init__(self, checkpoint: pathlib.Path) -> None:
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+        parser.update({"checkpoint": str(checkpoint), "bundle_root": str(BUNDLE), "device": "$torch.device('cpu')"})
+        self.network, self.inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
+        self.network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        self.network.eval()
+        self.prepare = PrepareMapBatch(
+            label_key=None, with_acquired=False, mask_inputs=parser.get_parsed_content("mask_inputs")
+        )
+        self.intensity_reference = parser.get_parsed_content("intensity_reference")
+
+    def __call__(self, image, mask) -> np.ndarray:
+        batch = {"image": torch.as_tensor(image)[None], "mask": torch.as_tensor(mask)[None]}
+        inputs, _ = self.prepare(batch, torch.device("cpu"))
+        with torch.no_grad():
+            return self.inferer(inputs, self.network)[0].float().numpy()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("manifest", type=pathlib.Path, help="dataset.json of re-simulated cases")
     parser.add_argument("cases", nargs="+", help="case names (subjects of its testing section)")
     parser.add_argument("--intensity_reference", default="csf", help="the training's normalisation (csf)")
+    parser.add_argument("--checkpoint", type=pathlib.Path, help="a trained model.pt: its maps' change as well")
     args = parser.parse_args(argv)
+    model = TrainedMaps(args.checkpoint) if args.checkpoint else None
+    if model is not None:
+        args.intensity_reference = model.intensity_reference
     record = read_manifest(args.manifest)["tissue_changes"]
     generator = record["generator"]
     folder = args.manifest.parent
@@ -70,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     fractions = crop_to_volume(tissues.fractions, tissues.affine, reference["image"])
     inside = np.asarray(reference["mask"])[0] > 0
+    reference_maps = None if model is None else model(reference["image"], reference["mask"])
     print("mean change (%) over pure voxels of the changed tissue: phantom re-simulation | tissue values on the fly")
     for case in args.cases:
         changed = [COMPARTMENTS.index(tissue) for tissue in record["cases"][case]]
@@ -79,6 +116,14 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{case:34s} {names:18s} {mean_change_pct(by_case[case][key], reference[key], voxels)} | "
                 f"{mean_change_pct(resynthesised[key], reference[key], voxels)}"
+            )
+        if model is not None:
+            case_maps, resynthesis_maps = (
+                model(volume["image"], reference["mask"]) for volume in (by_case[case], resynthesised)
+            )
+            print(
+                f"{case:34s} {'T1, T2, M0 maps':18s} {mean_change_pct(case_maps, reference_maps, voxels)} | "
+                f"{mean_change_pct(resynthesis_maps, reference_maps, voxels)}"
             )
 
 

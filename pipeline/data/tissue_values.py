@@ -56,6 +56,11 @@ IMAGE_CONTRASTS = dict(zip(("t1w", "t2w", "flair"), CONTRASTS))
 SMALLEST_FRACTION = 1e-3
 """Compartment fractions below this are left out of the mixtures (the fine anatomy's softmax leaves traces of every
 compartment everywhere; they change a mixed signal by less than 0.1 %)."""
+TEXTURES = ("joint", "independent")
+"""How a redraw textures each tissue (:class:`TissueValueSampler`): ``"joint"`` as the phantom does, one field
+multiplying T1, T2 and PD together by ``exp(cv s)``; ``"independent"``: each parameter's CV times its own factor drawn
+in U(-sqrt 3, sqrt 3) (unit mean square: the phantom's texture amplitude on average, with signs and ratios that differ
+between T1, T2 and PD and from draw to draw, so the draws carry no fixed co-variation of the three)."""
 GAIN_SIGMA_VOXELS = 8.0
 """Gaussian sigma (voxels) of the gain estimate: receive bias varies over centimetres."""
 GAIN_SIGNAL_FRACTION = 0.25
@@ -133,14 +138,13 @@ class TissueValueSynthesis:
         self.present = [np.flatnonzero(f > SMALLEST_FRACTION) for f in fractions]
         self.fractions = [f.ravel()[i] for f, i in zip(fractions, self.present)]
         self.sigmas = [torch.as_tensor(t.ravel()[i]) for t, i in zip(sigmas, self.present)]
-        self.texture = [texture_factor(cv, t.numpy()) for cv, t in zip(self.texture_cv, self.sigmas)]
         self.transmit = [None if transmit is None else torch.as_tensor(transmit.ravel()[i]) for i in self.present]
         self.image = convert_to_tensor(image, track_meta=False).clone()
         self.label = convert_to_tensor(volume["label"], track_meta=False).clone()
         self.mask = volume["mask"]
-        self.signals = self._mixed_signals(self.values)
+        self.signals = self._mixed_signals(self.values, self.texture_cv)
         self.gain = self._gain()
-        self.maps = self._slab_maps(self.values)
+        self.maps = self._slab_maps(self.values, self.texture_cv)
 
     def _mix(self, per_voxel) -> torch.Tensor:
         """(C, X, Y, Z) ``sum_k f_k per_voxel(k)`` of a function giving (C, n_k) values of compartment ``k`` at its
@@ -153,11 +157,12 @@ class TissueValueSynthesis:
             total[:, present] += fractions * contribution
         return torch.as_tensor(total.reshape(-1, *self.shape))
 
-    def _mixed_signals(self, values: np.ndarray) -> torch.Tensor:
-        """(3, X, Y, Z) |sum_k f_k s_c(v_k t_k, b)| of each image channel for (K, 3) ``values``."""
+    def _mixed_signals(self, values: np.ndarray, texture_cv: np.ndarray) -> torch.Tensor:
+        """(3, X, Y, Z) |sum_k f_k s_c(v_k t_k, b)| of each image channel for (K, 3) ``values`` and texture CVs (K,) or
+        (K, 3) (:meth:`pipeline.phantom.acquisition.CompartmentSignals.tabulate`)."""
         tables = [
             CompartmentSignals.tabulate(
-                c, self.acquisition, values.astype(np.float64), self.texture_cv, None, self.overrides
+                c, self.acquisition, values.astype(np.float64), texture_cv, None, self.overrides
             )
             for c in IMAGE_CONTRASTS.values()
         ]
@@ -165,15 +170,15 @@ class TissueValueSynthesis:
             lambda k: torch.stack([table.lookup(k, self.sigmas[k], self.transmit[k]) for table in tables])
         ).abs()
 
-    def _slab_maps(self, values: np.ndarray) -> torch.Tensor:
-        """(3, X, Y, Z) slab-averaged T1, T2 (rate-mixed) and PD maps of (K, 3) ``values`` with texture."""
-        mixed = self._mix(
-            lambda k: [
-                1.0 / (values[k, 0] * self.texture[k]),
-                1.0 / (values[k, 1] * self.texture[k]),
-                values[k, 2] * self.texture[k],
-            ]
-        )
+    def _slab_maps(self, values: np.ndarray, texture_cv: np.ndarray) -> torch.Tensor:
+        """(3, X, Y, Z) slab-averaged T1, T2 (rate-mixed) and PD maps of (K, 3) ``values`` with texture CVs (K,) or
+        (K, 3)."""
+        cv = np.broadcast_to(np.reshape(texture_cv, (len(values), -1)), values.shape)
+
+        def textured(k: int, p: int) -> np.ndarray:
+            return values[k, p] * texture_factor(cv[k, p], self.sigmas[k].numpy())
+
+        mixed = self._mix(lambda k: [1.0 / textured(k, 0), 1.0 / textured(k, 1), textured(k, 2)])
         maps = torch.cat([1.0 / mixed[:2].clamp_min(1e-12), mixed[2:]])
         return torch.stack([slab_average(m, self.slab_axis, self.slab_thickness_voxels) for m in maps])
 
@@ -192,11 +197,13 @@ class TissueValueSynthesis:
             )
         return torch.as_tensor(np.stack(gains), dtype=torch.float32)
 
-    def __call__(self, factors: np.ndarray) -> dict[str, torch.Tensor]:
-        """``{"image", "label"}`` of the volume with each compartment's T1, T2 and PD times (K, 3) ``factors``."""
+    def __call__(self, factors: np.ndarray, texture_cv: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """``{"image", "label"}`` of the volume with each compartment's T1, T2 and PD times (K, 3) ``factors`` and,
+        if given, texture CVs (K, 3) of its own for each (default: the subject's, one for all three)."""
         values = self.values * np.asarray(factors, np.float32)
-        image = (self.image + self.gain * (self._mixed_signals(values) - self.signals)).clamp_min(0.0)
-        maps = self._slab_maps(values)
+        texture_cv = self.texture_cv if texture_cv is None else np.asarray(texture_cv, np.float32)
+        image = (self.image + self.gain * (self._mixed_signals(values, texture_cv) - self.signals)).clamp_min(0.0)
+        maps = self._slab_maps(values, texture_cv)
         label_ratio = torch.where(self.maps > 0, maps / self.maps.clamp_min(1e-12), 1.0)
         scaled = {**dict(zip(IMAGE_KEYS, image[:, None])), "m0": self.label[2:] * label_ratio[2:], "mask": self.mask}
         for normalise in self.normalisation:
@@ -237,9 +244,11 @@ class TissueValueSampler:
         fixed: compartments kept at their values (:data:`FIXED_TISSUES`).
         seed: seed of the draws.
         intensity_reference: the volumes' normalisation, as :func:`~pipeline.data.build_volume_dataset`'s.
+        texture: one of :data:`TEXTURES`: the varied compartments' texture, as the phantom's or drawn per parameter.
 
     Raises:
         InvalidInputError: the study is not a phantom study, or a volume has no ``phantom.json`` beside its T1w.
+        ValueError: an unknown fixed compartment or texture.
     """
 
     def __init__(
@@ -250,7 +259,10 @@ class TissueValueSampler:
         fixed: Sequence[str] = FIXED_TISSUES,
         seed: int = 0,
         intensity_reference: str = "brain",
+        texture: str = "joint",
     ) -> None:
+        if texture not in TEXTURES:
+            raise ValueError(f"texture must be one of {TEXTURES}, got {texture!r}")
         generator = read_manifest(datalist).get("generator")
         if not isinstance(generator, dict) or generator.get("module") != "pipeline.phantom":
             raise InvalidInputError(f"{datalist}: tissue values on the fly need a pipeline.phantom study")
@@ -260,7 +272,7 @@ class TissueValueSampler:
             raise ValueError(f"fixed tissues {unknown} are not compartments {list(COMPARTMENTS)}")
         self.volumes, self.low, self.high = volumes, ranges[:, 0], ranges[:, 1]
         self.varied = np.array([name not in fixed for name in COMPARTMENTS])
-        self.rng = np.random.default_rng(seed)
+        self.rng, self.texture = np.random.default_rng(seed), texture
         overrides = protocol_overrides(generator.get("protocols"))
         thickness = generator["slab_thickness_mm"]
         self.syntheses = []
@@ -277,13 +289,20 @@ class TissueValueSampler:
         drawn = self.rng.uniform(self.low, self.high, (len(COMPARTMENTS), len(TISSUE_PARAMETERS)))
         return np.where(self.varied[:, None], drawn, 1.0)
 
+    def texture_cvs(self) -> np.ndarray | None:
+        """(K, 3) texture CVs of one draw (:data:`TEXTURES`; fixed compartments keep theirs), None for ``"joint"``."""
+        if self.texture == "joint":
+            return None
+        drawn = self.rng.uniform(-np.sqrt(3), np.sqrt(3), (len(COMPARTMENTS), len(TISSUE_PARAMETERS)))
+        return texture_cvs()[:, None] * np.where(self.varied[:, None], drawn, 1.0)
+
     def redraw(self, index: int | None = None) -> np.ndarray:
         """Re-synthesise volume ``index`` (default: the next one, in turn) with a new draw; returns its factors."""
         if index is None:
             index, self.next_volume = self.next_volume, (self.next_volume + 1) % len(self.syntheses)
         factors = self.factors()
         volume = self.volumes[index]
-        for key, value in self.syntheses[index](factors).items():
+        for key, value in self.syntheses[index](factors, self.texture_cvs()).items():
             volume[key].copy_(value)  # in place: the cached tensors keep their meta (affine, file names)
         return factors
 

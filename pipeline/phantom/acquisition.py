@@ -283,16 +283,18 @@ class CompartmentSignals:
         n_lines: int | None,
         overrides: ProtocolOverrides = (),
     ) -> CompartmentSignals:
-        """Tabulate ``contrast`` for compartments of subject ``values`` (K, 3: T1 ms, T2 ms, PD) and texture CVs (K,).
+        """Tabulate ``contrast`` for compartments of subject ``values`` (K, 3: T1 ms, T2 ms, PD) and texture CVs (K,)
+        or (K, 3).
 
-        The texture multiplies T1, T2 and PD together by ``exp(cv * s)`` (as in :mod:`pipeline.phantom.simulate`).
+        The texture multiplies T1, T2 and PD by ``exp(cv * s)``: together with CVs (K,) (as in
+        :mod:`pipeline.phantom.simulate`), each parameter by its own with CVs (K, 3) (one field ``s``, its own CV).
         ``n_lines``: phase-encode lines of the k-space modulation (``None``: the k-space-centre table alone).
         ``overrides``: the study's protocol overrides (the intensity scale stays the default protocols').
         """
         transmit = np.linspace(*TRANSMIT_RANGE, TABLE_SIZE[0]) if acquisition.transmit_field else np.ones(1)
         sigmas = np.linspace(-TABLE_TEXTURE_SIGMAS, TABLE_TEXTURE_SIGMAS, TABLE_SIZE[1])
-        factors = np.exp(texture_cv[:, None] * sigmas[None, :])  # (K, T)
-        t1, t2, pd = (values[:, column, None] * factors for column in range(3))
+        cv = np.broadcast_to(np.reshape(texture_cv, (len(values), -1)), values.shape)
+        t1, t2, pd = (values[:, p, None] * np.exp(cv[:, p, None] * sigmas[None, :]) for p in range(3))  # (K, T)
         scale = intensity_scale(contrast, acquisition)
         centre = np.empty((len(values), len(transmit), len(sigmas)))
         for b, b1 in enumerate(transmit):
