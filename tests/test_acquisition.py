@@ -160,6 +160,26 @@ def test_transmit_field_gives_the_closed_form_at_the_scaled_angles():
     assert protocol_at("mprage", 1.0).inversion_efficiency == pytest.approx(1.0)
 
 
+def test_a_texture_cv_per_parameter_scales_that_parameter_alone():
+    acquisition = Acquisition(transmit_field=True, tse_echo_train=True)
+    values = np.array([[WHITE.t1_ms, WHITE.t2_ms, WHITE.pd]])
+    sigma, cv = 1.5, 0.06
+    for contrast in ("mprage", "tse"):
+        joint = CompartmentSignals.tabulate(contrast, acquisition, values, np.array([cv]), None)
+        as_three = CompartmentSignals.tabulate(contrast, acquisition, values, np.array([[cv, cv, cv]]), None)
+        np.testing.assert_allclose(as_three.centre, joint.centre, rtol=1e-12)
+        t2_only = CompartmentSignals.tabulate(contrast, acquisition, values, np.array([[0.0, cv, 0.0]]), None)
+        # direct: no texture, T2 itself multiplied by exp(cv * sigma)
+        scaled = values * np.array([[1.0, math.exp(cv * sigma), 1.0]])
+        direct = CompartmentSignals.tabulate(contrast, acquisition, scaled, np.array([0.0]), None)
+        at_sigma = float(t2_only.lookup(0, torch.tensor([sigma]), torch.tensor([1.05]))[0])
+        expected = float(direct.lookup(0, torch.zeros(1), torch.tensor([1.05]))[0])
+        assert at_sigma == pytest.approx(expected, rel=2e-3), contrast
+    # the MPRAGE does not see a T2 texture, the TSE does
+    unchanged = float(t2_only.lookup(0, torch.zeros(1), None)[0])
+    assert float(t2_only.lookup(0, torch.tensor([sigma]), None)[0]) > 1.05 * unchanged
+
+
 SITE_PROTOCOLS = {"mprage": {"ti": 1000.0}, "tse": {"te": 120.0, "echo_spacing": 10.0}, "flair": {"ti": 2000.0}}
 """A new site's protocols (the TSE's TE a whole number of echo spacings, as its echo train needs)."""
 

@@ -607,12 +607,18 @@ def test_tissue_values_and_the_csf_reference_reach_training_the_card_and_inferen
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    overrides = {"tissue_values": "true", "intensity_reference": "csf", "tissue_value_every": 5}
+    overrides = {
+        "tissue_values": "true",
+        "intensity_reference": "csf",
+        "tissue_value_every": 5,
+        "tissue_value_texture": "independent",
+    }
     parser.update({"bundle_root": str(BUNDLE), "ckpt_dir": str(tmp_path), **overrides, **study})
     handler = next(h for h in parser.get_parsed_content("train#handlers") if isinstance(h, TissueValueHandler))
     assert (
         handler.every_n_iterations == 5
         and handler.sampler.volumes is parser.get_parsed_content("train#dataset").volumes
+        and handler.sampler.texture == "independent"
     )
     assert all(isinstance(s.normalisation[0], ScaleByCsfd) for s in handler.sampler.syntheses)
     for dataset in ("train#dataset", "validate#dataset"):

@@ -18,6 +18,7 @@ from pipeline.handlers import TissueValueHandler
 from pipeline.phantom import generate_study
 from pipeline.phantom.acquisition import Acquisition
 from pipeline.phantom.changes import subject_tissues, write_tissue_changes
+from pipeline.phantom.simulate import texture_cvs
 from pipeline.phantom.tissues import COMPARTMENTS
 
 WHITE, CSF = COMPARTMENTS.index("white_matter"), COMPARTMENTS.index("csf")
@@ -168,6 +169,32 @@ def test_each_of_t1_t2_and_pd_can_have_its_own_range(tiny_study):
     for parameter, (low, high) in enumerate(ranges):
         values = draws[..., parameter]
         assert low <= values.min() and values.max() <= high and values.max() - values.min() > 0.8 * (high - low)
+
+
+def test_independent_texture_draws_a_cv_per_parameter_and_reaches_only_that_parameters_label(tiny_study):
+    volumes = build_volume_dataset(tiny_study, section="training", with_labels=True, cache_num=-1)
+    with pytest.raises(ValueError, match="texture must be one of"):
+        TissueValueSampler(volumes, tiny_study, texture="smooth")
+    joint = TissueValueSampler(volumes, tiny_study, seed=3)
+    assert joint.texture_cvs() is None
+    sampler = TissueValueSampler(volumes, tiny_study, seed=3, texture="independent")
+    draws = np.stack([sampler.texture_cvs() for _ in range(400)])
+    base = texture_cvs()
+    ratio = draws[:, np.arange(len(COMPARTMENTS)) != CSF] / base[np.arange(len(COMPARTMENTS)) != CSF, None]
+    assert np.abs(ratio).max() <= np.sqrt(3) and (ratio**2).mean() == pytest.approx(1.0, abs=0.1)
+    assert abs(np.corrcoef(ratio[..., 0].ravel(), ratio[..., 1].ravel())[0, 1]) < 0.1  # T1 and T2 independent
+    np.testing.assert_array_equal(draws[:, CSF], np.broadcast_to(base[CSF], (400, 3)))
+    synthesis = sampler.syntheses[0]
+    ones = np.ones((len(COMPARTMENTS), 3))
+    unchanged = synthesis(ones)
+    torch.testing.assert_close(synthesis(ones, np.repeat(base[:, None], 3, axis=1))["label"], unchanged["label"])
+    t2_texture = np.repeat(base[:, None], 3, axis=1)
+    t2_texture[:, 1] *= -1.5  # T2's texture reversed and stronger; T1's and PD's as the phantom's
+    result = synthesis(ones, t2_texture)
+    inside = volumes[0]["mask"][0] > 0
+    torch.testing.assert_close(result["label"][0][inside], unchanged["label"][0][inside])
+    assert (result["label"][1][inside] / unchanged["label"][1][inside] - 1).abs().max() > 0.05
+    assert not torch.allclose(result["image"][1][inside], unchanged["image"][1][inside])  # the T2w sees it
 
 
 def test_handler_redraws_every_volume_at_start_then_one_every_n_iterations():
