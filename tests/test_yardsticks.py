@@ -30,3 +30,35 @@ def test_interpolated_labels_are_the_linear_interpolation_of_the_slabs_on_the_t1
         assert (np.asarray(written.dataobj)[~mask] == 0).all()
     with pytest.raises(FileExistsError, match="overwrite"):
         write_interpolated_labels(tiny_study, folder, section="testing")
+
+
+def test_identifiability_jacobian_matches_the_closed_forms_and_finds_the_weak_direction(tiny_study):
+    """``scripts/identifiability.py`` on the simple acquisition (spin-echo TSE, no readout train): each image is linear
+    in PD, the MPRAGE does not see T2, the spin echo's ``d log S / d log T2`` is TE / T2 and its T1 term negative and within twice the
+    saturation recovery's (the refocusing's stimulated echoes add some); white matter's weakest direction moves T2 up
+    with T1 and PD down."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+    import identifiability
+
+    from pipeline.phantom.changes import subject_tissues
+    from pipeline.phantom.contrasts import protocol_overrides, protocols
+    from pipeline.phantom.tissues import COMPARTMENTS
+
+    generator = json.loads(tiny_study.read_text())["generator"]
+    tissues = subject_tissues(generator, 0)
+    assert not tissues.acquisition.tse_echo_train  # the closed form below is the simple spin echo's
+    white = COMPARTMENTS.index("white_matter")
+    jacobian = identifiability.log_jacobian(tissues, protocol_overrides(generator.get("protocols")), white)
+    np.testing.assert_allclose(jacobian[:, 2], 1.0, atol=1e-6)
+    assert abs(jacobian[0, 1]) < 1e-6
+    t1, t2 = tissues.values[white, :2]
+    tse = protocols()["tse"]
+    assert jacobian[1, 1] == pytest.approx(tse.te / t2, rel=1e-3)
+    recovery = np.exp(-tse.tr / t1)  # saturation recovery: d log S / d log T1 = -(TR/T1) e^(-TR/T1) / (1 - e^(-TR/T1))
+    assert -2 * (tse.tr / t1) * recovery / (1 - recovery) < jacobian[1, 0] < 0
+    weakest = np.linalg.svd(jacobian)[2][-1]
+    weakest = weakest * np.sign(weakest[1])
+    assert weakest[0] < 0 and weakest[2] < 0
