@@ -735,3 +735,32 @@ def test_bids_dataset_end_to_end(trained, tmp_path):
             next(m for m in maps if m.name.endswith("_T1map.nii.gz")).with_suffix("").with_suffix(".json").read_text()
         )
         assert sidecar["Units"] == "s" and sidecar["SkullStripped"] is True
+
+
+TRAINING_ONLY_DIFFERENCES = {
+    "imports": "training imports Ignite's handlers as well",
+    "amp": "training on the CPU stays fp32 by default, inference autocasts",
+    "inferer": "training's validation wraps MONAI's SimpleInferer, inference the slice inferer",
+    "slice_axis": "inference reads the trained model's settings from its card",
+    "context_slices": "from the card",
+    "mask_inputs": "from the card",
+    "intensity_reference": "from the card",
+    "network_norm": "from the card",
+    "network_def": "in_channels from the card's context_slices",
+    "network": "training names it map_network (channels_last a setting of its own); inference channels-last always",
+    "initialize": "each run's own checks",
+    "run": "each run's own workflow",
+}
+
+
+def test_train_and_inference_configs_share_their_preprocessing_and_differ_only_where_they_must():
+    """``train.json`` and ``inference.json`` stand alone (MONAI model-zoo convention; every other config is layered on
+    one of them), so the keys both define must agree: a change of preprocessing made in one and not the other fails
+    here, naming the key. The keys that differ by role are listed with why."""
+    train = json.loads((CONFIGS / "train.json").read_text())
+    inference = json.loads((CONFIGS / "inference.json").read_text())
+    shared = sorted(set(train) & set(inference))
+    differing = {key for key in shared if train[key] != inference[key]}
+    assert differing == set(TRAINING_ONLY_DIFFERENCES), sorted(differing ^ set(TRAINING_ONLY_DIFFERENCES))
+    preprocessing = ("max_shift_mm", "voxel_size_mm", "crop_margin", "bias_correction", "register")
+    assert set(preprocessing) <= set(shared)
