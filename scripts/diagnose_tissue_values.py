@@ -9,7 +9,10 @@ change (%) of each image channel and label over the voxels that are ≥ 95 % of 
 With ``--checkpoint`` a trained model's maps are compared as well: the change of its predicted T1, T2 and M0 on the
 re-simulated case and on the re-synthesis (the inputs training shows it). Equal changes that fall short of the
 labels' mean the network reads values on its own training distribution no better than on the phantom's: the
-shortfall is the network's, not a gap between training and test data.
+shortfall is the network's, not a gap between training and test data. A third column gives the maps of the
+re-simulated case with its FLAIR divided by the unchanged case's divisor (the FLAIR's 99th percentile in the brain
+moves with a tissue's change; it is restored from the voxels of the other of white matter and cortex, which the
+case leaves alone): what the FLAIR's normalisation costs this network.
 
 Usage::
 
@@ -29,7 +32,7 @@ from monai.bundle import ConfigParser
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from pipeline.data import build_volume_dataset
-from pipeline.data.manifest import read_manifest
+from pipeline.data.manifest import IMAGE_KEYS, read_manifest
 from pipeline.data.tissue_values import TissueValueSynthesis, crop_to_volume
 from pipeline.engine import PrepareMapBatch
 from pipeline.phantom.changes import subject_tissues
@@ -46,6 +49,24 @@ def mean_change_pct(new, old, voxels: np.ndarray) -> list[float]:
     """Per channel of (3, X, Y, Z) volumes: 100 * (mean new / mean old - 1) over ``voxels``."""
     new, old = np.asarray(new), np.asarray(old)
     return [round(float(100 * (new[c][voxels].mean() / old[c][voxels].mean() - 1)), 1) for c in range(len(new))]
+
+
+def flair_on_unchanged_divisor(
+    case, reference, fractions: np.ndarray, changed: list[int], inside
+) -> torch.Tensor | None:
+    """(3, X, Y, Z) ``case``'s image with its FLAIR rescaled to ``reference``'s divisor: by the ratio of their FLAIR
+    medians over the pure voxels of white matter or cortex, whichever the case left unchanged (None if both changed)."""
+    unchanged = [COMPARTMENTS.index(name) for name in ("white_matter", "cortical_grey_matter")]
+    unchanged = [k for k in unchanged if k not in changed]
+    if not unchanged:
+        return None
+    voxels = (fractions[unchanged[0]] >= PURE_FRACTION) & inside
+    image = torch.as_tensor(case["image"]).clone()
+    flair = IMAGE_KEYS.index("flair")
+    image[flair] *= float(
+        np.median(np.asarray(reference["image"][flair])[voxels]) / np.median(np.asarray(image[flair])[voxels])
+    )
+    return image
 
 
 class TrainedMaps:
@@ -107,7 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     fractions = crop_to_volume(tissues.fractions, tissues.affine, reference["image"])
     inside = np.asarray(reference["mask"])[0] > 0
     reference_maps = None if model is None else model(reference["image"], reference["mask"])
-    print("mean change (%) over pure voxels of the changed tissue: phantom re-simulation | tissue values on the fly")
+    print(
+        "mean change (%) over pure voxels of the changed tissue: phantom re-simulation | tissue values on the fly"
+        + (" | the re-simulation with its FLAIR on the unchanged divisor (maps)" if model is not None else "")
+    )
     for case in args.cases:
         changed = [COMPARTMENTS.index(tissue) for tissue in record["cases"][case]]
         voxels = (fractions[changed].sum(0) >= PURE_FRACTION) & inside
@@ -121,9 +145,13 @@ def main(argv: list[str] | None = None) -> None:
             case_maps, resynthesis_maps = (
                 model(volume["image"], reference["mask"]) for volume in (by_case[case], resynthesised)
             )
+            rescaled = flair_on_unchanged_divisor(by_case[case], reference, fractions, changed, inside)
+            rescaled_change = (
+                "-" if rescaled is None else mean_change_pct(model(rescaled, reference["mask"]), reference_maps, voxels)
+            )
             print(
                 f"{case:34s} {'T1, T2, M0 maps':18s} {mean_change_pct(case_maps, reference_maps, voxels)} | "
-                f"{mean_change_pct(resynthesis_maps, reference_maps, voxels)}"
+                f"{mean_change_pct(resynthesis_maps, reference_maps, voxels)} | {rescaled_change}"
             )
 
 
