@@ -176,9 +176,9 @@ def test_independent_texture_draws_a_cv_per_parameter_and_reaches_only_that_para
     with pytest.raises(ValueError, match="texture must be one of"):
         TissueValueSampler(volumes, tiny_study, texture="smooth")
     joint = TissueValueSampler(volumes, tiny_study, seed=3)
-    assert joint.texture_cvs() is None
+    assert joint.draw_texture_cvs() is None
     sampler = TissueValueSampler(volumes, tiny_study, seed=3, texture="independent")
-    draws = np.stack([sampler.texture_cvs() for _ in range(400)])
+    draws = np.stack([sampler.draw_texture_cvs() for _ in range(400)])
     base = texture_cvs()
     ratio = draws[:, np.arange(len(COMPARTMENTS)) != CSF] / base[np.arange(len(COMPARTMENTS)) != CSF, None]
     assert np.abs(ratio).max() <= np.sqrt(3) and (ratio**2).mean() == pytest.approx(1.0, abs=0.1)

@@ -13,8 +13,8 @@ because no library re-synthesises MR images), so what the change leaves out (k-s
   ``v'_k``), ``s_c`` the signed signal the study's own acquisition gives at the k-space centre (MPRAGE readout, TSE and
   SPACE echo trains, flip angles times B1+, as the study has them on: the phantom's tables,
   :class:`pipeline.phantom.acquisition.CompartmentSignals`, one physics) and ``g`` the image's gain (receive bias and
-  normalisation: the ratio of image to ``S`` smoothed over :data:`GAIN_SIGMA_VOXELS`, where ``S`` is not small); then divided by its 99th percentile in the mask again (the pipeline's normalisation,
-  :mod:`pipeline.data.normalization`). A change, not a ratio: the noise keeps its level (as on a scanner), and where
+  normalisation: the ratio of image to ``S`` smoothed over :data:`GAIN_SIGMA_VOXELS`, where ``S`` is not small); then
+  divided by its 99th percentile in the mask again (the pipeline's normalisation, :mod:`pipeline.data.normalization`). A change, not a ratio: the noise keeps its level (as on a scanner), and where
   a FLAIR's inverted and upright compartments cancel ``S`` is near 0, where a ratio would multiply the noise;
 * T1 and T2 labels: times the ratio of the rate-mixed maps (``1/T = sum_k f_k / (T_k t_k)``) after both are averaged
   over the label slab (a box of the slab thickness along the slab axis); M0: the ratio of ``sum_k f_k PD_k t_k``,
@@ -41,7 +41,7 @@ from pipeline.data.manifest import read_manifest
 from pipeline.data.manifest import IMAGE_KEYS
 from pipeline.data.normalization import intensity_normalisation
 from pipeline.phantom.changes import SubjectTissues, subject_tissues
-from pipeline.phantom.acquisition import CompartmentSignals
+from pipeline.phantom.acquisition import CompartmentSignals, texture_cvs_per_parameter
 from pipeline.phantom.contrasts import CONTRASTS, protocol_overrides
 from pipeline.phantom.simulate import texture_cvs, texture_factor
 from pipeline.phantom.tissues import COMPARTMENTS, TISSUE_PARAMETERS
@@ -139,12 +139,13 @@ class TissueValueSynthesis:
         self.fractions = [f.ravel()[i] for f, i in zip(fractions, self.present)]
         self.sigmas = [torch.as_tensor(t.ravel()[i]) for t, i in zip(sigmas, self.present)]
         self.transmit = [None if transmit is None else torch.as_tensor(transmit.ravel()[i]) for i in self.present]
+        self.subject_textures = self._textures(self.texture_cv)
         self.image = convert_to_tensor(image, track_meta=False).clone()
         self.label = convert_to_tensor(volume["label"], track_meta=False).clone()
         self.mask = volume["mask"]
         self.signals = self._mixed_signals(self.values, self.texture_cv)
         self.gain = self._gain()
-        self.maps = self._slab_maps(self.values, self.texture_cv)
+        self.maps = self._slab_maps(self.values, self.subject_textures)
 
     def _mix(self, per_voxel) -> torch.Tensor:
         """(C, X, Y, Z) ``sum_k f_k per_voxel(k)`` of a function giving (C, n_k) values of compartment ``k`` at its
@@ -170,15 +171,21 @@ class TissueValueSynthesis:
             lambda k: torch.stack([table.lookup(k, self.sigmas[k], self.transmit[k]) for table in tables])
         ).abs()
 
-    def _slab_maps(self, values: np.ndarray, texture_cv: np.ndarray) -> torch.Tensor:
-        """(3, X, Y, Z) slab-averaged T1, T2 (rate-mixed) and PD maps of (K, 3) ``values`` with texture CVs (K,) or
-        (K, 3)."""
-        cv = np.broadcast_to(np.reshape(texture_cv, (len(values), -1)), values.shape)
+    def _textures(self, texture_cv: np.ndarray) -> list[np.ndarray]:
+        """Each compartment's texture factors at its voxels: (1, n_k) on T1, T2 and PD together for CVs (K,), (3, n_k)
+        one each for CVs (K, 3)."""
+        cv = texture_cvs_per_parameter(texture_cv)
+        return [texture_factor(cv[k, :, None], sigmas.numpy()[None]) for k, sigmas in enumerate(self.sigmas)]
 
-        def textured(k: int, p: int) -> np.ndarray:
-            return values[k, p] * texture_factor(cv[k, p], self.sigmas[k].numpy())
+    def _slab_maps(self, values: np.ndarray, textures: list[np.ndarray]) -> torch.Tensor:
+        """(3, X, Y, Z) slab-averaged T1, T2 (rate-mixed) and PD maps of (K, 3) ``values`` with each compartment's
+        texture factors (:meth:`_textures`)."""
 
-        mixed = self._mix(lambda k: [1.0 / textured(k, 0), 1.0 / textured(k, 1), textured(k, 2)])
+        def rates_and_pd(k: int) -> list[np.ndarray]:
+            t1, t2, pd = values[k, :, None] * textures[k]
+            return [1.0 / t1, 1.0 / t2, pd]
+
+        mixed = self._mix(rates_and_pd)
         maps = torch.cat([1.0 / mixed[:2].clamp_min(1e-12), mixed[2:]])
         return torch.stack([slab_average(m, self.slab_axis, self.slab_thickness_voxels) for m in maps])
 
@@ -201,9 +208,10 @@ class TissueValueSynthesis:
         """``{"image", "label"}`` of the volume with each compartment's T1, T2 and PD times (K, 3) ``factors`` and,
         if given, texture CVs (K, 3) of its own for each (default: the subject's, one for all three)."""
         values = self.values * np.asarray(factors, np.float32)
-        texture_cv = self.texture_cv if texture_cv is None else np.asarray(texture_cv, np.float32)
+        textures = self.subject_textures if texture_cv is None else self._textures(texture_cv)
+        texture_cv = self.texture_cv if texture_cv is None else texture_cv
         image = (self.image + self.gain * (self._mixed_signals(values, texture_cv) - self.signals)).clamp_min(0.0)
-        maps = self._slab_maps(values, texture_cv)
+        maps = self._slab_maps(values, textures)
         label_ratio = torch.where(self.maps > 0, maps / self.maps.clamp_min(1e-12), 1.0)
         scaled = {**dict(zip(IMAGE_KEYS, image[:, None])), "m0": self.label[2:] * label_ratio[2:], "mask": self.mask}
         for normalise in self.normalisation:
@@ -289,7 +297,7 @@ class TissueValueSampler:
         drawn = self.rng.uniform(self.low, self.high, (len(COMPARTMENTS), len(TISSUE_PARAMETERS)))
         return np.where(self.varied[:, None], drawn, 1.0)
 
-    def texture_cvs(self) -> np.ndarray | None:
+    def draw_texture_cvs(self) -> np.ndarray | None:
         """(K, 3) texture CVs of one draw (:data:`TEXTURES`; fixed compartments keep theirs), None for ``"joint"``."""
         if self.texture == "joint":
             return None
@@ -302,7 +310,7 @@ class TissueValueSampler:
             index, self.next_volume = self.next_volume, (self.next_volume + 1) % len(self.syntheses)
         factors = self.factors()
         volume = self.volumes[index]
-        for key, value in self.syntheses[index](factors, self.texture_cvs()).items():
+        for key, value in self.syntheses[index](factors, self.draw_texture_cvs()).items():
             volume[key].copy_(value)  # in place: the cached tensors keep their meta (affine, file names)
         return factors
 

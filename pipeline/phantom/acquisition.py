@@ -258,6 +258,13 @@ def intensity_scale(contrast: str, acquisition: Acquisition) -> float:
     return WHITE_MATTER_INTENSITY / float(train[0, centre])
 
 
+def texture_cvs_per_parameter(texture_cv: np.ndarray) -> np.ndarray:
+    """Texture CVs (K,) (one for T1, T2 and PD together, as the phantom has them) or (K, 3) (one each) as (K, 1) or
+    (K, 3), to broadcast against (K, 3) tissue values."""
+    texture_cv = np.asarray(texture_cv)
+    return texture_cv.reshape(len(texture_cv), -1)
+
+
 @dataclasses.dataclass(frozen=True)
 class CompartmentSignals:
     """One contrast's signal of every compartment of a subject, tabulated over B1+ and texture.
@@ -293,8 +300,8 @@ class CompartmentSignals:
         """
         transmit = np.linspace(*TRANSMIT_RANGE, TABLE_SIZE[0]) if acquisition.transmit_field else np.ones(1)
         sigmas = np.linspace(-TABLE_TEXTURE_SIGMAS, TABLE_TEXTURE_SIGMAS, TABLE_SIZE[1])
-        cv = np.broadcast_to(np.reshape(texture_cv, (len(values), -1)), values.shape)
-        t1, t2, pd = (values[:, p, None] * np.exp(cv[:, p, None] * sigmas[None, :]) for p in range(3))  # (K, T)
+        textured = values[:, :, None] * np.exp(texture_cvs_per_parameter(texture_cv)[:, :, None] * sigmas)  # (K, 3, T)
+        t1, t2, pd = textured.transpose(1, 0, 2)
         scale = intensity_scale(contrast, acquisition)
         centre = np.empty((len(values), len(transmit), len(sigmas)))
         for b, b1 in enumerate(transmit):
